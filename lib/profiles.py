@@ -1,0 +1,189 @@
+"""Profiles: one YAML file holds every parameter of a pipeline run, validated on load.
+
+`load_profile("smoke")` finds `lib/profiles/smoke.yaml`; a path to any YAML file works too.
+An unknown key or a wrong type raises `ProfileError` naming the file and the field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lib import paths
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message is one line naming the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    test_size: int = Field(50, ge=1)  # entities in the held-out test split (stratified by domain)
+    max_train: int | None = Field(None, ge=1)  # cap on train prompts; None keeps all
+    near_dup_threshold: float = Field(0.8, ge=0, le=1)  # char-bigram Jaccard above which two entities are one
+    expand_with_model: bool = False  # ask the policy model for more entities (slow on CPU)
+    expand_per_domain: int = Field(5, ge=0)  # new entities asked per domain when expanding
+    external: str | None = None  # a prompt set in the original's format (parquet, datasets dir, hub id)
+
+
+class RubricConfig(_Strict):
+    path: str | None = None  # None: lib/rubrics/default.yaml (the original's checklists)
+    heldout_path: str | None = None  # rubric of the held-out judge; None: lib/rubrics/heldout.yaml
+
+
+class JudgeConfig(_Strict):
+    model: str = "gemma3-270m"  # registry name, hub id or local path
+    backend: Literal["vllm", "transformers", "openai"] = "vllm"
+    mode: Literal["soft", "hard", "seed"] = "soft"  # soft: P(yes); hard: P(yes)>=threshold; seed: the original
+    threshold: float = Field(0.5, ge=0, le=1)
+    top_logprobs: int = Field(20, ge=1)  # how many next-token logprobs to look for 是/否 in
+    max_model_len: int = Field(2048, ge=64)
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # GPU: leaves room for the policy's engine
+    enforce_eager: bool = True  # CPU: 25 s start instead of ~120 s with compilation
+    base_url: str | None = None  # openai backend: a `vllm serve` endpoint, e.g. http://127.0.0.1:8000/v1
+    batch_size: int = Field(256, ge=1)  # transformers backend batch size
+    log_items: bool = True  # keep every judged (question, P(yes), verdict)
+
+
+class TrainConfig(_Strict):
+    backend: Literal["trl", "unsloth"] = "trl"  # trl: PEFT LoRA + HF generation (CPU); unsloth: GPU + vLLM rollouts
+    max_steps: int = -1  # -1: run num_train_epochs
+    num_train_epochs: float = 2
+    learning_rate: float = 1e-6
+    beta: float = 0.01  # KL coefficient
+    temperature: float = 0.98
+    top_p: float = 1.0
+    num_generations: int = Field(8, ge=2)  # group size; more gives better advantages, costs rollouts
+    max_prompt_length: int = 512
+    max_completion_length: int = 512
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    loss_type: str = "grpo"  # grpo | dapo | dr_grpo | bnpo ... (TRL)
+    scale_rewards: str = "group"  # group | batch | none (TRL)
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    reward_weights: dict[str, float] = {"format": 1.0, "think": 1.0, "answer": 1.0}
+    logging_steps: int = 1
+    save_steps: int = 10  # LoRA checkpoint every N steps
+    save_total_limit: int = 3
+    log_completions: int = Field(4, ge=0)  # completions per logged step written to samples.jsonl
+    report_to: list[str] = []  # add "tensorboard" or "wandb"
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # unsloth: the policy's vLLM share
+    unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge
+    merge_final: bool = False  # also save a merged model (needed to serve the policy with vLLM)
+    bf16: bool = False
+
+
+class EvalModel(_Strict):
+    label: str  # table row name
+    model: str  # registry name, hub id or path
+    adapter: str | None = None  # None, "run" (this run's final adapter) or a path
+
+
+class EvalConfig(_Strict):
+    models: list[EvalModel] = []
+    n_prompts: int = Field(50, ge=1)
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 42
+    n_bootstrap: int = Field(1000, ge=10)
+    heldout_judge: JudgeConfig | None = None  # None: the training judge's model with the held-out rubric
+
+
+class CaseStudyConfig(_Strict):
+    entities: list[str] = []  # empty: the first `n` test entities
+    n: int = Field(3, ge=1)
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 42
+    device: Literal["cpu", "cuda"] = "cpu"
+    policy_model: str = "gemma3-270m"
+    data: DataConfig = DataConfig()
+    rubric: RubricConfig = RubricConfig()
+    judge: JudgeConfig = JudgeConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    case_studies: CaseStudyConfig = CaseStudyConfig()
+    calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in paths.PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ProfileError(f"profile file not found: {p}")
+        return p
+    candidate = paths.PROFILES_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise ProfileError(f"unknown profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
+    return candidate
+
+
+def _first_error(path: Path, err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(x) for x in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return f"{path}: unknown parameter {where!r}"
+    return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
+
+
+def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:
+    """Load and validate a profile; `overrides` is a nested dict merged on top (e.g. from the CLI)."""
+    path = profile_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ProfileError(f"{path}:{at} malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: a profile must be a mapping of parameters, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as err:
+        raise ProfileError(_first_error(path, err)) from None
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`train.max_steps=5` -> {"train": {"max_steps": 5}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ProfileError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    node: dict = {}
+    cur = node
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = yaml.safe_load(value)
+    return node
+
+
+def dump_profile(profile: Profile) -> str:
+    return yaml.safe_dump(profile.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
