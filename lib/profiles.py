@@ -42,6 +42,9 @@ class JudgeConfig(_Strict):
     mode: Literal["soft", "hard", "seed"] = "soft"  # soft: P(yes); hard: P(yes)>=threshold; seed: the original
     threshold: float = Field(0.5, ge=0, le=1)
     top_logprobs: int = Field(20, ge=1)  # how many next-token logprobs to look for 是/否 in
+    # topk: 是/否 must appear among the top logprobs, else the item is flagged;
+    # restricted: the next token is restricted to 是/否 variants (same ratio, never flagged; for base models)
+    answer_scoring: Literal["topk", "restricted"] = "topk"
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # GPU: leaves room for the policy's engine
     enforce_eager: bool = True  # CPU: 25 s start instead of ~120 s with compilation

@@ -1,0 +1,602 @@
+"""Judge calibration: the hand-labelled calibration set, agreement and calibration metrics, bias probes.
+
+Pure logic, no LLM: the judge is passed in (any `lib.judge.SectionJudge`). The calibration set
+(`lib/data/calibration.jsonl`, see `lib/data/CALIBRATION.md`) holds answer texts and think sections,
+each with a human yes/no label for every question of its rubric section.
+
+How notebook 02 (judge calibration) calls this module, in order::
+
+    from lib import calibration as cal
+    from lib.rubric import load_rubric
+
+    rubric = load_rubric(ctx.profile.rubric.path)
+    calib = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))   # one row per text
+    labels = cal.long_labels(calib)                                           # one row per (text, question)
+    judged = cal.judge_calibration_set(judge, rubric, calib)                  # p_yes, verdict, flagged per (id, key)
+    long = labels.merge(judged, on=["id", "section", "key"])
+
+    # 1 agreement and calibration, per question and overall
+    table = cal.metrics_table(long["label"], long["p_yes"], by=long["section"] + "/" + long["key"])
+    cal.reliability_diagram(long["label"], long["p_yes"], ctx.stage("calibration") / "reliability.png")
+    sweep = cal.threshold_sweep(long["label"], long["p_yes"])
+    cal.plot_threshold_sweep(sweep, ctx.stage("calibration") / "threshold_sweep.png", label_yes_rate=long["label"].mean())
+
+    # 2 judge modes: the same judge model asked again in mode "hard" and in mode "seed" (the original's)
+    frame = cal.mode_frame(labels, soft=judged, hard=cal.judge_calibration_set(hard_judge, rubric, calib),
+                           seed=cal.judge_calibration_set(seed_judge, rubric, calib))
+    cal.mode_agreement(frame)
+
+    # 3 bias probes (their texts are judged the same way, then summarized per group)
+    probes = cal.load_probes()
+    good = calib[(calib.section == "answer") & (calib.kind == "good")]
+    pads = cal.length_probe_texts(dict(zip(good.id, good.text)), probes["filler_sentences"])
+    swaps = cal.relevance_probe_pairs(calib[calib.section == "answer"])
+    summary = cal.summarize_probe(scored_pads, value_col="score", group_col="pad_level")
+    cal.plot_probe(summary, "pad_level", ctx.stage("calibration") / "length_probe.png")
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from sklearn.metrics import brier_score_loss, cohen_kappa_score, log_loss, roc_auc_score
+
+from lib import paths
+from lib.rubric import SECTION_NAMES
+from lib.stats import bootstrap_ci
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lib.judge import SectionJudge
+    from lib.rubric import Rubric
+
+PROBES_FILE = paths.DATA_DIR / "probes.yaml"  # filler sentences for the length probe
+REQUIRED_FIELDS = ("id", "section", "entity", "text", "labels")
+OPTIONAL_FIELDS = ("kind", "note", "domain")
+LOG_LOSS_EPS = 1e-6  # P(yes) is clipped to [eps, 1 - eps]: one confident miss costs at most ~13.8 nats
+ECE_BINS = 10
+DEFAULT_THRESHOLDS = np.linspace(0.05, 0.95, 19)
+MODES = ("soft", "hard", "seed")
+OVERALL = "overall"
+
+
+class CalibrationError(ValueError):
+    """Bad calibration data or arguments; one line naming the file, line and field (or the argument)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The calibration set
+# ----------------------------------------------------------------------------------------------
+
+def rubric_keys(rubric: "Rubric") -> dict[str, list[str]]:
+    """The item keys of each rubric section, e.g. {"answer": ["fluency", ...], "think": [...]}."""
+    return {name: list(section.keys) for name, section in rubric.sections.items()}
+
+
+def load_calibration_set(
+    path: str | Path | None = None, rubric_keys: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """Read and validate the calibration set (default `lib.paths.CALIBRATION_SET`), one row per text.
+
+    Each JSONL line: `{"id", "section", "entity", "text", "labels": {key: bool}}` plus optional
+    `kind`, `note`, `domain`. With `rubric_keys` ({section: [keys]}) every line must label exactly
+    those keys; without it, every line of a section must label the same keys as its first line.
+    Any problem raises `CalibrationError("<file>:<line>: field '<name>': ...")`.
+
+    Returns columns id, section, entity, domain, kind, text, labels (dict), note, in file order.
+    """
+    p = Path(path) if path is not None else paths.CALIBRATION_SET
+    if not p.exists():
+        raise CalibrationError(f"{p}: calibration set not found")
+    rows: list[dict[str, Any]] = []
+    id_lines: dict[str, int] = {}
+    first_keys: dict[str, tuple[list[str], int]] = {}
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise CalibrationError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        row = _validate_row(obj, where)
+        if row["id"] in id_lines:
+            raise CalibrationError(f"{where}: field 'id': duplicate id {row['id']!r} (first on line {id_lines[row['id']]})")
+        id_lines[row["id"]] = lineno
+        keys = list(row["labels"])
+        section = row["section"]
+        if rubric_keys is not None:
+            if section not in rubric_keys:
+                raise CalibrationError(f"{where}: field 'section': {section!r} is not in the rubric's sections {sorted(rubric_keys)}")
+            _check_key_set(keys, list(rubric_keys[section]), where, f"the rubric's {section!r} items")
+        elif section in first_keys:
+            ref, ref_line = first_keys[section]
+            _check_key_set(keys, ref, where, f"line {ref_line} (first {section!r} line)")
+        else:
+            first_keys[section] = (keys, lineno)
+        rows.append(row)
+    if not rows:
+        raise CalibrationError(f"{p}: no rows")
+    return pd.DataFrame(rows, columns=["id", "section", "entity", "domain", "kind", "text", "labels", "note"])
+
+
+def _validate_row(obj: dict, where: str) -> dict[str, Any]:
+    for f in REQUIRED_FIELDS:
+        if f not in obj:
+            raise CalibrationError(f"{where}: missing field {f!r}")
+    for f in obj:
+        if f not in REQUIRED_FIELDS and f not in OPTIONAL_FIELDS:
+            raise CalibrationError(f"{where}: unknown field {f!r} (allowed: {', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)})")
+    for f in ("id", "entity", "text"):
+        if not isinstance(obj[f], str) or not obj[f].strip():
+            raise CalibrationError(f"{where}: field {f!r}: expected a non-empty string, got {obj[f]!r}")
+    for f in OPTIONAL_FIELDS:
+        if f in obj and not isinstance(obj[f], str):
+            raise CalibrationError(f"{where}: field {f!r}: expected a string, got {obj[f]!r}")
+    if obj["section"] not in SECTION_NAMES:
+        raise CalibrationError(f"{where}: field 'section': unknown section {obj['section']!r} (known: {', '.join(SECTION_NAMES)})")
+    labels = obj["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise CalibrationError(f"{where}: field 'labels': expected a non-empty object of key: true/false, got {labels!r}")
+    for k, v in labels.items():
+        if not isinstance(v, bool):
+            raise CalibrationError(f"{where}: field 'labels.{k}': expected true or false, got {v!r}")
+    return {
+        "id": obj["id"], "section": obj["section"], "entity": obj["entity"], "domain": obj.get("domain", ""),
+        "kind": obj.get("kind", ""), "text": obj["text"], "labels": dict(labels), "note": obj.get("note", ""),
+    }
+
+
+def _check_key_set(keys: list[str], expected: list[str], where: str, against: str) -> None:
+    missing = [k for k in expected if k not in keys]
+    extra = [k for k in keys if k not in expected]
+    if missing:
+        raise CalibrationError(f"{where}: field 'labels': missing key(s) {missing} (expected those of {against})")
+    if extra:
+        raise CalibrationError(f"{where}: field 'labels': unknown key(s) {extra} (expected those of {against})")
+
+
+def long_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (text, question): id, section, entity, text, key, label (bool), kind, domain."""
+    records = [
+        {"id": r.id, "section": r.section, "entity": r.entity, "text": r.text, "key": k, "label": bool(v),
+         "kind": r.kind, "domain": r.domain}
+        for r in df.itertuples(index=False)
+        for k, v in r.labels.items()
+    ]
+    return pd.DataFrame(records, columns=["id", "section", "entity", "text", "key", "label", "kind", "domain"])
+
+
+def label_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Label counts per question: section, key, n, yes, no, yes_rate (rubric order kept)."""
+    long = long_labels(df)
+    g = long.groupby(["section", "key"], sort=False)["label"]
+    out = pd.DataFrame({"n": g.size(), "yes": g.sum().astype(int)})
+    out["no"] = out["n"] - out["yes"]
+    out["yes_rate"] = out["yes"] / out["n"]
+    return out.reset_index()
+
+
+def judge_calibration_set(judge: "SectionJudge", rubric: "Rubric", df: pd.DataFrame) -> pd.DataFrame:
+    """Ask `judge` every question about every text of the calibration set.
+
+    Returns one row per (id, key): id, section, key, p_yes (NaN when flagged or not asked),
+    verdict (bool), flagged, asked (False where seed mode skipped a plausible item, which counts 0).
+    """
+    rows = []
+    for name, sub in df.groupby("section", sort=False):
+        section = rubric[name]
+        results = judge.judge_section(section, list(sub["entity"]), list(sub["text"]))
+        if len(results) != len(sub):
+            raise CalibrationError(f"judge returned {len(results)} results for {len(sub)} {name!r} texts")
+        for rid, verdicts in zip(sub["id"], results):
+            for key in section.keys:
+                j = verdicts.get(key)
+                rows.append({
+                    "id": rid, "section": name, "key": key,
+                    "p_yes": np.nan if j is None or j.p_yes is None else float(j.p_yes),
+                    "verdict": bool(j.verdict) if j is not None else False,
+                    "flagged": bool(j.flagged) if j is not None else False,
+                    "asked": j is not None,
+                })
+    return pd.DataFrame(rows, columns=["id", "section", "key", "p_yes", "verdict", "flagged", "asked"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------
+
+def _as_labels(y_true: Any, what: str = "y_true") -> np.ndarray:
+    y = pd.Series(y_true).reset_index(drop=True)
+    if y.isna().any():
+        raise CalibrationError(f"{what}: labels must not be missing ({int(y.isna().sum())} missing)")
+    bad = ~y.isin([0, 1, True, False])
+    if bad.any():
+        raise CalibrationError(f"{what}: labels must be true/false or 0/1, got {y[bad].iloc[0]!r}")
+    return y.astype(bool).to_numpy()
+
+
+def _as_probs(p_yes: Any, n: int) -> np.ndarray:
+    p = pd.to_numeric(pd.Series(p_yes).reset_index(drop=True), errors="raise").to_numpy(dtype=float)
+    if p.shape[0] != n:
+        raise CalibrationError(f"p_yes has {p.shape[0]} values, y_true has {n}")
+    ok = p[~np.isnan(p)]
+    if ok.size and (ok.min() < 0 or ok.max() > 1):
+        raise CalibrationError(f"p_yes must lie in [0, 1], got values from {ok.min():g} to {ok.max():g}")
+    return p
+
+
+def cohen_kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Cohen's kappa (sklearn). NaN, without a warning, when there are no pairs or labels and
+    predictions all use the same single class: chance agreement is then 1 and kappa is 0/0."""
+    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
+    if y_true.size == 0 or np.unique(np.concatenate([y_true, y_pred])).size < 2:
+        return float("nan")
+    return float(cohen_kappa_score(y_true, y_pred, labels=[False, True]))
+
+
+def calibration_bins(y_true: Any, p_yes: Any, n_bins: int = ECE_BINS) -> pd.DataFrame:
+    """Equal-width bins of P(yes): bin k holds k/n_bins <= p < (k+1)/n_bins (the last also p = 1).
+
+    Returns one row per bin (empty ones included): lo, hi, n, mean_p, frac_yes (NaN when empty).
+    Missing P(yes) values are dropped.
+    """
+    if n_bins < 1:
+        raise CalibrationError(f"n_bins must be >= 1, got {n_bins}")
+    y = _as_labels(y_true)
+    p = _as_probs(p_yes, y.size)
+    keep = ~np.isnan(p)
+    y, p = y[keep], p[keep]
+    # the tiny tolerance keeps a value such as 0.3 (stored as 0.29999...) in bin [0.3, 0.4)
+    idx = np.minimum(np.floor(p * n_bins + 1e-9).astype(int), n_bins - 1)
+    rows = []
+    for k in range(n_bins):
+        m = idx == k
+        rows.append({
+            "lo": k / n_bins, "hi": (k + 1) / n_bins, "n": int(m.sum()),
+            "mean_p": float(p[m].mean()) if m.any() else np.nan,
+            "frac_yes": float(y[m].mean()) if m.any() else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(y_true: Any, p_yes: Any, n_bins: int = ECE_BINS) -> float:
+    """ECE = sum over bins of (n_bin / n) * |frac_yes(bin) - mean_p(bin)|, equal-width bins
+    (see `calibration_bins`). NaN when no P(yes) is present.
+
+    >>> expected_calibration_error([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2)
+    0.25
+    """
+    bins = calibration_bins(y_true, p_yes, n_bins)
+    n = bins["n"].sum()
+    if n == 0:
+        return float("nan")
+    full = bins[bins["n"] > 0]
+    return float((full["n"] / n * (full["frac_yes"] - full["mean_p"]).abs()).sum())
+
+
+def _metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    keep = ~np.isnan(p)
+    out: dict[str, float] = {"n": int(keep.sum()), "n_missing": int((~keep).sum()), "yes_rate": float(y.mean()) if y.size else np.nan}
+    y, p = y[keep], p[keep]
+    nan = float("nan")
+    if y.size == 0:
+        out.update(pred_yes_rate=nan, accuracy=nan, kappa=nan, brier=nan, ece=nan, log_loss=nan, auroc=nan)
+        return out
+    pred = p >= threshold  # the same rule as a hard-mode Judgement.verdict
+    yi = y.astype(int)
+    out.update(
+        pred_yes_rate=float(pred.mean()),
+        accuracy=float((pred == y).mean()),
+        kappa=cohen_kappa(y, pred),
+        brier=float(brier_score_loss(yi, p, labels=[0, 1])),
+        ece=expected_calibration_error(y, p),
+        log_loss=float(log_loss(yi, np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS), labels=[0, 1])),
+        auroc=float(roc_auc_score(yi, p)) if np.unique(y).size == 2 else nan,
+    )
+    return out
+
+
+def metrics_table(y_true: Any, p_yes: Any, threshold: float = 0.5, by: Any = None) -> pd.DataFrame:
+    """Agreement and calibration of P(yes) against human labels, per group and overall.
+
+    `y_true`: bools (or 0/1); `p_yes`: the judge's P(yes), NaN where it saw neither yes nor no
+    (those pairs are left out and counted in `n_missing`); `by`: optional group labels aligned with
+    them (e.g. "answer/humor"). Rows: each group in order of first appearance, then "overall".
+    Columns: n, n_missing, yes_rate (labels), pred_yes_rate (p >= threshold), accuracy, kappa
+    (NaN when one class only, see `cohen_kappa`), brier, ece (10 equal-width bins), log_loss
+    (P clipped to [1e-6, 1 - 1e-6]), auroc (NaN unless both classes are present).
+    """
+    y = _as_labels(y_true)
+    p = _as_probs(p_yes, y.size)
+    rows: dict[str, dict[str, float]] = {}
+    if by is not None:
+        groups = pd.Series(by).reset_index(drop=True)
+        if groups.shape[0] != y.size:
+            raise CalibrationError(f"by has {groups.shape[0]} values, y_true has {y.size}")
+        if (groups.astype(str) == OVERALL).any():
+            raise CalibrationError(f"by: the group name {OVERALL!r} is reserved for the overall row")
+        for g in pd.unique(groups):
+            m = (groups == g).to_numpy()
+            rows[str(g)] = _metrics(y[m], p[m], threshold)
+    rows[OVERALL] = _metrics(y, p, threshold)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "group"
+    return table
+
+
+def threshold_sweep(y_true: Any, p_yes: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> pd.DataFrame:
+    """Accuracy, kappa and predicted yes-rate of the verdict `p >= t` for each threshold t.
+
+    Columns: threshold, n, accuracy, kappa, yes_rate. Missing P(yes) values are left out.
+    """
+    y = _as_labels(y_true)
+    p = _as_probs(p_yes, y.size)
+    keep = ~np.isnan(p)
+    y, p = y[keep], p[keep]
+    rows = []
+    for t in thresholds:
+        pred = p >= t
+        rows.append({
+            "threshold": float(t), "n": int(y.size),
+            "accuracy": float((pred == y).mean()) if y.size else np.nan,
+            "kappa": cohen_kappa(y, pred),
+            "yes_rate": float(pred.mean()) if y.size else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def mode_frame(labels: pd.DataFrame, **judged: pd.DataFrame) -> pd.DataFrame:
+    """The labels and each mode's answers side by side, for `mode_agreement`.
+
+    `labels`: `long_labels` output; `judged`: `judge_calibration_set` outputs keyed by mode
+    (`soft=`, `hard=`, `seed=`). Column `soft` holds P(yes); `hard` and `seed` hold the verdict
+    (a seed-mode item that was not asked counts as "no", as in the section score).
+    Returns id, section, key, label and one column per mode given.
+    """
+    unknown = [m for m in judged if m not in MODES]
+    if unknown:
+        raise CalibrationError(f"mode_frame: unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    frame = labels[["id", "section", "key", "label"]]
+    for mode, j in judged.items():
+        col = j[["id", "section", "key", "p_yes" if mode == "soft" else "verdict"]].rename(
+            columns={"p_yes": mode, "verdict": mode})
+        frame = frame.merge(col, on=["id", "section", "key"], how="left", validate="one_to_one")
+        if frame[mode].isna().all():
+            raise CalibrationError(f"mode_frame: the {mode!r} judgements share no (id, key) with the labels")
+    return frame
+
+
+def mode_agreement(frame: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+    """How the judge modes agree with the labels and with each other.
+
+    `frame` has a `label` column (bool) and any of the mode columns `soft` (P(yes), turned into a
+    verdict by `p >= threshold`), `hard` (bool) and `seed` (bool). Rows with a missing value are
+    left out pair by pair. Returns one row per pair (a, b): first each mode against `label` (its
+    agreement is the accuracy), then each pair of modes; columns a, b, n, agreement, kappa.
+    """
+    if "label" not in frame.columns:
+        raise CalibrationError(f"mode_agreement: frame needs a 'label' column; has {list(frame.columns)}")
+    modes = [m for m in MODES if m in frame.columns]
+    if not modes:
+        raise CalibrationError(f"mode_agreement: frame needs at least one of the columns {list(MODES)}; has {list(frame.columns)}")
+    cols: dict[str, pd.Series] = {"label": pd.Series(_as_labels(frame["label"], "label"), dtype="boolean")}
+    for m in modes:
+        v = frame[m].reset_index(drop=True)
+        if m == "soft":
+            p = _as_probs(v, len(frame))
+            cols[m] = pd.Series(np.where(np.isnan(p), None, p >= threshold), dtype="boolean")
+        else:
+            cols[m] = v.astype("boolean")
+    pairs = [("label", m) for m in modes] + [(a, b) for i, a in enumerate(modes) for b in modes[i + 1:]]
+    rows = []
+    for a, b in pairs:
+        both = cols[a].notna() & cols[b].notna()
+        va, vb = cols[a][both].to_numpy(dtype=bool), cols[b][both].to_numpy(dtype=bool)
+        rows.append({
+            "a": a, "b": b, "n": int(both.sum()),
+            "agreement": float((va == vb).mean()) if va.size else np.nan,
+            "kappa": cohen_kappa(va, vb),
+        })
+    return pd.DataFrame(rows, columns=["a", "b", "n", "agreement", "kappa"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (matplotlib Figure objects, no pyplot state: safe headless; display() them in a notebook)
+# ----------------------------------------------------------------------------------------------
+
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def reliability_diagram(
+    y_true: Any, p_yes: Any, path: str | Path | None, n_bins: int = ECE_BINS, title: str = "Judge reliability"
+) -> Figure:
+    """Fraction of yes labels per P(yes) bin against the diagonal, a histogram of P(yes) under it.
+
+    Saves a PNG at `path` (parents created; None: not saved) and returns the Figure.
+    """
+    bins = calibration_bins(y_true, p_yes, n_bins)
+    ece = expected_calibration_error(y_true, p_yes, n_bins)
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = 1.0 / n_bins
+    full = bins[bins["n"] > 0]
+    top.bar(full["lo"], full["frac_yes"], width=width, align="edge", alpha=0.6, edgecolor="black", label="fraction labelled yes")
+    top.plot(full["mean_p"], full["frac_yes"], "o", color="C3", label="bin mean P(yes)")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set_ylim(0, 1)
+    top.set_ylabel("fraction labelled yes")
+    top.set_title(f"{title} (ECE {ece:.3f}, n={int(bins['n'].sum())})")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(bins["lo"], bins["n"], width=width, align="edge", color="C0", edgecolor="black")
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("judge P(yes)")
+    bottom.set_ylabel("count")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_threshold_sweep(
+    df: pd.DataFrame, path: str | Path | None, title: str = "Hard-verdict threshold", label_yes_rate: float | None = None
+) -> Figure:
+    """Accuracy, kappa and predicted yes-rate against the threshold (`threshold_sweep` output).
+
+    Marks the threshold of best accuracy; `label_yes_rate` draws the labels' yes-rate for reference.
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for col in ("accuracy", "kappa", "yes_rate"):
+        ax.plot(df["threshold"], df[col], marker="o", markersize=3, label=col)
+    if label_yes_rate is not None:
+        ax.axhline(float(label_yes_rate), linestyle=":", color="C2", label="label yes-rate")
+    if df["accuracy"].notna().any():
+        best = df.loc[df["accuracy"].idxmax(), "threshold"]
+        ax.axvline(best, linestyle="--", color="grey", label=f"best accuracy at {best:.2f}")
+    ax.set_xlabel("threshold on P(yes)")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bias probes
+# ----------------------------------------------------------------------------------------------
+
+def load_probes(path: str | Path | None = None) -> dict[str, Any]:
+    """Read `lib/data/probes.yaml`: at least `filler_sentences`, a non-empty list of strings."""
+    p = Path(path) if path is not None else PROBES_FILE
+    if not p.exists():
+        raise CalibrationError(f"{p}: probe file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"{p}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    fillers = data.get("filler_sentences") if isinstance(data, dict) else None
+    if not isinstance(fillers, list) or not fillers or not all(isinstance(s, str) and s.strip() for s in fillers):
+        raise CalibrationError(f"{p}: field 'filler_sentences': expected a non-empty list of non-empty strings")
+    return data
+
+
+def length_probe_texts(
+    good_texts: Mapping[str, str] | Sequence[str],
+    filler_sentences: Sequence[str],
+    pad_levels: Sequence[int] = (0, 1, 2, 4, 8),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Good answers padded with k bland filler sentences for each k in `pad_levels`.
+
+    Does the judge reward length rather than content? Each text draws one random order of the filler
+    sentences (`numpy.random.default_rng(seed)`), and level k appends the first k of them, so a
+    higher level only adds sentences (beyond the pool size the order repeats). `good_texts`: {id:
+    text}, or a sequence (ids "0", "1", ...). Returns columns id, pad_level, text, n_chars.
+    """
+    items = list(good_texts.items()) if isinstance(good_texts, Mapping) else [(str(i), t) for i, t in enumerate(good_texts)]
+    fillers = [s.strip() for s in filler_sentences]
+    if not fillers or not all(fillers):
+        raise CalibrationError("length_probe_texts: filler_sentences must be a non-empty list of non-empty strings")
+    levels = [int(k) for k in pad_levels]
+    if not levels or min(levels) < 0:
+        raise CalibrationError(f"length_probe_texts: pad_levels must be non-negative integers, got {list(pad_levels)}")
+    rng = np.random.default_rng(seed)
+    top = max(levels)
+    rows = []
+    for tid, text in items:
+        if not isinstance(text, str) or not text.strip():
+            raise CalibrationError(f"length_probe_texts: text {tid!r} is empty")
+        n_perm = max(1, -(-top // len(fillers)))
+        order = np.concatenate([rng.permutation(len(fillers)) for _ in range(n_perm)])[:top]
+        for k in levels:
+            padded = text.strip() + "".join(fillers[i] for i in order[:k])
+            rows.append({"id": str(tid), "pad_level": k, "text": padded, "n_chars": len(padded)})
+    return pd.DataFrame(rows, columns=["id", "pad_level", "text", "n_chars"])
+
+
+def relevance_probe_pairs(df_answers: pd.DataFrame, seed: int = 0, pool: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each answer paired with an unrelated entity, to check that `relevancy` drops when it should.
+
+    `df_answers`: columns id, text, entity (and optionally domain). The swapped entity is drawn
+    (`numpy.random.default_rng(seed)`) from `pool` (columns entity[, domain]; default: the answers
+    themselves) among entities other than the answer's own and, when both have a domain, from
+    another domain. Returns id, text, true_entity, swapped_entity (and true_domain, swapped_domain).
+    """
+    missing = [c for c in ("id", "text", "entity") if c not in df_answers.columns]
+    if missing:
+        raise CalibrationError(f"relevance_probe_pairs: missing column(s) {missing}; has {list(df_answers.columns)}")
+    pool = df_answers if pool is None else pool
+    if "entity" not in pool.columns:
+        raise CalibrationError(f"relevance_probe_pairs: pool needs an 'entity' column; has {list(pool.columns)}")
+    use_domain = "domain" in df_answers.columns and "domain" in pool.columns
+    cand = pool[["entity", "domain"]] if use_domain else pool[["entity"]].assign(domain="")
+    cand = cand.drop_duplicates("entity").sort_values("entity").reset_index(drop=True)  # sorted: pool order does not matter
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in df_answers.itertuples(index=False):
+        dom = getattr(r, "domain", "") if use_domain else ""
+        ok = cand[(cand["entity"] != r.entity) & ((cand["domain"] != dom) | (not use_domain) | (dom == ""))]
+        if ok.empty:
+            raise CalibrationError(f"relevance_probe_pairs: no unrelated entity for {r.id!r} ({r.entity!r}, domain {dom!r})")
+        pick = ok.iloc[int(rng.integers(len(ok)))]
+        row = {"id": r.id, "text": r.text, "true_entity": r.entity, "swapped_entity": pick["entity"]}
+        if use_domain:
+            row.update(true_domain=dom, swapped_domain=pick["domain"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_probe(
+    df: pd.DataFrame,
+    value_col: str,
+    group_col: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    stat: Callable[..., float] = np.mean,
+) -> pd.DataFrame:
+    """Mean (or `stat`) of `value_col` per group with a bootstrap interval (`lib.stats.bootstrap_ci`).
+
+    Returns columns <group_col>, n, mean, low, high; groups sorted. NaN values are left out.
+    """
+    for c in (value_col, group_col):
+        if c not in df.columns:
+            raise CalibrationError(f"summarize_probe: missing column {c!r}; has {list(df.columns)}")
+    rows = []
+    for g, sub in df.groupby(group_col, sort=True):
+        vals = pd.to_numeric(sub[value_col], errors="raise").to_numpy(dtype=float)
+        point, low, high = bootstrap_ci(vals, stat=stat, n_resamples=n_resamples, seed=seed, confidence=confidence)
+        rows.append({group_col: g, "n": int((~np.isnan(vals)).sum()), "mean": point, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=[group_col, "n", "mean", "low", "high"])
+
+
+def plot_probe(
+    summary: pd.DataFrame,
+    group_col: str,
+    path: str | Path | None,
+    title: str = "Probe",
+    ylabel: str = "mean judge score",
+    xlabel: str | None = None,
+) -> Figure:
+    """The `summarize_probe` table as points with interval bars (a line when groups are numeric)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    numeric = pd.api.types.is_numeric_dtype(summary[group_col])
+    x = summary[group_col].to_numpy(dtype=float) if numeric else np.arange(len(summary))
+    yerr = np.vstack([summary["mean"] - summary["low"], summary["high"] - summary["mean"]])
+    ax.errorbar(x, summary["mean"], yerr=yerr, marker="o", capsize=4, linestyle="-" if numeric else "none")
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in summary[group_col]])
+    ax.set_xlabel(xlabel or group_col)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

