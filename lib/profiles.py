@@ -81,6 +81,8 @@ class TrainConfig(_Strict):
     log_completions: int = Field(4, ge=0)  # completions per logged step written to samples.jsonl
     report_to: list[str] = []  # add "tensorboard" or "wandb"
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # unsloth: the policy's vLLM share
+    rollout_engine: Literal["hf", "vllm_colocate", "vllm_server"] = "hf"  # trl backend: HF generate, TRL's colocated vLLM, or `trl vllm-serve`
+    vllm_server_base_url: str | None = None  # rollout_engine vllm_server: e.g. http://127.0.0.1:8000
     unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge
     merge_final: bool = False  # also save a merged model (needed to serve the policy with vLLM)
     bf16: bool = False
@@ -121,6 +123,7 @@ class Profile(_Strict):
     eval: EvalConfig = EvalConfig()
     case_studies: CaseStudyConfig = CaseStudyConfig()
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
+    calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
 
 
 def available_profiles() -> list[str]:

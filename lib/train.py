@@ -6,8 +6,9 @@
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
-- "trl": transformers model (float32 on CPU) wrapped in a PEFT LoRA; TRL's GRPOTrainer generates with
-  HF `generate` (vLLM colocate failed at the first weight sync on CPU, shared/PLATFORM.md).
+- "trl": transformers model (float32 on CPU) and a PEFT LoRA that GRPOTrainer applies; it generates with
+  HF `generate` (vLLM colocate failed at the first weight sync on CPU, shared/PLATFORM.md); on GPU,
+  `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
 - "unsloth": Unsloth's FastLanguageModel with its own vLLM engine for rollouts (`fast_inference=True`).
   Written against Unsloth's documented API; UNVERIFIED until it has run on a GPU.
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from lib import rewards as rewards_mod
 from lib.profiles import Profile, TrainConfig
-from lib.train_logging import RewardRecorder, TrainingLogger
+from lib.train_logging import LOG_JSONL, RewardRecorder, TrainingLogger, training_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from lib.run import RunContext
@@ -97,7 +98,14 @@ def unsloth_peft_kwargs(profile: Profile) -> dict:
 
 
 def load_policy(profile: Profile):
-    """(model with a LoRA adapter, tokenizer) for the profile's policy and backend."""
+    """(model, tokenizer, peft_config) for the profile's policy and backend.
+
+    "trl": the plain transformers model and the `peft.LoraConfig` that GRPOTrainer applies itself (after
+    seeding with the profile's seed, so the LoRA init is fixed). Handing TRL 1.15 a model that is already a
+    PeftModel makes it add a "ref" copy of the adapter, saved as a checkpoint subfolder, and transformers'
+    checkpoint loader then reloads only that subfolder: a resumed run would restart from the initial LoRA.
+    "unsloth": Unsloth's PEFT model (its own LoRA wrapper) and None.
+    """
     cfg = profile.train
     from lib.models import resolve_model
 
@@ -109,19 +117,16 @@ def load_policy(profile: Profile):
         model = FastLanguageModel.get_peft_model(model, **unsloth_peft_kwargs(profile))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer
+        return model, tokenizer, None
 
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     from lib.models import load_causal_lm
 
     # float32 on CPU (bf16 matmuls are slow without AMX); bf16 on GPU when the profile says so
     dtype = "bfloat16" if profile.device == "cuda" and cfg.bf16 else "float32"
     model, tokenizer = load_causal_lm(profile.policy_model, dtype=dtype, device=profile.device)
-    torch.manual_seed(profile.seed)  # the LoRA's random init (A matrices)
-    model = get_peft_model(model, LoraConfig(**lora_kwargs(profile)))
-    return model, tokenizer
+    return model, tokenizer, LoraConfig(**lora_kwargs(profile))
 
 
 # ----------------------------------------------------------------------------------------- CPU log-probs
@@ -194,11 +199,12 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
     if not 0 <= cfg.warmup_ratio < 1:
         raise TrainError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     _, weights = reward_functions(profile)
-    gen_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes under accelerate/torchrun
+    gen_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if gen_batch % cfg.num_generations:
         raise TrainError(
-            f"train.per_device_train_batch_size * gradient_accumulation_steps = {gen_batch} must be a multiple of "
-            f"train.num_generations = {cfg.num_generations} (each batch holds whole groups)"
+            f"train.per_device_train_batch_size * gradient_accumulation_steps * {world} processes = {gen_batch} must be "
+            f"a multiple of train.num_generations = {cfg.num_generations} (each batch holds whole groups)"
         )
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -232,8 +238,17 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         # Unsloth's engine (fast_inference) generates; its patched trainer reads these (UNVERIFIED until run on a GPU)
         kwargs.update(use_vllm=True, gradient_checkpointing=False)  # Unsloth checkpoints itself ("unsloth")
     else:
-        kwargs.update(use_vllm=False, use_cpu=profile.device == "cpu",
+        kwargs.update(use_vllm=cfg.rollout_engine != "hf", use_cpu=profile.device == "cpu",
                       gradient_checkpointing=profile.device == "cuda")  # CPU: memory is ample, recomputation is not free
+        if cfg.rollout_engine == "vllm_colocate":
+            if profile.device == "cpu":
+                raise TrainError("train.rollout_engine 'vllm_colocate' fails at TRL's first weight sync on CPU: use 'hf'")
+            kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.gpu_memory_utilization,
+                          vllm_max_model_length=cfg.max_prompt_length + cfg.max_completion_length)
+        elif cfg.rollout_engine == "vllm_server":
+            if not cfg.vllm_server_base_url:
+                raise TrainError("train.rollout_engine 'vllm_server' needs train.vllm_server_base_url (the `trl vllm-serve` URL)")
+            kwargs.update(vllm_mode="server", vllm_server_base_url=cfg.vllm_server_base_url)
     return kwargs
 
 
@@ -269,7 +284,8 @@ def reward_functions(profile: Profile) -> tuple[list[Callable[..., list[float]]]
 _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset filter)", "log_completions": "(samples.jsonl)",
               "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
               "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
-              "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)"}
+              "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)",
+              "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
@@ -352,18 +368,18 @@ def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder) -> tupl
     return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights
 
 
-def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, model=None, tokenizer=None):
+def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, policy: tuple | None = None):
     """A `trl.GRPOTrainer` for the run: policy, dataset, wrapped rewards, and the TrainingLogger callback.
 
     The judge rewards use the judge set by `lib.rewards.configure(judge, rubric)` (call it first);
-    `judge` here is read for its timing stats. `model`/`tokenizer` default to `load_policy(profile)`.
+    `judge` here is read for its timing stats. `policy` = (model, tokenizer, peft_config) defaults to
+    `load_policy(profile)`.
     """
-    funcs, weights = reward_functions(profile)
+    reward_functions(profile)  # a bad reward name fails before the model loads
     judged = [n for n in profile.train.reward_weights if n in rewards_mod.LAST_DETAILS]
     if judged and getattr(rewards_mod, "_JUDGE", None) is None:
         raise TrainError(f"rewards {', '.join(judged)} need a judge: call lib.rewards.configure(judge, rubric) first")
-    if model is None or tokenizer is None:
-        model, tokenizer = load_policy(profile)
+    model, tokenizer, peft_config = policy if policy is not None else load_policy(profile)
     from trl import GRPOTrainer
 
     if profile.train.backend == "trl":
@@ -380,6 +396,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, mo
         train_dataset=load_train_dataset(profile, run_ctx, tokenizer),
         processing_class=tokenizer,
         callbacks=[logger],
+        peft_config=peft_config,
     )
 
 
@@ -403,7 +420,7 @@ def save_final(trainer, profile: Profile, out: Path) -> dict[str, str | None]:
     adapter = out / ADAPTER_DIR
     trainer.save_model(str(adapter))  # PEFT: adapter_config.json + adapter_model.safetensors (+ tokenizer)
     merged = None
-    if profile.train.merge_final:
+    if profile.train.merge_final and trainer.is_world_process_zero():  # one writer under DDP
         merged = out / MERGED_DIR
         model = trainer.accelerator.unwrap_model(trainer.model)
         tokenizer = trainer.processing_class
@@ -415,12 +432,20 @@ def save_final(trainer, profile: Profile, out: Path) -> dict[str, str | None]:
     return {"adapter_dir": str(adapter), "merged_dir": str(merged) if merged else None}
 
 
+def checkpoint_is_final(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint's trainer state reached its planned `max_steps` (training is complete)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("max_steps") or 0) > 0 and int(state.get("global_step", 0)) >= int(state["max_steps"])
+
+
 def train(profile: Profile, run_ctx: "RunContext", judge: Any = None, resume: bool = True, trainer=None) -> dict:
     """Train (or resume) the run's policy; returns steps, seconds, judge time and where the outputs went.
 
     With `resume`, training continues from the last complete checkpoint in `train/checkpoints/` and the
-    logs are appended without repeating steps. Without it, a run that already has checkpoints is refused
-    (a run directory is never overwritten).
+    logs are appended without repeating steps; a final checkpoint is only loaded and saved again
+    (transformers would otherwise train one step past max_steps). Without `resume`, a run that already
+    has checkpoints is refused (a run directory is never overwritten).
+    `seconds`/`judge_share` cover this call; `total_*` cover every logged step of the run (across resumes).
     """
     out = train_dir(run_ctx)
     ckpt = last_checkpoint(out / CHECKPOINTS_DIR)
@@ -430,17 +455,29 @@ def train(profile: Profile, run_ctx: "RunContext", judge: Any = None, resume: bo
         trainer = build_trainer(profile, run_ctx, judge)
     judge_before = _judge_seconds(judge, trainer)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    train_loss = None  # None: nothing trained in this call
+    if ckpt is not None and checkpoint_is_final(ckpt):
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(ckpt))  # transformers' own loader (PEFT adapters included)
+        trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+    else:
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        train_loss = float(result.training_loss)
     seconds = time.perf_counter() - t0
     judge_seconds = _judge_seconds(judge, trainer) - judge_before
     saved = save_final(trainer, profile, out)
+    total = training_summary(out / LOG_JSONL)
     return {
         "steps": int(trainer.state.global_step),
         "resumed_from": str(ckpt) if ckpt else None,
         "seconds": seconds,
         "judge_seconds": judge_seconds,
-        "judge_share": judge_seconds / seconds if seconds > 0 else float("nan"),
-        "train_loss": float(result.training_loss) if result is not None else float("nan"),
+        "judge_share": judge_seconds / seconds if seconds > 0 else None,
+        "train_loss": train_loss,
+        "total_seconds": total["seconds"],
+        "total_judge_seconds": total["judge_seconds"],
+        "total_judge_share": total["judge_share"],
         **saved,
     }
 

@@ -420,7 +420,7 @@ def first_last_comparison(
 
     The difference (last - first) gets a two-sample percentile bootstrap interval (scipy, fixed seed).
     With fewer than 2k logged steps, k shrinks to half of them; with fewer than 2 values per side
-    there is no interval and the verdict is "too few steps". Otherwise the verdict is "rises" when
+    there is no interval (None: the result is JSON-safe) and the verdict is "too few steps". Otherwise the verdict is "rises" when
     the interval lies above 0, "falls" when below, else "no clear change".
 
     >>> r = first_last_comparison([{"step": i, "m": 0.1 * i} for i in range(1, 21)], "m", k=5)
@@ -444,12 +444,12 @@ def first_last_comparison(
         "metric": metric, "k": kk, "n_steps": int(len(values)),
         "first_steps": [int(steps[0]), int(steps[kk - 1])] if kk else [],
         "last_steps": [int(steps[len(values) - kk]), int(steps[-1])] if kk else [],
-        "first_mean": float(first.mean()) if kk else float("nan"),
-        "last_mean": float(last.mean()) if kk else float("nan"),
+        "first_mean": float(first.mean()) if kk else None,
+        "last_mean": float(last.mean()) if kk else None,
     }
-    out["diff"] = out["last_mean"] - out["first_mean"]
+    out["diff"] = out["last_mean"] - out["first_mean"] if kk else None
     if kk < 2:
-        out.update(diff_lo=float("nan"), diff_hi=float("nan"), verdict="too few steps")
+        out.update(diff_lo=None, diff_hi=None, verdict="too few steps")
         return out
     if np.ptp(first) == 0 and np.ptp(last) == 0:
         lo = hi = out["diff"]  # every resample gives the same difference
@@ -476,12 +476,17 @@ def describe_comparison(result: Mapping) -> str:
 
 
 def training_summary(log: str | Path | pd.DataFrame) -> dict:
-    """Totals of a training log: steps, seconds, judge seconds and the judge's share of the time."""
-    df = read_log(log)
-    if df.empty:
-        return {"steps": 0, "seconds": 0.0, "judge_seconds": 0.0, "judge_share": float("nan")}
+    """Totals over the logged steps of a run (all sessions): steps, seconds, judge seconds, judge share.
+
+    Seconds are `step_seconds` times the steps each record covers; a missing log gives zeros and a
+    judge share of None (JSON-safe).
+    """
+    df = pd.DataFrame() if isinstance(log, (str, Path)) and not Path(log).exists() else read_log(log)
+    if df.empty or "step" not in df.columns or not len(df):
+        return {"steps": 0, "seconds": 0.0, "judge_seconds": 0.0, "judge_share": None}
     d_steps = df["step"].diff().fillna(df["step"].iloc[0]).clip(lower=1)
-    seconds = float((df.get("step_seconds", pd.Series(0.0, index=df.index)).fillna(0) * d_steps).sum())
-    judge = float((df.get("judge_seconds", pd.Series(0.0, index=df.index)).fillna(0) * d_steps).sum())
+    zero = pd.Series(0.0, index=df.index)
+    seconds = float((df.get("step_seconds", zero).fillna(0) * d_steps).sum())
+    judge = float((df.get("judge_seconds", zero).fillna(0) * d_steps).sum())
     return {"steps": int(df["step"].max()), "seconds": seconds, "judge_seconds": judge,
-            "judge_share": judge / seconds if seconds > 0 else float("nan")}
+            "judge_share": judge / seconds if seconds > 0 else None}
