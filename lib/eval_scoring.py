@@ -1,0 +1,264 @@
+"""Scoring completions with the judges for evaluation (notebook 04) and case studies (notebook 05).
+
+    per_item, details = score_completions({"base": texts_a, "grpo": texts_b}, entities, judge, rubric)
+    per_item            # one row per completion: model, entity, format, think, answer, judge
+    details[0]          # the same completion with every checklist item's question, P(yes) and verdict
+
+The scores are the training rewards themselves (lib.rewards: format_reward, think_quality_reward,
+answer_quality_reward), so evaluation measures exactly what training optimized; the held-out judge
+(`heldout_judge`) asks the reworded checklists (lib/rubrics/heldout.yaml) to see whether gains transfer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from lib.judge import SectionJudge
+from lib.rewards import LAST_DETAILS, answer_quality_reward, format_reward, think_quality_reward
+from lib.rubric import Rubric
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lib.profiles import EvalModel, Profile
+
+PER_ITEM_COLUMNS = ("model", "entity", "format", "think", "answer", "judge")
+# Judge settings that belong to the engine (backend) rather than to how its answers are read.
+_BACKEND_FIELDS = ("model", "backend", "max_model_len", "answer_scoring", "top_logprobs", "base_url",
+                   "enforce_eager", "gpu_memory_utilization", "batch_size")
+
+
+class ScoringError(ValueError):
+    """Scoring input that cannot be used; one line naming the model, file or value."""
+
+
+def _items(rubric: Rubric, section: str, entity: str, detail: dict) -> list[dict]:
+    sec = rubric[section]
+    out = []
+    for key, d in detail["items"].items():
+        out.append({"key": key, "question": sec.question(entity, sec.item(key)), "p_yes": d["p_yes"],
+                    "verdict": d["verdict"], "flagged": d["flagged"]})
+    return out
+
+
+def score_completions(
+    completions: Mapping[str, Sequence[str]],
+    entities: Sequence[str],
+    judge: SectionJudge,
+    rubric: Rubric,
+    judge_name: str = "train",
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Format, think and answer scores of every model's completions (all models judged in one batch).
+
+    `completions`: label -> completions aligned with `entities`. Returns (per_item, details): per_item has
+    the columns `PER_ITEM_COLUMNS`; details holds, per completion, the model, entity, judge, completion,
+    scores, shortcut reasons and the checklist items ({key, question, p_yes, verdict, flagged}).
+    """
+    labels, ents, texts = [], [], []
+    for label, comps in completions.items():
+        if len(comps) != len(entities):
+            raise ScoringError(f"model {label!r}: {len(comps)} completions for {len(entities)} entities")
+        labels += [label] * len(comps)
+        ents += list(entities)
+        texts += list(comps)
+    fmt = format_reward(texts)
+    think = think_quality_reward(texts, entity=ents, judge=judge, rubric=rubric)
+    think_details = list(LAST_DETAILS["think"])
+    answer = answer_quality_reward(texts, entity=ents, judge=judge, rubric=rubric)
+    answer_details = list(LAST_DETAILS["answer"])
+    per_item = pd.DataFrame({"model": labels, "entity": ents, "format": fmt, "think": think, "answer": answer,
+                             "judge": judge_name}, columns=list(PER_ITEM_COLUMNS))
+    details = [
+        {"model": m, "entity": e, "judge": judge_name, "completion": c, "format": f,
+         "think_score": t, "answer_score": a, "think_shortcut": td["shortcut"], "answer_shortcut": ad["shortcut"],
+         "think_items": _items(rubric, "think", e, td), "answer_items": _items(rubric, "answer", e, ad)}
+        for m, e, c, f, t, a, td, ad in zip(labels, ents, texts, fmt, think, answer, think_details, answer_details)
+    ]
+    return per_item, details
+
+
+def save_details(details: Sequence[dict], path: str | Path) -> Path:
+    """Write `score_completions` details as JSONL (one completion a line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in details), encoding="utf-8")
+    return path
+
+
+def load_details(path: str | Path) -> list[dict]:
+    """Read what `save_details` wrote; [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ScoringError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
+    return out
+
+
+def find_detail(details: Sequence[dict], entity: str, completion: str, judge: str = "train") -> dict | None:
+    """The scored detail of this exact completion for this entity by `judge`, or None."""
+    for d in details:
+        if d["judge"] == judge and d["entity"] == entity and d["completion"] == completion:
+            return d
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Judges and model pairs
+# ----------------------------------------------------------------------------------------------
+
+def heldout_judge(profile: "Profile", train_judge) -> tuple[SectionJudge, bool]:
+    """The held-out judge and whether it shares the training judge's engine.
+
+    `profile.eval.heldout_judge` when set, else the training judge's model in soft mode. When its engine
+    settings equal the training judge's, the training engine is reused (only the rubric differs, no second
+    start); otherwise the training judge is closed first, so two engines are never alive at once.
+    """
+    from lib.judge_backends import JudgeEngine, build_judge
+
+    train_cfg = profile.judge
+    cfg = profile.eval.heldout_judge
+    mode = "soft" if cfg is None else cfg.mode
+    cfg = cfg or train_cfg
+    if all(getattr(cfg, f) == getattr(train_cfg, f) for f in _BACKEND_FIELDS):
+        return JudgeEngine(train_judge.backend, cfg, mode=mode), True
+    train_judge.close()
+    return build_judge(cfg, mode=mode, seed=profile.seed), False
+
+
+def base_pairs(models: Sequence["EvalModel"]) -> dict[str, str]:
+    """{trained label: base label} for each model with an adapter: the first adapter-free model of the same
+    base model, else the first adapter-free model; trained models without any base are left out."""
+    plain = [m for m in models if m.adapter is None]
+    out = {}
+    for m in models:
+        if m.adapter is None:
+            continue
+        same = [p for p in plain if p.model == m.model]
+        base = (same or plain or [None])[0]
+        if base is not None:
+            out[m.label] = base.label
+    return out
+
+
+def before_after(models: Sequence["EvalModel"]) -> dict[str, "EvalModel"]:
+    """The case studies' columns: {"before RL": first model without adapter, "after RL": first with one}
+    (a missing side is left out)."""
+    out = {}
+    before = next((m for m in models if m.adapter is None), None)
+    after = next((m for m in models if m.adapter is not None), None)
+    if before is not None:
+        out[f"before RL ({before.label})"] = before
+    if after is not None:
+        out[f"after RL ({after.label})"] = after
+    if not out:
+        raise ScoringError("eval.models is empty: the case studies compare its models")
+    return out
+
+
+def side_by_side(tables: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("think", "answer")) -> pd.DataFrame:
+    """Score tables of several judges in one (columns `<judge> <metric>` with `_lo`/`_hi`), one row per model."""
+    parts = []
+    for name, t in tables.items():
+        cols = {f"{m}{s}": f"{name} {m}{s}" for m in metrics for s in ("", "_lo", "_hi") if f"{m}{s}" in t.columns}
+        parts.append(t[list(cols)].rename(columns=cols))
+    return pd.concat(parts, axis=1)
+
+
+def headline(table: pd.DataFrame, prefix: str = "") -> dict[str, float]:
+    """{`<model>.<prefix><metric>`: mean} for the metrics of a score_table (for `ctx.record`)."""
+    metrics = [c for c in table.columns if f"{c}_lo" in table.columns]
+    return {f"{label}.{prefix}{m}": float(row[m]) for label, row in table.iterrows() for m in metrics}
+
+
+# ----------------------------------------------------------------------------------------------
+# Case studies
+# ----------------------------------------------------------------------------------------------
+
+def score_with_reuse(
+    completions: Mapping[str, Sequence[str]],
+    entities: Sequence[str],
+    known: Sequence[dict],
+    make_judge: Callable[[], SectionJudge],
+    rubric: Rubric,
+) -> tuple[dict[str, list[dict]], int]:
+    """Details (see `score_completions`) per label, aligned with `entities`.
+
+    A completion already scored by the training judge in `known` (notebook 04's `eval/item_scores.jsonl`)
+    is reused; the rest are judged by `make_judge()`, which is called (and its engine closed) only when
+    something is left to judge. Returns (details by label, number of completions judged here).
+    """
+    out: dict[str, list[dict | None]] = {}
+    todo_idx: dict[str, list[int]] = {}
+    for label, comps in completions.items():
+        if len(comps) != len(entities):
+            raise ScoringError(f"column {label!r}: {len(comps)} completions for {len(entities)} entities")
+        out[label] = [find_detail(known, e, c) for e, c in zip(entities, comps)]
+        todo_idx[label] = [i for i, d in enumerate(out[label]) if d is None]
+    n_new = sum(len(v) for v in todo_idx.values())
+    if n_new:
+        judge = make_judge()
+        try:
+            for label, idx in todo_idx.items():
+                if idx:
+                    texts = [completions[label][i] for i in idx]
+                    _, new = score_completions({label: texts}, [entities[i] for i in idx], judge, rubric)
+                    for i, d in zip(idx, new):
+                        out[label][i] = d
+        finally:
+            judge.close()
+    return out, n_new  # type: ignore[return-value]
+
+
+def case_entry_from_detail(detail: dict) -> dict:
+    """A lib.report case entry (one model's column) from one `score_completions` detail."""
+    return {"completion": detail["completion"], "format": detail["format"], "think_score": detail["think_score"],
+            "answer_score": detail["answer_score"], "think_items": detail["think_items"],
+            "answer_items": detail["answer_items"]}
+
+
+def case_prompts(test: pd.DataFrame, entities: Sequence[str] = (), n: int = 3) -> pd.DataFrame:
+    """The case studies' rows (`entity`, `prompt`): the named entities (their test prompt when they are in the
+    test split, else a fresh one from lib.data.make_prompt), or the first `n` test rows when none is named."""
+    from lib.data import make_prompt
+
+    if not entities:
+        return test.head(n)[["entity", "prompt"]].reset_index(drop=True)
+    by_entity = dict(zip(test["entity"], test["prompt"]))
+    return pd.DataFrame({"entity": list(entities), "prompt": [by_entity.get(e) or make_prompt(e) for e in entities]})
+
+
+def case_scores(details_by_column: Mapping[str, Sequence[dict]]) -> pd.DataFrame:
+    """One row per (entity, column): format, think and answer scores."""
+    return pd.DataFrame([{"entity": d["entity"], "model": label, "format": d["format"], "think": d["think_score"],
+                          "answer": d["answer_score"]} for label, ds in details_by_column.items() for d in ds])
+
+
+def inline_case_view(page: str) -> str:
+    """A case-study page for showing inside a notebook: its body, and of its stylesheet only the rules on
+    `.cs-*` classes (the page's rules on body, h1, table ... would restyle the whole notebook)."""
+    import re
+
+    css = "".join(re.findall(r"<style>(.*?)</style>", page, flags=re.S))
+    rules = [f"{sel.strip()}{{{body}}}" for sel, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css)
+             if all(x.strip().startswith(".cs-") for x in sel.split(","))]
+    m = re.search(r"<body[^>]*>(.*)</body>", page, flags=re.S)
+    return f"<style>{''.join(rules)}</style>" + (m.group(1) if m else page)
+
+
+def build_cases(entities: Sequence[str], prompts: Sequence[str] | None, details_by_column: Mapping[str, Sequence[dict]]) -> list[dict]:
+    """Case dicts for lib.report: per entity, one column per label (details aligned with `entities`);
+    `prompts`: the user prompt shown above each case (None: none)."""
+    cases = []
+    for i, e in enumerate(entities):
+        case = {"entity": e, "models": {label: case_entry_from_detail(ds[i]) for label, ds in details_by_column.items()}}
+        if prompts is not None:
+            case["prompt"] = prompts[i]
+        cases.append(case)
+    return cases

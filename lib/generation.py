@@ -1,0 +1,417 @@
+"""Completions for evaluation and case studies: cached, seeded per request, with vLLM or transformers.
+
+    cache = GenerationCache(ctx.stage("eval") / "generations.jsonl")
+    texts = generate("gemma3-270m", "/path/run/train/adapter", [make_prompt("椰子水")],
+                     {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95}, seed=42, cache=cache,
+                     entities=["椰子水"])
+
+- Cache first: the key is `lib.evaluate.generation_cache_key(model, adapter key, prompt text, sampling
+  plus `engine_id`, request seed)`; the adapter key is the sha256 of the adapter's files (`adapter_key`), so a retrained
+  adapter is never served an old completion, while a moved run directory still is. Only misses are
+  generated, and each is stored as soon as its chunk finishes.
+- Request seeds: `request_seeds` derives each request's seed from the base seed and the prompt text
+  (plus how often that prompt already occurred in the call), so a completion depends neither on batch
+  composition nor on its position: the case studies ask for a few of the evaluation's prompts and get
+  the evaluation's completions from the cache.
+- vLLM backend: an adapter is merged into its base once (`merged_model_dir`, keyed by base, adapter hash
+  and dtype) and served like any model by an in-process engine that is shut down afterwards. On CPU the
+  models are served in float32, as the CPU profiles train them: a short run's LoRA delta is below bf16's
+  resolution (2e-4 of the weights after the smoke run's 2 steps, bf16 resolves 4e-3; rounding kept a
+  change in only 8% of the weights), so a bf16 merge would evaluate another policy than the one trained.
+  float32 cost about 30% more time per token than bf16 here (8 prompts x 48 tokens: 8.9 s vs 6.7 s).
+- transformers backend (machines without vLLM): one request at a time, `torch.manual_seed(request seed)`.
+- Generation stops at the end of the model's turn (`stop_token_ids`): Gemma's files name only <eos>.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import json
+import math
+import os
+import shutil
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from lib import paths
+from lib.evaluate import GenerationCache, generation_cache_key
+from lib.models import chat_prompt, load_tokenizer, resolve_model, stop_token_ids
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from lib.profiles import EvalConfig, EvalModel
+
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+CHUNK = 64  # requests per engine call: completions are cached after each chunk (a crash loses at most one)
+MERGED_KEEP = 3  # merged models kept in the cache (least recently used go first): each is a full model
+
+# (model name, adapter path or None, prompt texts, sampling, request seeds) -> completions
+GenerateFn = Callable[[str, "str | None", list[str], dict, list[int]], list[str]]
+
+
+class GenerationError(RuntimeError):
+    """Generation that cannot run as asked; one line naming the model, adapter or value."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+
+def check_sampling(sampling: dict) -> dict:
+    """The sampling dict with exactly `max_new_tokens`, `temperature`, `top_p` (typed); else GenerationError.
+
+    >>> check_sampling({"max_new_tokens": 48, "temperature": 0.7, "top_p": 1})
+    {'max_new_tokens': 48, 'temperature': 0.7, 'top_p': 1.0}
+    """
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    missing = [k for k in SAMPLING_KEYS if k not in sampling]
+    if unknown or missing:
+        raise GenerationError(f"sampling needs exactly {', '.join(SAMPLING_KEYS)}; unknown {unknown}, missing {missing}")
+    out = {"max_new_tokens": int(sampling["max_new_tokens"]), "temperature": float(sampling["temperature"]),
+           "top_p": float(sampling["top_p"])}
+    if out["max_new_tokens"] < 1 or out["temperature"] < 0 or not 0 < out["top_p"] <= 1:
+        raise GenerationError(f"sampling out of range: {out} (max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1)")
+    return out
+
+
+def request_seeds(seed: int, prompts: Sequence[str]) -> list[int]:
+    """One seed per request: base seed + crc32 of the prompt + how often the prompt occurred before in the call.
+
+    >>> a = request_seeds(42, ["x", "y", "x"]); a[0] == request_seeds(42, ["x"])[0], a[2] == a[0] + 1
+    (True, True)
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        k = seen.get(p, 0)
+        seen[p] = k + 1
+        out.append((seed + zlib.crc32(p.encode("utf-8")) + k) % 2**31)
+    return out
+
+
+def adapter_key(adapter: str | Path | None) -> str | None:
+    """The cache identity of a LoRA adapter: `sha256:<hex>` over its config and weight files, None for none."""
+    if adapter is None:
+        return None
+    d = Path(adapter)
+    files = [d / f for f in ADAPTER_FILES if (d / f).is_file()]
+    if not (d / "adapter_config.json").is_file() or len(files) < 2:
+        raise GenerationError(f"{d}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def resolve_adapter(adapter: str | Path | None, run_dir: str | Path | None = None) -> Path | None:
+    """An adapter directory from None, "run" (`run_dir`'s trained adapter), a path or a run id under RUNS_DIR.
+
+    Every failure is one line saying what to run or pass instead.
+    """
+    if adapter is None or str(adapter) == "":
+        return None
+    name = str(adapter)
+    if name == "run":
+        if run_dir is None:
+            raise GenerationError("adapter 'run' means this run's trained adapter: pass run_dir (the notebook's ctx.dir)")
+        target = Path(run_dir) / "train" / "adapter"
+        if not target.is_dir():
+            raise GenerationError(f"{target} not found: run the training stage (03) of {Path(run_dir).name} first")
+        return target
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "adapter_config.json").is_file():
+            raise GenerationError(f"{p}: no adapter_config.json (not a PEFT adapter directory)")
+        return p
+    by_run = paths.RUNS_DIR / name / "train" / "adapter"
+    if by_run.is_dir():
+        return by_run
+    if (paths.RUNS_DIR / name).is_dir():
+        raise GenerationError(f"run {name!r} has no trained adapter at {by_run}: run its training stage (03) first")
+    raise GenerationError(f"adapter {name!r} is neither an adapter directory nor a run id under {paths.RUNS_DIR}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry point
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str):
+    # a 33 MB tokenizer.json takes seconds to parse: the base and its adapters share one
+    return load_tokenizer(model)
+
+
+def engine_id(backend: str | GenerateFn, dtype: str | None = None) -> str:
+    """What generates, as part of the cache key: "vllm:<dtype>", "transformers:<dtype>" or "custom" (a function)."""
+    if callable(backend):
+        return "custom"
+    if backend == "vllm":
+        return f"vllm:{dtype or serving_dtype()}"
+    if backend == "transformers":
+        return f"transformers:{'bfloat16' if _cuda() else 'float32'}"
+    raise GenerationError(f"unknown generation backend {backend!r}; use 'vllm' or 'transformers'")
+
+
+def generate(
+    model: str,
+    adapter: str | Path | None,
+    messages_list: Sequence[list[dict]],
+    sampling: dict,
+    seed: int,
+    cache: GenerationCache | None = None,
+    entities: Sequence[str] | None = None,
+    backend: str | GenerateFn = "vllm",
+    tokenizer=None,
+    gpu_memory_utilization: float = 0.8,
+    dtype: str | None = None,
+) -> list[str]:
+    """Completions of `model` (+ LoRA `adapter` directory) for chat prompts, in order.
+
+    `backend`: "vllm", "transformers", or a function `(model, adapter, prompts, sampling, seeds) -> texts`
+    (tests inject one). `tokenizer` renders the chat prompts (default: the model's). `entities` (aligned
+    with the prompts) only label the cache records. Completions already in `cache` are not generated again.
+    `dtype`: the vLLM engine's dtype (None: `serving_dtype()`: float32 on CPU, the model's own on GPU).
+    """
+    sampling = check_sampling(sampling)
+    if adapter is not None and str(adapter) == "run":
+        raise GenerationError("adapter 'run' must be resolved first: resolve_adapter('run', ctx.dir)")
+    adapter_path = str(adapter) if adapter is not None else None
+    akey = adapter_key(adapter_path)
+    if entities is not None and len(entities) != len(messages_list):
+        raise GenerationError(f"{len(entities)} entities for {len(messages_list)} prompts; they must be aligned")
+    dtype = dtype or (serving_dtype() if backend == "vllm" else None)
+    key_sampling = {**sampling, "engine": engine_id(backend, dtype)}  # another engine samples other texts
+    tok = tokenizer if tokenizer is not None else _tokenizer(model)
+    prompts = [chat_prompt(tok, m) for m in messages_list]
+    seeds = request_seeds(seed, prompts)
+    keys = [generation_cache_key(model, akey, p, key_sampling, s) for p, s in zip(prompts, seeds)]
+    out: list[str | None] = [cache.get(k)["completion"] if cache is not None and k in cache else None for k in keys]
+    todo = [i for i, o in enumerate(out) if o is None]
+    if not todo:
+        return out  # type: ignore[return-value]
+    if callable(backend):
+        fn: GenerateFn = backend
+        closer = None
+    elif backend == "vllm":
+        engine = VLLMGenerator(model, adapter_path, tok, sampling, [prompts[i] for i in todo], gpu_memory_utilization,
+                               dtype=dtype)
+        fn, closer = engine.generate, engine.close
+    else:
+        engine = TransformersGenerator(model, adapter_path)
+        fn, closer = engine.generate, engine.close
+    from tqdm.auto import tqdm
+
+    label = model if adapter_path is None else f"{model} + adapter"
+    try:
+        with tqdm(total=len(todo), desc=f"generate {label}", unit="completion") as bar:
+            for s in range(0, len(todo), CHUNK):
+                idx = todo[s : s + CHUNK]
+                texts = fn(model, adapter_path, [prompts[i] for i in idx], sampling, [seeds[i] for i in idx])
+                if len(texts) != len(idx):
+                    raise GenerationError(f"backend returned {len(texts)} completions for {len(idx)} prompts")
+                for i, t in zip(idx, texts):
+                    out[i] = t
+                    if cache is not None:
+                        cache.put(model, akey, entities[i] if entities is not None else "", prompts[i], t, key_sampling, seeds[i])
+                bar.update(len(idx))
+    finally:
+        if closer is not None:
+            closer()
+    return out  # type: ignore[return-value]
+
+
+def generate_for_models(
+    models: Sequence["EvalModel"],
+    test: "pd.DataFrame",
+    cfg: "EvalConfig",
+    cache: GenerationCache | None,
+    run_dir: str | Path,
+    backend: str | GenerateFn = "vllm",
+    gpu_memory_utilization: float = 0.8,
+    dtype: str | None = None,
+) -> dict[str, list[str]]:
+    """`generate` for each evaluation model on the rows of `test` (columns `prompt`, `entity`): label -> completions.
+
+    The sampling and seed come from the profile's `eval` section; adapter "run" is `run_dir`'s trained adapter.
+    """
+    if not models:
+        raise GenerationError("eval.models is empty: name at least one model in the profile's eval section")
+    sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    out = {}
+    for m in models:
+        out[m.label] = generate(m.model, resolve_adapter(m.adapter, run_dir), list(test["prompt"]), sampling, cfg.seed,
+                                cache=cache, entities=list(test["entity"]), backend=backend,
+                                gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def serving_dtype() -> str:
+    """The vLLM dtype for evaluation: float32 on CPU (as the CPU profiles train), the model's own ("auto") on GPU."""
+    return "auto" if _cuda() else "float32"
+
+
+def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache_dir: Path | None = None) -> Path:
+    """The base model with the LoRA adapter merged in, saved once (safetensors + tokenizer); its directory.
+
+    The merge runs in float32 and is saved in `dtype` ("auto": the base's own). Keyed by the resolved base,
+    the adapter's content hash and the dtype, so a retrained adapter gets a new merge.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    base = resolve_model(model)
+    if dtype == "auto":
+        dtype = str(getattr(AutoConfig.from_pretrained(base), "dtype", None) or "float32").removeprefix("torch.")
+    digest = hashlib.sha256(f"{base}\0{adapter_key(adapter)}\0{dtype}".encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)[-60:]
+    target = (cache_dir or paths.CACHE_DIR / "merged") / f"{safe}-{digest}"
+    if (target / "config.json").exists():
+        os.utime(target)  # recently used: pruned last
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in float32: no rounding of the delta
+    try:
+        merged = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
+        raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    (tmp / "MERGED_FROM.json").write_text(json.dumps({"model": model, "base": base, "adapter": str(adapter),
+                                                      "adapter_key": adapter_key(adapter), "dtype": dtype}, indent=1))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished the same merge first
+        shutil.rmtree(tmp, ignore_errors=True)
+    prune_merged(target.parent, keep=MERGED_KEEP)
+    return target
+
+
+def prune_merged(cache_dir: Path, keep: int = MERGED_KEEP) -> list[Path]:
+    """Delete all but the `keep` most recently used merged models in `cache_dir`; returns what was deleted.
+
+    Every training run makes a new adapter and so a new merge: without pruning the cache grows by a model per run.
+    """
+    done = sorted((d for d in Path(cache_dir).iterdir() if d.is_dir() and ".tmp" not in d.name and (d / "config.json").exists()),
+                  key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in done[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
+    return done[keep:]
+
+
+class VLLMGenerator:
+    """An in-process vLLM engine for one model (adapter merged in), sized for the prompts it will get."""
+
+    def __init__(self, model: str, adapter: str | None, tokenizer, sampling: dict, prompts: Sequence[str],
+                 gpu_memory_utilization: float = 0.8, seed: int = 0, dtype: str = "auto"):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core (shared/PLATFORM.md)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        from vllm import LLM
+
+        path = str(merged_model_dir(model, adapter, dtype)) if adapter else resolve_model(model)
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_token_ids(tokenizer)
+        longest = max((len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts), default=0)
+        max_len = max(512, 256 * math.ceil((longest + sampling["max_new_tokens"]) / 256))
+        kwargs = dict(model=path, max_model_len=max_len, seed=seed, dtype=dtype)
+        if _cuda():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            kwargs.update(enforce_eager=True, block_size=16)  # CPU: 25 s start instead of ~2 min of compilation
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - engine start failures come in many types
+            raise GenerationError(f"vLLM could not start model {model!r} ({path}): {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+    def generate(self, model: str, adapter: str | None, prompts: list[str], sampling: dict, seeds: list[int]) -> list[str]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]  # the template writes <bos>
+        params = [SamplingParams(max_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
+                                 top_p=sampling["top_p"], seed=s, stop_token_ids=self.stop_ids) for s in seeds]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+        self.llm = None
+        gc.collect()
+
+
+def load_for_generation(model: str, adapter: str | Path | None = None):
+    """(model, tokenizer) with transformers, the adapter merged in; float32 on CPU, bf16 on GPU."""
+    from lib.models import load_causal_lm
+
+    cuda = _cuda()
+    lm, tok = load_causal_lm(model, dtype="bfloat16" if cuda else "float32", device="cuda" if cuda else "cpu")
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            lm = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
+        except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
+            raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        lm.eval()
+    return lm, tok
+
+
+def hf_generate(lm, tokenizer, prompts: Sequence[str], sampling: dict, seeds: Sequence[int], progress: bool = False) -> list[str]:
+    """Sample one completion per prompt with transformers, one at a time under `torch.manual_seed(seed)`."""
+    import torch
+
+    stop = stop_token_ids(tokenizer)
+    greedy = sampling["temperature"] == 0
+    out = []
+    it = zip(prompts, seeds)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(list(it), desc="generate", unit="completion")
+    with torch.inference_mode():
+        for prompt, s in it:
+            enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(lm.device)
+            torch.manual_seed(s)
+            kw = {} if greedy else dict(temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=0)
+            gen = lm.generate(**enc, max_new_tokens=sampling["max_new_tokens"], do_sample=not greedy,
+                              eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, **kw)
+            out.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+class TransformersGenerator:
+    """transformers generation for machines without vLLM (one request at a time: slow, seeded per request)."""
+
+    def __init__(self, model: str, adapter: str | None):
+        self.lm, self.tokenizer = load_for_generation(model, adapter)
+
+    def generate(self, model: str, adapter: str | None, prompts: list[str], sampling: dict, seeds: list[int]) -> list[str]:
+        return hf_generate(self.lm, self.tokenizer, prompts, sampling, seeds)
+
+    def close(self) -> None:
+        self.lm = None
+        gc.collect()

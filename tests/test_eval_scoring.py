@@ -1,0 +1,144 @@
+"""lib.eval_scoring with a keyword judge: per-item scores, details, reuse, judges and model pairs."""
+from __future__ import annotations
+
+import pytest
+
+from lib import eval_scoring
+from lib.eval_scoring import (
+    ScoringError, base_pairs, before_after, build_cases, find_detail, headline, load_details, save_details,
+    score_completions, score_with_reuse, side_by_side,
+)
+from lib.evaluate import score_table
+from lib.profiles import EvalModel, JudgeConfig, load_profile
+from lib.report import case_study_html
+from lib.rubric import load_rubric
+from tests.fakes import KeywordJudge
+
+GOOD = ("<think>首先分析椰子水的目标受众：运动后想补水的年轻人，卖点是天然电解质和零添加蔗糖。</think>"
+        "<answer>椰子水，解渴也解压！</answer>")
+BAD = "椰子水好喝"  # no tags: format 0, the think part is the whole (short) text -> shortcut
+
+
+@pytest.fixture
+def rubric():
+    return load_rubric()
+
+
+def test_score_completions_rows_and_details(rubric):
+    judge = KeywordJudge()
+    per_item, details = score_completions({"base": [BAD, GOOD], "grpo": [GOOD, GOOD]}, ["椰子水", "椰子水"], judge, rubric)
+    assert list(per_item.columns) == ["model", "entity", "format", "think", "answer", "judge"]
+    assert per_item["model"].tolist() == ["base", "base", "grpo", "grpo"]
+    assert (per_item["judge"] == "train").all()
+    assert per_item.loc[0, "format"] == 0.0 and per_item.loc[1, "format"] > 0.5
+    assert per_item.loc[0, "think"] == 0.0 and details[0]["think_shortcut"] == "too_short"
+    assert per_item.loc[1, "think"] > 0 and per_item.loc[1, "answer"] > 0
+    # one judge call per section for all models together
+    assert [c[0] for c in judge.calls] == ["think", "answer"] and len(judge.calls[0][1]) == 3
+    d = details[1]
+    assert d["completion"] == GOOD and d["model"] == "base"
+    assert [i["key"] for i in d["answer_items"]] == rubric["answer"].keys
+    assert all("椰子水" in i["question"] or "{entity}" not in i["question"] for i in d["answer_items"])
+    assert d["think_items"] and details[0]["think_items"] == []  # a shortcut asks nothing
+    table = score_table(per_item, n_resamples=50)
+    assert set(headline(table)) == {f"{m}.{k}" for m in ("base", "grpo") for k in ("format", "think", "answer")}
+    assert headline(table, "heldout_")["grpo.heldout_answer"] == pytest.approx(per_item[per_item.model == "grpo"].answer.mean())
+
+
+def test_score_completions_alignment_error(rubric):
+    with pytest.raises(ScoringError, match="'base'"):
+        score_completions({"base": [GOOD]}, ["a", "b"], KeywordJudge(), rubric)
+
+
+def test_details_round_trip_and_reuse(tmp_path, rubric):
+    _, details = score_completions({"base": [GOOD]}, ["椰子水"], KeywordJudge(), rubric)
+    path = save_details(details, tmp_path / "eval" / "item_scores.jsonl")
+    known = load_details(path)
+    assert known == details and load_details(tmp_path / "none.jsonl") == []
+    assert find_detail(known, "椰子水", GOOD) is not None and find_detail(known, "椰子水", GOOD, judge="heldout") is None
+
+    built = []
+
+    def make_judge():
+        built.append(KeywordJudge())
+        built[-1].close = lambda: built.append("closed")
+        return built[-1]
+
+    by_col, n_new = score_with_reuse({"before": [GOOD]}, ["椰子水"], known, make_judge, rubric)
+    assert n_new == 0 and built == [] and by_col["before"][0]["answer_score"] == details[0]["answer_score"]
+    by_col, n_new = score_with_reuse({"before": [GOOD], "after": [BAD]}, ["椰子水"], known, make_judge, rubric)
+    assert n_new == 1 and built[-1] == "closed" and by_col["after"][0]["format"] == 0.0
+    cases = build_cases(["椰子水"], ["请为椰子水设计一段创意广告文案"], by_col)
+    page = case_study_html(cases)
+    assert "before" in page and "after" in page and "P(yes)" in page
+
+    (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{oops\n')
+    with pytest.raises(ScoringError, match="line 2"):
+        load_details(tmp_path / "broken.jsonl")
+
+
+def test_base_pairs_and_before_after():
+    ms = [EvalModel(label="qwen-7b", model="q7"), EvalModel(label="qwen-1.5b", model="q15"),
+          EvalModel(label="qwen-1.5b-grpo", model="q15", adapter="run"), EvalModel(label="other", model="x", adapter="/a")]
+    assert base_pairs(ms) == {"qwen-1.5b-grpo": "qwen-1.5b", "other": "qwen-7b"}
+    assert base_pairs([EvalModel(label="g", model="m", adapter="run")]) == {}
+    cols = before_after(ms)
+    assert [m.label for m in cols.values()] == ["qwen-7b", "qwen-1.5b-grpo"]
+    assert list(before_after(ms[:1])) == ["before RL (qwen-7b)"]
+    with pytest.raises(ScoringError):
+        before_after([])
+
+
+def test_side_by_side_columns(rubric):
+    per_item, _ = score_completions({"base": [GOOD, BAD]}, ["椰子水", "椰子水"], KeywordJudge(), rubric)
+    t = score_table(per_item, n_resamples=50)
+    both = side_by_side({"train": t, "heldout": t})
+    assert list(both.columns[:3]) == ["train think", "train think_lo", "train think_hi"]
+    assert "heldout answer_hi" in both.columns and "train format" not in both.columns
+
+
+class FakeEngine:
+    def __init__(self):
+        self.backend = object()
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_heldout_judge_shares_the_engine_when_settings_match(monkeypatch):
+    import lib.judge_backends as jb
+
+    made = []
+    monkeypatch.setattr(jb, "JudgeEngine", lambda backend, cfg, mode=None: made.append(("shared", backend, mode)) or "ho")
+    monkeypatch.setattr(jb, "build_judge", lambda cfg, mode=None, seed=0: made.append(("new", cfg.model, mode)) or "new")
+    train = FakeEngine()
+    prof = load_profile("smoke")
+    assert eval_scoring.heldout_judge(prof, train) == ("ho", True)
+    assert made[-1] == ("shared", train.backend, "soft") and not train.closed
+    prof.eval.heldout_judge = JudgeConfig(**{**prof.judge.model_dump(), "mode": "hard"})
+    assert eval_scoring.heldout_judge(prof, train) == ("ho", True)  # same engine settings, other reading
+    assert made[-1][2] == "hard"
+    prof.eval.heldout_judge = JudgeConfig(model="qwen2.5-7b-instruct")
+    assert eval_scoring.heldout_judge(prof, train) == ("new", False)
+    assert made[-1] == ("new", "qwen2.5-7b-instruct", "soft") and train.closed  # never two engines at once
+
+
+def test_case_prompts_scores_and_inline_view(rubric):
+    import pandas as pd
+
+    from lib.data import make_prompt
+
+    test = pd.DataFrame({"entity": ["椰子水", "电动牙刷", "帐篷"], "prompt": [make_prompt(e) for e in ("椰子水", "电动牙刷", "帐篷")]})
+    assert eval_scoring.case_prompts(test, n=2)["entity"].tolist() == ["椰子水", "电动牙刷"]
+    named = eval_scoring.case_prompts(test, ["帐篷", "滑板"])
+    assert named["entity"].tolist() == ["帐篷", "滑板"] and named["prompt"][1] == make_prompt("滑板")
+
+    _, details = score_completions({"base": [GOOD]}, ["椰子水"], KeywordJudge(), rubric)
+    scores = eval_scoring.case_scores({"before": details})
+    assert scores.columns.tolist() == ["entity", "model", "format", "think", "answer"] and len(scores) == 1
+    page = case_study_html(build_cases(["椰子水"], None, {"before": details}))
+    view = eval_scoring.inline_case_view(page)
+    assert "<body" not in view and "<html" not in view and ".cs-grid{" in view
+    assert "body{" not in view and "h1{" not in view and "table{" not in view  # nothing that restyles the notebook
+    assert "解渴也解压" in view

@@ -1,0 +1,301 @@
+"""lib.generation: cache-first generation with an injected backend, adapter identity, adapter resolution;
+lib.models.text_generator's shape with a stand-in model (no real model is loaded here)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib import generation, models, paths
+from lib.evaluate import GenerationCache
+from lib.generation import GenerationError, adapter_key, generate, request_seeds, resolve_adapter
+
+SAMPLING = {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.95}
+
+
+class ChatTokenizer:
+    """Renders messages as `role:content|...|model:` (stands in for a chat template)."""
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "|".join(f"{m['role']}:{m['content']}" for m in messages) + ("|model:" if add_generation_prompt else "")
+
+
+class FakeBackend:
+    """Records every call; the completion names its prompt and seed, so tests can tell them apart."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str | None, list[str], list[int]]] = []
+
+    def __call__(self, model, adapter, prompts, sampling, seeds):
+        self.calls.append((model, adapter, list(prompts), list(seeds)))
+        return [f"<think>{p}</think><answer>{s}</answer>" for p, s in zip(prompts, seeds)]
+
+    @property
+    def n_generated(self) -> int:
+        return sum(len(c[2]) for c in self.calls)
+
+
+def msgs(*entities: str) -> list[list[dict]]:
+    return [[{"role": "user", "content": f"请为{e}设计一段创意广告文案"}] for e in entities]
+
+
+def run(backend, messages, cache=None, adapter=None, seed=42, entities=None, sampling=SAMPLING, dtype=None):
+    return generate("fake-model", adapter, messages, sampling, seed, cache=cache, entities=entities,
+                    backend=backend, tokenizer=ChatTokenizer(), dtype=dtype)
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
+    (d / "adapter_model.safetensors").write_bytes(b"\x00weights-v1")
+    return d
+
+
+def test_cache_hits_skip_generation(tmp_path):
+    cache = GenerationCache(tmp_path / "generations.jsonl")
+    backend = FakeBackend()
+    first = run(backend, msgs("椰子水", "无糖气泡水"), cache, entities=["椰子水", "无糖气泡水"])
+    assert backend.n_generated == 2 and len(cache) == 2
+    again = run(backend, msgs("椰子水", "无糖气泡水", "电动牙刷"), cache, entities=["椰子水", "无糖气泡水", "电动牙刷"])
+    assert backend.n_generated == 3, "only the new prompt may be generated"
+    assert backend.calls[-1][2] == ["user:请为电动牙刷设计一段创意广告文案|model:"]
+    assert again[:2] == first
+    # a fresh process reads the same file: nothing is generated at all
+    reopened = GenerationCache(tmp_path / "generations.jsonl")
+    assert run(FakeBackend(), msgs("电动牙刷"), reopened) == again[2:]
+    assert {r["entity"] for r in reopened.records()} == {"椰子水", "无糖气泡水", "电动牙刷"}
+
+
+class FakeEngine:
+    """Stands in for VLLMGenerator / TransformersGenerator; counts starts and closes."""
+
+    started: list = []
+
+    def __init__(self, model, adapter, *args, **kwargs):
+        FakeEngine.started.append((model, adapter, kwargs.get("dtype")))
+        self.closed = False
+
+    def generate(self, model, adapter, prompts, sampling, seeds):
+        return [f"engine:{p}:{s}" for p, s in zip(prompts, seeds)]
+
+    def close(self):
+        FakeEngine.started.append("closed")
+
+
+def test_engines_start_only_for_misses_and_are_closed(tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "VLLMGenerator", FakeEngine)
+    monkeypatch.setattr(generation, "TransformersGenerator", FakeEngine)
+    monkeypatch.setattr(generation, "_cuda", lambda: False)
+    FakeEngine.started = []
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    first = run("vllm", msgs("椰子水"), cache)
+    assert FakeEngine.started == [("fake-model", None, "float32"), "closed"]  # CPU serves float32
+    assert run("vllm", msgs("椰子水"), cache) == first and len(FakeEngine.started) == 2  # all hits: no engine
+    run("transformers", msgs("椰子水"), cache)  # another engine samples other texts: not a hit
+    assert len(FakeEngine.started) == 4 and len(cache) == 2
+    run("vllm", msgs("椰子水"), cache, dtype="bfloat16")
+    assert FakeEngine.started[-2] == ("fake-model", None, "bfloat16") and len(cache) == 3
+    assert {r["sampling"]["engine"] for r in cache.records()} == {"vllm:float32", "transformers:float32", "vllm:bfloat16"}
+
+
+def test_completion_does_not_depend_on_batch_or_position():
+    alone = run(FakeBackend(), msgs("椰子水"))
+    in_batch = run(FakeBackend(), msgs("电动牙刷", "椰子水"))
+    assert in_batch[1] == alone[0]
+    assert run(FakeBackend(), msgs("椰子水"), seed=7) != alone  # the base seed matters
+
+
+def test_repeated_prompt_gets_distinct_seeds():
+    seeds = request_seeds(42, ["a", "a", "b"])
+    assert seeds[0] != seeds[1] and len(set(seeds)) == 3
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+def test_sampling_and_seed_are_part_of_the_key(tmp_path):
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    backend = FakeBackend()
+    run(backend, msgs("椰子水"), cache)
+    run(backend, msgs("椰子水"), cache, sampling={**SAMPLING, "temperature": 1.0})
+    run(backend, msgs("椰子水"), cache, seed=43)
+    assert backend.n_generated == 3
+
+
+def test_adapter_key_changes_with_adapter_files(adapter_dir, tmp_path):
+    k1 = adapter_key(adapter_dir)
+    assert k1.startswith("sha256:") and k1 == adapter_key(adapter_dir)
+    (adapter_dir / "README.md").write_text("model card")  # not a weight or config file: same adapter
+    assert adapter_key(adapter_dir) == k1
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"\x00weights-v2")
+    k2 = adapter_key(adapter_dir)
+    assert k2 != k1
+    (adapter_dir / "adapter_config.json").write_text('{"r": 16, "peft_type": "LORA"}')
+    assert adapter_key(adapter_dir) not in (k1, k2)
+    assert adapter_key(None) is None
+
+
+def test_changed_adapter_misses_the_cache(adapter_dir, tmp_path):
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    backend = FakeBackend()
+    run(backend, msgs("椰子水"), cache, adapter=adapter_dir)
+    run(backend, msgs("椰子水"), cache, adapter=adapter_dir)
+    assert backend.n_generated == 1
+    assert backend.calls[0][1] == str(adapter_dir)  # the backend gets the adapter's path
+    moved = tmp_path / "moved"
+    adapter_dir.rename(moved)
+    run(backend, msgs("椰子水"), cache, adapter=moved)  # same files elsewhere: still a hit
+    assert backend.n_generated == 1
+    (moved / "adapter_model.safetensors").write_bytes(b"retrained")
+    run(backend, msgs("椰子水"), cache, adapter=moved)
+    assert backend.n_generated == 2
+    run(backend, msgs("椰子水"), cache, adapter=None)  # the base model is another key again
+    assert backend.n_generated == 3
+
+
+def test_not_an_adapter_directory(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(GenerationError, match="not a PEFT adapter directory"):
+        adapter_key(tmp_path)
+
+
+def one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_run_adapter_resolution_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    with pytest.raises(GenerationError) as e:
+        resolve_adapter("run")
+    assert "run_dir" in one_line(e)
+    with pytest.raises(GenerationError) as e:
+        resolve_adapter("run", run_dir)
+    msg = one_line(e)
+    assert "train" in msg and "r1" in msg
+    with pytest.raises(GenerationError) as e:
+        run(FakeBackend(), msgs("椰子水"), adapter="run")
+    assert "resolve_adapter" in one_line(e)
+    with pytest.raises(GenerationError) as e:
+        resolve_adapter("r1")  # a run id without a trained adapter
+    assert "r1" in one_line(e) and "03" in str(e.value)
+    with pytest.raises(GenerationError) as e:
+        resolve_adapter("no-such-run")
+    assert "no-such-run" in one_line(e)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(GenerationError) as e:
+        resolve_adapter(tmp_path / "plain")
+    assert "adapter_config.json" in one_line(e)
+
+
+def test_run_adapter_resolution(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    adapter = tmp_path / "runs" / "r1" / "train" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    assert resolve_adapter("run", tmp_path / "runs" / "r1") == adapter
+    assert resolve_adapter("r1") == adapter
+    assert resolve_adapter(str(adapter)) == adapter
+    assert resolve_adapter(None) is None
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(GenerationError, match="missing"):
+        run(FakeBackend(), msgs("椰子水"), sampling={"temperature": 0.7})
+    with pytest.raises(GenerationError, match="unknown"):
+        run(FakeBackend(), msgs("椰子水"), sampling={**SAMPLING, "top_k": 5})
+    with pytest.raises(GenerationError, match="aligned"):
+        run(FakeBackend(), msgs("椰子水"), entities=["a", "b"])
+    with pytest.raises(GenerationError, match="unknown generation backend"):
+        run("llama.cpp", msgs("椰子水"))
+    with pytest.raises(GenerationError, match="returned 0 completions"):
+        run(lambda *a: [], msgs("椰子水"))
+
+
+def test_chunked_backend_calls_store_as_they_go(tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "CHUNK", 2)
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    calls = []
+
+    def flaky(model, adapter, prompts, sampling, seeds):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise RuntimeError("engine died")
+        return ["x"] * len(prompts)
+
+    with pytest.raises(RuntimeError):
+        run(flaky, msgs("a", "b", "c", "d"), cache)
+    assert len(cache) == 2  # the first chunk survived the crash
+    run(FakeBackend(), msgs("a", "b", "c", "d"), cache)
+    assert len(cache) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# lib.models.text_generator with a stand-in model
+
+
+class TinyTokenizer:
+    pad_token_id, eos_token_id, unk_token_id = 0, 1, 3
+    padding_side = "right"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "<u>" + messages[0]["content"] + "<m>"
+
+    def convert_tokens_to_ids(self, token):
+        return 106 if token == "<end_of_turn>" else self.unk_token_id
+
+    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=False):
+        assert self.padding_side == "left"
+        width = max(len(t) for t in texts)
+        ids = torch.tensor([[0] * (width - len(t)) + [ord(c) % 50 + 5 for c in t] for t in texts])
+
+        class Enc(dict):
+            def to(self, device):
+                return self
+
+        return Enc(input_ids=ids, attention_mask=(ids != 0).long())
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["".join(chr(0x4e00 + int(i)) for i in r) for r in rows]
+
+
+class TinyLM:
+    device = "cpu"
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+        self.calls.append((input_ids.shape, max_new_tokens, kw))
+        new = torch.arange(max_new_tokens).repeat(input_ids.shape[0], 1) + 7
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_text_generator_shape(monkeypatch):
+    lm, tok = TinyLM(), TinyTokenizer()
+    loads = []
+    monkeypatch.setattr(models, "load_causal_lm", lambda name, **kw: loads.append(name) or (lm, tok))
+    ask = models.text_generator("gemma3-270m", max_new_tokens=4, seed=1, batch_size=2)
+    assert loads == []  # nothing loads before the first call
+    answers = ask(["列出饮料", "列出零食", "列出玩具"])
+    assert len(answers) == 3 and all(len(a) == 4 for a in answers)  # only the new tokens come back
+    assert loads == ["gemma3-270m"] and [c[0][0] for c in lm.calls] == [2, 1]  # batches of 2 then 1
+    assert lm.calls[0][2]["eos_token_id"] == [1, 106]  # stops at the end of the model's turn
+    ask(["再来"])
+    assert loads == ["gemma3-270m"]  # loaded once
+
+
+def test_prune_merged_keeps_the_most_recent(tmp_path):
+    import os
+
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        os.utime(d, (1000 + i, 1000 + i))
+    (tmp_path / "e.tmp123").mkdir()  # a merge in progress is never touched
+    deleted = generation.prune_merged(tmp_path, keep=2)
+    assert sorted(p.name for p in deleted) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d", "e.tmp123"]
