@@ -21,10 +21,10 @@ How notebook 02 (judge calibration) calls this module, in order::
     sweep = cal.threshold_sweep(long["label"], long["p_yes"])
     cal.plot_threshold_sweep(sweep, ctx.stage("calibration") / "threshold_sweep.png", label_yes_rate=long["label"].mean())
 
-    # 2 judge modes: the same judge model asked again in mode "hard" and in mode "seed" (the original's)
-    frame = cal.mode_frame(labels, soft=judged, hard=cal.judge_calibration_set(hard_judge, rubric, calib),
-                           seed=cal.judge_calibration_set(seed_judge, rubric, calib))
-    cal.mode_agreement(frame)
+    # 2 judge modes: hard verdicts are the soft judgements' `verdict` (P(yes) >= threshold); seed mode (the
+    #   original's) asks again on the same backend: JudgeEngine(judge.backend, cfg, mode="seed")
+    frame = cal.mode_frame(labels, soft=judged, hard=judged, seed=cal.judge_calibration_set(seed_judge, rubric, calib))
+    agreement = cal.mode_agreement(frame)
 
     # 3 bias probes (their texts are judged the same way, then summarized per group)
     probes = cal.load_probes()
@@ -33,10 +33,14 @@ How notebook 02 (judge calibration) calls this module, in order::
     swaps = cal.relevance_probe_pairs(calib[calib.section == "answer"])
     summary = cal.summarize_probe(scored_pads, value_col="score", group_col="pad_level")
     cal.plot_probe(summary, "pad_level", ctx.stage("calibration") / "length_probe.png")
+    # (run_length_probe and run_relevance_probe do the judging of both probes)
+
+    # 4 in words: calibration_summary(...) -> describe_calibration(summary)
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -52,7 +56,7 @@ from lib.stats import bootstrap_ci
 
 if TYPE_CHECKING:  # pragma: no cover
     from lib.judge import SectionJudge
-    from lib.rubric import Rubric
+    from lib.rubric import Rubric, RubricSection
 
 PROBES_FILE = paths.DATA_DIR / "probes.yaml"  # filler sentences for the length probe
 REQUIRED_FIELDS = ("id", "section", "entity", "text", "labels")
@@ -600,3 +604,298 @@ def plot_probe(
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 02 helpers: subset, probe runs, summary in words
+# ----------------------------------------------------------------------------------------------
+
+def select_calibration_texts(df: pd.DataFrame, max_texts: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most `max_texts` texts per section, stratified by `kind`, the same ones for the same seed.
+
+    Within each kind the texts are ranked in a random order (`numpy.random.default_rng(seed)`), and a
+    text's place in line is (rank + 0.5) / (size of its kind): taking the first `max_texts` places
+    gives every kind a share close to its share of the section (small kinds may get none). None, or
+    a cap at least the section's size, keeps every text. File order is kept.
+
+    >>> df = pd.DataFrame({"id": list("abcdef"), "section": "answer", "kind": ["good"] * 4 + ["bad"] * 2})
+    >>> list(select_calibration_texts(df, 3).kind.value_counts().sort_index())
+    [1, 2]
+    """
+    if max_texts is None:
+        return df
+    if max_texts < 1:
+        raise CalibrationError(f"select_calibration_texts: max_texts must be >= 1 or None, got {max_texts}")
+    rng = np.random.default_rng(seed)
+    keep: list[Any] = []
+    for _, sec in df.groupby("section", sort=True):
+        if len(sec) <= max_texts:
+            keep += list(sec.index)
+            continue
+        places = []
+        for kind, grp in sec.groupby("kind", sort=True):
+            order = rng.permutation(len(grp))
+            places += [((r + 0.5) / len(grp), str(kind), idx) for r, idx in zip(order, grp.index)]
+        keep += [idx for _, _, idx in sorted(places, key=lambda t: (t[0], t[1]))[:max_texts]]
+    return df.loc[sorted(keep, key=df.index.get_loc)]
+
+
+def one_item_section(section: "RubricSection", key: str) -> "RubricSection":
+    """The section with only item `key` (same template): ask one question without the others."""
+    return replace(section, items=(section.item(key),))
+
+
+def _probe_rubric(section: "RubricSection") -> dict[str, "RubricSection"]:
+    return {section.name: section}  # judge_calibration_set only indexes the rubric by section name
+
+
+def run_length_probe(
+    judge: "SectionJudge", section: "RubricSection", good: pd.DataFrame, filler_sentences: Sequence[str],
+    pad_levels: Sequence[int] = (0, 1, 2, 4, 8), seed: int = 0,
+) -> pd.DataFrame:
+    """Judge good texts padded with 0..k bland sentences (`length_probe_texts`) on every item of `section`.
+
+    `good`: columns id, entity, text. Returns one row per (id, pad_level): id, pad_level, n_chars,
+    p_yes (mean P(yes) over the items the judge answered), score (`section_score` of the soft
+    indicators, flagged items counting 0.5 as in training), flagged (items without an answer).
+    """
+    from lib.rubric import section_score
+
+    pads = length_probe_texts(dict(zip(good["id"], good["text"])), filler_sentences, pad_levels, seed=seed)
+    entity = dict(zip(good["id"].astype(str), good["entity"]))
+    probe = pads.assign(pid=pads["id"] + "@" + pads["pad_level"].astype(str), section=section.name,
+                        entity=pads["id"].map(entity))
+    judged = judge_calibration_set(judge, _probe_rubric(section), probe.rename(columns={"id": "text_id", "pid": "id"}))
+    rows = []
+    for r in probe.itertuples(index=False):
+        sub = judged[judged["id"] == r.pid]
+        ind = {k: 0.5 if np.isnan(p) else p for k, p in zip(sub["key"], sub["p_yes"])}
+        rows.append({"id": r.id, "pad_level": r.pad_level, "n_chars": r.n_chars, "p_yes": float(sub["p_yes"].mean()),
+                     "score": section_score(section, ind), "flagged": int(sub["flagged"].sum())})
+    return pd.DataFrame(rows, columns=["id", "pad_level", "n_chars", "p_yes", "score", "flagged"])
+
+
+def run_relevance_probe(
+    judge: "SectionJudge", section: "RubricSection", pairs: pd.DataFrame, key: str = "relevancy"
+) -> pd.DataFrame:
+    """Ask item `key` about each text twice: with its own entity and with the swapped one.
+
+    `pairs`: `relevance_probe_pairs` output. Returns id, true_entity, swapped_entity, p_true, p_swapped,
+    drop (p_true - p_swapped; positive when the judge notices the copy is about something else).
+    """
+    sec = one_item_section(section, key)
+    both = pd.concat([
+        pairs.assign(pid=pairs["id"].astype(str) + "@true", entity=pairs["true_entity"]),
+        pairs.assign(pid=pairs["id"].astype(str) + "@swapped", entity=pairs["swapped_entity"]),
+    ])
+    probe = both.assign(section=section.name).rename(columns={"id": "text_id", "pid": "id"})
+    p = judge_calibration_set(judge, _probe_rubric(sec), probe).set_index("id")["p_yes"]
+    out = pairs[["id", "true_entity", "swapped_entity"]].copy()
+    out["p_true"] = [p[f"{i}@true"] for i in pairs["id"].astype(str)]
+    out["p_swapped"] = [p[f"{i}@swapped"] for i in pairs["id"].astype(str)]
+    out["drop"] = out["p_true"] - out["p_swapped"]
+    return out.reset_index(drop=True)
+
+
+def summarize_relevance(relevance: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Mean relevancy P(yes) with the text's own entity and with the swapped one (`summarize_probe` columns).
+
+    Rows "own entity", "swapped entity" (in that order); `relevance`: `run_relevance_probe` output.
+    """
+    long = pd.concat([
+        pd.DataFrame({"entity": "own entity", "p_yes": relevance["p_true"]}),
+        pd.DataFrame({"entity": "swapped entity", "p_yes": relevance["p_swapped"]}),
+    ])
+    return summarize_probe(long, "p_yes", "entity", n_resamples=n_resamples, seed=seed)
+
+
+def save_summary(summary: Mapping[str, Any], words: str, folder: str | Path) -> dict[str, Path]:
+    """Write `summary.json` (NaN as null) and `summary.md` (the words) into `folder`; returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in summary.items()}
+    out = {"json": folder / "summary.json", "md": folder / "summary.md"}
+    out["json"].write_text(json.dumps(clean, ensure_ascii=False, indent=2), encoding="utf-8")
+    out["md"].write_text(words + "\n", encoding="utf-8")
+    return out
+
+
+def kappa_ci(
+    y_true: Any, y_pred: Any, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Cohen's kappa with a paired bootstrap interval over (label, verdict) pairs: (kappa, low, high).
+
+    Pairs are resampled independently (questions about one text are treated as independent, which
+    makes the interval somewhat narrow). Fewer than 2 pairs or a constant kappa: (k, k, k).
+    """
+    from scipy import stats as sps
+
+    y = _as_labels(y_true)
+    pred = _as_labels(y_pred, "y_pred")
+    if pred.size != y.size:
+        raise CalibrationError(f"kappa_ci: y_pred has {pred.size} values, y_true has {y.size}")
+    k = cohen_kappa(y, pred)
+    if y.size < 2 or np.isnan(k):
+        return k, k, k
+    res = sps.bootstrap((y, pred), cohen_kappa, paired=True, vectorized=False, n_resamples=n_resamples,
+                        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (k, k, k) if np.isnan(low) or np.isnan(high) else (k, low, high)
+
+
+def write_table(df: pd.DataFrame, stem_path: str | Path, index: bool = True, floatfmt: str = ".3f") -> dict[str, Path]:
+    """Write `<stem>.csv` (raw numbers) and `<stem>.md` (`DataFrame.to_markdown`); returns both paths."""
+    stem = Path(stem_path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md")}
+    df.to_csv(out["csv"], index=index)
+    out["md"].write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n", encoding="utf-8")
+    return out
+
+
+def calibration_summary(
+    long: pd.DataFrame,
+    agreement: pd.DataFrame,
+    length: pd.DataFrame,
+    relevance: pd.DataFrame,
+    threshold: float = 0.5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    judgements_per_s: float = float("nan"),
+    judge_model: str = "",
+) -> dict[str, Any]:
+    """The numbers notebook 02 records and `describe_calibration` puts into words.
+
+    `long`: labels merged with the soft judgements (label, p_yes, flagged); `agreement`:
+    `mode_agreement` output; `length`: `run_length_probe` output; `relevance`: `run_relevance_probe`
+    output. Intervals are bootstrap percentile intervals (`lib.stats.bootstrap_ci`, `kappa_ci`).
+    """
+    y = _as_labels(long["label"], "label")
+    p = _as_probs(long["p_yes"], y.size)
+    seen = ~np.isnan(p)
+    correct = (p[seen] >= threshold) == y[seen]
+    acc = bootstrap_ci(correct.astype(float), n_resamples=n_resamples, seed=seed)
+    kap = kappa_ci(y[seen], p[seen] >= threshold, n_resamples=n_resamples, seed=seed)
+
+    def agree(b: str, col: str) -> float:
+        row = agreement[(agreement["a"] == "label") & (agreement["b"] == b)]
+        return float(row[col].iloc[0]) if len(row) else float("nan")
+
+    levels = sorted(length["pad_level"].unique())
+    lo_lvl, hi_lvl = levels[0], levels[-1]
+    wide = length.pivot(index="id", columns="pad_level", values="p_yes")
+    diff = bootstrap_ci((wide[hi_lvl] - wide[lo_lvl]).to_numpy(dtype=float), n_resamples=n_resamples, seed=seed)
+    ok = length.dropna(subset=["p_yes"])
+    slope = float(np.polyfit(ok["pad_level"].astype(float), ok["p_yes"], 1)[0]) if ok["pad_level"].nunique() > 1 else float("nan")
+    drop = bootstrap_ci(relevance["drop"].to_numpy(dtype=float), n_resamples=n_resamples, seed=seed)
+    overall = _metrics(y, p, threshold)
+    sweep = threshold_sweep(y, p)
+    best = sweep.loc[sweep["kappa"].idxmax()] if sweep["kappa"].notna().any() else None
+    return {
+        "judge_model": judge_model, "threshold": float(threshold),
+        "n_labels": int(y.size), "n_missing": int((~seen).sum()),
+        "flagged_share": float(pd.Series(long["flagged"]).astype(bool).mean()) if len(long) else float("nan"),
+        "accuracy": acc[0], "accuracy_ci": [acc[1], acc[2]],
+        "kappa": kap[0], "kappa_ci": [kap[1], kap[2]],
+        "ece": overall["ece"], "auroc": overall["auroc"],
+        "best_threshold": float(best["threshold"]) if best is not None else float("nan"),
+        "best_threshold_kappa": float(best["kappa"]) if best is not None else float("nan"),
+        "label_yes_rate": float(y.mean()) if y.size else float("nan"),
+        "pred_yes_rate": float((p[seen] >= threshold).mean()) if seen.any() else float("nan"),
+        "hard_accuracy": agree("hard", "agreement"), "seed_accuracy": agree("seed", "agreement"),
+        "seed_kappa": agree("seed", "kappa"),
+        "length_pad_levels": [int(lo_lvl), int(hi_lvl)], "length_probe_diff": diff[0],
+        "length_probe_diff_ci": [diff[1], diff[2]], "length_probe_slope": slope,
+        "relevance_drop": drop[0], "relevance_drop_ci": [drop[1], drop[2]],
+        "judgements_per_s": float(judgements_per_s),
+    }
+
+
+def _ci(x: Any) -> str:
+    """'[low, high]', or '' when no interval was computed."""
+    if not isinstance(x, (list, tuple, np.ndarray)) or len(x) != 2:
+        return ""
+    return f"[{x[0]:.2f}, {x[1]:.2f}]"
+
+
+def kappa_words(kappa: float, ci: Sequence[float] | None = None) -> str:
+    """What a kappa says, after Landis & Koch's bands; an interval reaching 0 is 'not distinguishable from chance'.
+
+    >>> kappa_words(0.03, [0.01, 0.06])
+    'the judge is barely better than chance'
+    >>> kappa_words(0.7, [0.6, 0.8])
+    'substantial agreement with the labels'
+    """
+    if kappa is None or np.isnan(kappa):
+        return "kappa is undefined: the judge (and the labels) gave a single answer throughout"
+    if isinstance(ci, (list, tuple, np.ndarray)) and len(ci) == 2 and ci[0] <= 0 <= ci[1]:
+        return "the judge is not distinguishable from chance"
+    if kappa < 0:
+        return "the judge agrees with the labels less often than chance"
+    for upper, words in ((0.2, "the judge is barely better than chance"), (0.4, "fair agreement with the labels"),
+                         (0.6, "moderate agreement with the labels"), (0.8, "substantial agreement with the labels")):
+        if kappa < upper:
+            return words
+    return "almost perfect agreement with the labels"
+
+
+def describe_calibration(summary: Mapping[str, Any]) -> str:
+    """`calibration_summary`'s numbers in plain sentences, one per line (no judgement is hard-coded).
+
+    >>> s = {"n_labels": 240, "accuracy": 0.55, "accuracy_ci": [0.49, 0.61], "kappa": 0.03, "kappa_ci": [-0.05, 0.1],
+    ...      "ece": 0.21, "flagged_share": 0.0, "label_yes_rate": 0.55, "pred_yes_rate": 0.9}
+    >>> describe_calibration(s).splitlines()[0]
+    'Overall kappa 0.03 [-0.05, 0.10] on 240 labels (accuracy 0.55 [0.49, 0.61]): the judge is not distinguishable from chance.'
+    """
+    def g(key: str) -> Any:
+        return summary.get(key, float("nan"))  # a missing number reads as NaN
+
+    lines = []
+    model = f" ({summary['judge_model']})" if summary.get("judge_model") else ""
+    yes, pred = g("label_yes_rate"), g("pred_yes_rate")
+    words = kappa_words(g("kappa"), g("kappa_ci"))
+    if pred in (0.0, 1.0):
+        words = f"the judge says {'yes' if pred else 'no'} to every question, so its verdicts carry no information"
+    lines.append(f"Overall kappa {g('kappa'):.2f} {_ci(g('kappa_ci'))} on {int(g('n_labels'))} labels "
+                 f"(accuracy {g('accuracy'):.2f} {_ci(g('accuracy_ci'))}): {words}.")
+    if not np.isnan(pred):
+        lean = "says yes more often than" if pred > yes + 0.1 else "says no more often than" if pred < yes - 0.1 else "says yes about as often as"
+        lines.append(f"At threshold {g('threshold'):.2f} the judge{model} says yes to {pred:.0%} of the questions; "
+                     f"the labels say yes to {yes:.0%}: it {lean} a strict reviewer.")
+    ece = g("ece")
+    if not np.isnan(ece):
+        quality = "well calibrated" if ece < 0.05 else "roughly calibrated" if ece < 0.1 else "poorly calibrated"
+        lines.append(f"ECE {ece:.3f}: its P(yes) is {quality} as a probability of the label being yes.")
+    auroc = g("auroc")
+    if not np.isnan(auroc):
+        ranks = ("ranks yes-labelled questions above no-labelled ones better than chance" if auroc >= 0.6 else
+                 "hardly ranks yes-labelled questions above no-labelled ones" if auroc >= 0.4 else
+                 "ranks no-labelled questions above yes-labelled ones")
+        lines.append(f"AUROC {auroc:.2f} (0.5 is chance): its P(yes) {ranks}; the threshold with the best kappa on these "
+                     f"labels is {g('best_threshold'):.2f} (kappa {g('best_threshold_kappa'):.2f}; chosen on the same labels, so optimistic).")
+    flagged = g("flagged_share")
+    if not np.isnan(flagged):
+        lines.append(f"{flagged:.1%} of the judgements saw neither 是 nor 否 among the top tokens"
+                     + (" (they count 0.5 in soft mode)." if flagged > 0 else "."))
+    seed_acc = g("seed_accuracy")
+    if not np.isnan(seed_acc):
+        better = "better than" if seed_acc > g("accuracy") + 0.02 else "worse than" if seed_acc < g("accuracy") - 0.02 else "about as well as"
+        lines.append(f"The original's seed mode (greedy 3 tokens, no 否 = yes) matches the labels on {seed_acc:.0%} "
+                     f"of the questions (kappa {g('seed_kappa'):.2f}), {better} the soft judge at the threshold.")
+    d, dci = g("length_probe_diff"), g("length_probe_diff_ci")
+    if not np.isnan(d):
+        lo, hi = summary.get("length_pad_levels", [0, "k"])
+        verdict = ("the judge rewards length" if dci[0] > 0 else "the judge penalizes padding" if dci[1] < 0
+                   else "no clear length bias at this sample size")
+        lines.append(f"Padding good answers with {hi} bland sentences instead of {lo} changes mean P(yes) by {d:+.3f} "
+                     f"{_ci(dci)} (slope {g('length_probe_slope'):+.4f} per sentence): {verdict}.")
+    r, rci = g("relevance_drop"), g("relevance_drop_ci")
+    if not np.isnan(r):
+        verdict = ("it notices copy about another product" if rci[0] > 0 else
+                   "it rates copy about another product as more relevant" if rci[1] < 0 else
+                   "it does not reliably notice copy about another product")
+        lines.append(f"Swapping in an unrelated entity changes relevancy P(yes) by {-r:+.3f} {_ci([-rci[1], -rci[0]])}: {verdict}.")
+    jps = g("judgements_per_s")
+    if not np.isnan(jps):
+        lines.append(f"Speed: {jps:.1f} judgements per second in soft mode.")
+    return "\n".join(lines)

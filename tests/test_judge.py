@@ -1,0 +1,430 @@
+"""lib.judge and lib.judge_backends without a real model: P(yes) math, answer tokens, batching, modes, bad inputs.
+
+A fake backend with a tiny character-level tokenizer stands in for vLLM; the transformers backend runs on a
+tiny random model built from a config (seconds, no weights).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from lib.judge import Judgement
+from lib.judge_backends import (
+    SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, JudgeError, OpenAIBackend, YesNo,
+    answer_token_ids, build_backend, p_yes_from_logprobs, seed_verdict,
+)
+from lib.profiles import JudgeConfig
+from lib.rubric import RubricError, parse_rubric
+
+TEMPLATE = "关于{entity}：{completion}\n问：{question}"
+RUBRIC = {
+    "answer": {"template": TEMPLATE, "items": [
+        {"key": "good", "type": "must-have", "question": "好吗？"},
+        {"key": "rel", "type": "must-have", "question": "与{entity}相关？"},
+        {"key": "fun", "type": "plausible", "question": "有趣？"},
+        {"key": "detail", "type": "plausible", "question": "细节？"},
+    ]},
+    "think": {"template": TEMPLATE, "items": [{"key": "is_think", "type": "must-have", "question": "是思考？"}]},
+}
+
+
+class FakeTokenizer:
+    """Character-level: every character is one token (ids assigned on first sight), a few two-character pieces
+    ("▁是") are single tokens, and characters in `byte_chars` split into UTF-8 byte tokens like SmolLM2's 否."""
+
+    chat_template = "fake"  # any non-empty template: the engine then calls apply_chat_template
+
+    def __init__(self, pieces=("是", "▁是", "否", "▁否"), byte_chars: str = ""):
+        self.vocab: dict[str, int] = {}
+        self.byte_chars = byte_chars
+        for p in pieces:
+            self._id(p)
+
+    def _id(self, piece: str) -> int:
+        return self.vocab.setdefault(piece, len(self.vocab))
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        text = text.replace(" ", "▁")
+        ids, i = [], 0
+        while i < len(text):
+            two = text[i:i + 2]
+            if len(two) == 2 and two in self.vocab:
+                ids.append(self.vocab[two])
+                i += 2
+            elif text[i] in self.byte_chars:
+                ids += [self._id(f"<0x{b:02X}>") for b in text[i].encode("utf-8")]
+                i += 1
+            else:
+                ids.append(self._id(text[i]))
+                i += 1
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        inv = {v: k for k, v in self.vocab.items()}
+        return "".join(inv[i] for i in ids).replace("▁", " ")
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
+        assert not tokenize and add_generation_prompt
+        return f"<u>{messages[0]['content']}</u><m>"
+
+
+class FakeBackend:
+    """A `Backend` whose answers follow rules on the prompt; it records every call and checks prompts fit."""
+
+    def __init__(self, p_yes=lambda prompt: 0.8, answer=lambda prompt: "是", max_model_len: int = 4096, tokenizer=None):
+        self.tokenizer = tokenizer or FakeTokenizer()
+        self.max_model_len = max_model_len
+        self.p_yes, self.answer = p_yes, answer
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def _n(self, prompt: str, extra: int = 0) -> int:
+        n = len(self.tokenizer.encode(prompt))
+        assert n + extra <= self.max_model_len, f"prompt of {n} tokens (+{extra}) exceeds {self.max_model_len}"
+        return n
+
+    def yes_no(self, prompts):
+        self.calls.append(("yes_no", list(prompts)))
+        out = []
+        for p in prompts:
+            n, v = self._n(p, 1), self.p_yes(p)
+            out.append(YesNo(v, 0.0 if v is None else 1.0, n, n))
+        return out
+
+    def generate(self, prompts, max_tokens):
+        assert max_tokens == SEED_MAX_TOKENS
+        self.calls.append(("generate", list(prompts)))
+        return [(self.answer(p), self._n(p, max_tokens), self._n(p, max_tokens)) for p in prompts]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def rubric():
+    return parse_rubric(RUBRIC, source="test")
+
+
+@pytest.fixture
+def section(rubric):
+    return rubric["answer"]
+
+
+def engine(backend, mode="soft", **cfg) -> JudgeEngine:
+    return JudgeEngine(backend, JudgeConfig(**cfg), mode=mode)
+
+
+def question_of(prompt: str) -> str:
+    return prompt.split("问：", 1)[1].removesuffix("</u><m>")
+
+
+# ----------------------------------------------------------------------------------------------- P(yes)
+
+
+def test_p_yes_sums_variants_and_normalizes():
+    lp = {1: math.log(0.2), 4: math.log(0.1), 2: math.log(0.1), 3: math.log(0.5)}
+    p, mass = p_yes_from_logprobs(lp, yes_ids=[1, 4], no_ids=[2])
+    assert p == pytest.approx(0.75) and mass == pytest.approx(0.4)
+    assert p_yes_from_logprobs({1: math.log(0.3)}, [1], [2]) == (pytest.approx(1.0), pytest.approx(0.3))
+    assert p_yes_from_logprobs({2: math.log(0.3)}, [1], [2])[0] == 0.0
+
+
+def test_neither_answer_seen_is_none_and_flagged(section):
+    p, mass = p_yes_from_logprobs({3: -0.1, 5: -3.0}, [1], [2])
+    assert p is None and mass == 0.0
+    judge = engine(FakeBackend(p_yes=lambda prompt: None if "有趣" in prompt else 0.9))
+    res = judge.judge_section(section, ["可乐"], ["可乐真好喝"])[0]
+    fun = res["fun"]
+    assert fun.flagged and fun.p_yes is None and not fun.verdict
+    assert fun.indicator("soft") == 0.5 and fun.indicator("hard") == 0.0  # counted as a coin flip, and logged
+    assert not res["good"].flagged and res["good"].indicator("soft") == pytest.approx(0.9)
+    assert judge.stats.flagged == 1
+    assert [e["flagged"] for e in judge.log if e["key"] == "fun"] == [True]
+
+
+def test_seed_verdict_parsing():
+    assert seed_verdict("是") and not seed_verdict("否") and not seed_verdict("否。")
+    assert seed_verdict("不是")  # the original's quirk: no 否 in the text means yes
+    assert seed_verdict("")  # an empty answer is a yes too
+    assert seed_verdict("The answer")
+
+
+# ----------------------------------------------------------------------------------------------- answer tokens
+
+
+def test_answer_token_ids_single_token_variants():
+    tok = FakeTokenizer()
+    ids, multi = answer_token_ids(tok, "是")
+    assert not multi and sorted(ids) == sorted([tok.vocab["是"], tok.vocab["▁是"]])
+    assert all(tok.decode([i]).strip() == "是" for i in ids)
+    judge = engine(FakeBackend(tokenizer=tok))
+    assert not judge.multi_token_answers and set(judge.yes_ids).isdisjoint(judge.no_ids)
+
+
+def test_answer_token_ids_multi_token_fallback():
+    tok = FakeTokenizer(pieces=("是",), byte_chars="否")
+    ids, multi = answer_token_ids(tok, "否")
+    assert multi and ids == [tok.encode("否")[0]] and len(tok.encode("否")) == 3
+    assert engine(FakeBackend(tokenizer=tok)).multi_token_answers
+
+
+def test_answer_token_ids_unencodable_word():
+    class Empty(FakeTokenizer):
+        def encode(self, text, add_special_tokens=False):
+            return []
+
+    with pytest.raises(JudgeError, match="cannot encode"):
+        answer_token_ids(Empty(pieces=()), "否")
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def test_soft_mode_two_backend_calls_first_questions_first(section):
+    backend = FakeBackend()
+    texts = ["甲文案", "乙文案", "丙文案"]
+    judge = engine(backend)
+    res = judge.judge_section(section, ["可乐"] * 3, texts)
+    assert len(backend.calls) == 2 and all(kind == "yes_no" for kind, _ in backend.calls)
+    first, rest = backend.calls[0][1], backend.calls[1][1]
+    assert len(first) == 3 and len(rest) == 3 * 3
+    for text, prompt in zip(texts, first):  # one prompt per text, each text's first question: warms its prefix
+        assert text in prompt and question_of(prompt) == "好吗？"
+    assert all(question_of(p) != "好吗？" for p in rest)
+    assert [set(r) for r in res] == [set(section.keys)] * 3
+    assert judge.stats.requests == judge.stats.unique_prompts == 12
+
+
+def test_results_follow_their_text_and_question(section):
+    def rule(prompt):  # P(yes) identifies the text and the question it was asked about
+        return (0.1 if "甲" in prompt else 0.6) + 0.01 * section.keys.index(
+            next(it.key for it in section.items if question_of(prompt) == section.question("可乐", it)))
+
+    res = engine(FakeBackend(p_yes=rule)).judge_section(section, ["可乐", "可乐"], ["甲", "乙"])
+    for i, base in enumerate((0.1, 0.6)):
+        for j, key in enumerate(section.keys):
+            assert res[i][key].p_yes == pytest.approx(base + 0.01 * j)
+            assert res[i][key].question == section.question("可乐", section.items[j])
+
+
+def test_duplicates_are_judged_once(section):
+    backend = FakeBackend()
+    judge = engine(backend)
+    res = judge.judge_section(section, ["可乐", "雪碧", "可乐"], ["同一段", "同一段", "同一段"])
+    sent = [p for _, batch in backend.calls for p in batch]
+    assert len(sent) == len(set(sent)) == 2 * len(section.items)
+    assert judge.stats.requests == 12 and judge.stats.unique_prompts == 8 < judge.stats.requests
+    assert {k: j.p_yes for k, j in res[0].items()} == {k: j.p_yes for k, j in res[2].items()}
+
+
+def test_without_warm_prefix_one_call(section):
+    backend = FakeBackend()
+    JudgeEngine(backend, JudgeConfig(), warm_prefix=False).judge_section(section, ["a", "b"], ["x", "y"])
+    assert len(backend.calls) == 1 and len(backend.calls[0][1]) == 8
+
+
+def test_chat_template_wraps_every_prompt(section):
+    backend = FakeBackend()
+    engine(backend).judge_section(section, ["可乐"], ["文案"])
+    for _, batch in backend.calls:
+        for p in batch:
+            assert p.startswith("<u>关于可乐：文案\n问：") and p.endswith("</u><m>")
+
+
+# ----------------------------------------------------------------------------------------------- modes
+
+
+def test_hard_mode_threshold(section):
+    p = {"好吗？": 0.69, "与可乐相关？": 0.7, "有趣？": 0.71, "细节？": 0.2}
+    judge = engine(FakeBackend(p_yes=lambda prompt: p[question_of(prompt)]), mode="hard", threshold=0.7)
+    res = judge.judge_section(section, ["可乐"], ["文案"])[0]
+    assert {k: j.verdict for k, j in res.items()} == {"good": False, "rel": True, "fun": True, "detail": False}
+    assert res["rel"].indicator("hard") == 1.0 and res["good"].indicator("hard") == 0.0
+    assert res["good"].p_yes == pytest.approx(0.69)  # the soft number is kept
+
+
+def test_seed_mode_must_have_first_then_plausible_of_passing_texts(section):
+    texts = [f"文案{i}" + ("差" if i % 3 == 0 else "") for i in range(10)]  # 0, 3, 6, 9 fail "good"
+    answer = lambda prompt: "否" if "差" in prompt and question_of(prompt) == "好吗？" else "是"
+    backend = FakeBackend(answer=answer)
+    judge = engine(backend, mode="seed")
+    res = judge.judge_section(section, ["可乐"] * 10, texts)
+    assert all(kind == "generate" and 1 <= len(batch) <= SEED_BATCH for kind, batch in backend.calls)
+    sent = [p for _, batch in backend.calls for p in batch]
+    must = {"好吗？", "与可乐相关？"}
+    n_must = 2 * 10
+    assert all(question_of(p) in must for p in sent[:n_must])  # every must-have question before any plausible one
+    assert all(question_of(p) not in must for p in sent[n_must:])
+    assert len(sent) == n_must + 2 * 6  # plausible only for the 6 texts that passed
+    for i, r in enumerate(res):
+        if i % 3 == 0:
+            assert set(r) == {"good", "rel"} and not r["good"].verdict and r["good"].raw == "否"
+        else:
+            assert set(r) == set(section.keys) and all(j.verdict and j.p_yes == 1.0 for j in r.values())
+    assert judge.stats.requests == len(sent)
+
+
+# ----------------------------------------------------------------------------------------------- bad inputs
+
+
+def test_empty_text_is_judged(section):
+    backend = FakeBackend()
+    res = engine(backend).judge_section(section, ["可乐"], [""])
+    assert set(res[0]) == set(section.keys) and not any(j.truncated for j in res[0].values())
+    assert backend.calls[0][1][0].startswith("<u>关于可乐：\n问：")
+
+
+@pytest.mark.parametrize("mode", ["soft", "seed"])
+def test_long_text_is_cut_from_the_middle(section, mode):
+    backend = FakeBackend(max_model_len=120)  # FakeBackend asserts that every prompt (+ generated tokens) fits
+    text = "甲" * 300 + "乙" * 300
+    judge = engine(backend, mode=mode)
+    res = judge.judge_section(section, ["可乐", "可乐"], [text, "短文"])
+    assert all(j.truncated for j in res[0].values()) and not any(j.truncated for j in res[1].values())
+    for _, batch in backend.calls:
+        for p in batch:
+            if "甲" in p:
+                body = p.split("：", 1)[1].split("\n问：")[0]
+                assert body.startswith("甲") and body.endswith("乙") and TRUNCATION_MARK in body
+                assert len(body) < len(text)
+    assert judge.stats.truncated == len(res[0])
+
+
+def test_context_too_small_for_the_template(section):
+    with pytest.raises(JudgeError, match="max_model_len=20"):
+        engine(FakeBackend(max_model_len=20)).judge_section(section, ["可乐"], ["文案"])
+
+
+def test_template_error_at_load():
+    bad = {**RUBRIC, "answer": {**RUBRIC["answer"], "template": "关于{entity}：请回答{question}"}}
+    with pytest.raises(RubricError, match=r"section 'answer': template has no \{completion\}"):
+        parse_rubric(bad, source="bad.yaml")
+
+
+def test_judge_answering_neither_is_counted(section):
+    judge = engine(FakeBackend(p_yes=lambda prompt: None))
+    res = judge.judge_section(section, ["可乐", "雪碧"], ["一", "二"])
+    assert all(j.flagged and j.p_yes is None for r in res for j in r.values())
+    assert judge.stats.flagged == 8
+
+
+def test_entities_texts_length_mismatch(section):
+    with pytest.raises(JudgeError, match="2 entities for 1 texts"):
+        engine(FakeBackend()).judge_section(section, ["可乐", "雪碧"], ["一"])
+
+
+def test_backend_without_tokenizer():
+    backend = FakeBackend()
+    backend.tokenizer = None
+    with pytest.raises(JudgeError, match="no tokenizer"):
+        engine(backend)
+
+
+def test_unreachable_endpoint_fails_fast_naming_it():
+    cfg = JudgeConfig(backend="openai", base_url="http://127.0.0.1:9/v1")  # nothing listens on port 9 (discard)
+    t0 = time.perf_counter()
+    with pytest.raises(JudgeError, match=r"http://127\.0\.0\.1:9/v1 unreachable after 2 tries"):
+        OpenAIBackend("some-model", cfg, retries=1, timeout=2.0)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_openai_backend_needs_base_url():
+    with pytest.raises(JudgeError, match="base_url"):
+        build_backend(JudgeConfig(backend="openai"))
+
+
+def test_judgement_indicator_modes():
+    j = Judgement(key="k", question="q", p_yes=0.3, verdict=False)
+    assert j.indicator("soft") == 0.3 and j.indicator("hard") == 0.0 and j.indicator("seed") == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- transformers backend
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama with a character-level tokenizer saved like a real model (no weights downloaded)."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = sorted(set("".join(str(v) for sec in RUBRIC.values() for v in (sec["template"], *[i["question"] for i in sec["items"]]))
+                       + "是否可乐雪碧甲乙文案短一二三好喝<>/umabcdefghijklmnopqrstuvwxyz"))
+    vocab = {"<unk>": 0, "<pad>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=1, eos_token_id=2, bos_token_id=2)
+    d = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("scoring", ["restricted", "topk"])
+def test_transformers_backend_batched_equals_alone(tiny_model_dir, section, scoring):
+    from lib.judge_backends import TransformersBackend
+
+    cfg = JudgeConfig(backend="transformers", answer_scoring=scoring, top_logprobs=40, batch_size=4, max_model_len=256)
+    backend = TransformersBackend(str(tiny_model_dir), cfg)
+    judge = JudgeEngine(backend, cfg)
+    texts = ["可乐好喝", "雪碧" * 20, "一二三", "甲"]
+    batched = judge.judge_section(section, ["可乐"] * 4, texts)
+    for i, text in enumerate(texts):  # alone: no padding; batched: left padding must not change P(yes)
+        alone = JudgeEngine(backend, cfg, warm_prefix=False).judge_section(section, ["可乐"], [text])[0]
+        for key in section.keys:
+            a, b = alone[key].p_yes, batched[i][key].p_yes
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert 0.0 <= a <= 1.0 and a == pytest.approx(b, abs=1e-4), (text, key)
+    if scoring == "restricted":
+        assert judge.stats.flagged == 0
+    out = backend.generate([judge.chat(section.render("可乐", "文案", section.items[0]))], SEED_MAX_TOKENS)
+    assert isinstance(out[0][0], str) and out[0][1] == out[0][2] > 0
+
+
+def test_long_entity_and_long_text_still_fit():
+    items = [{"key": "long", "type": "must-have", "question": "这个问题的文字比另一个问题长得多吗？"},
+             {"key": "ent", "type": "must-have", "question": "像{entity}吗？"}]  # shorter until the entity is filled in
+    section = parse_rubric({**RUBRIC, "answer": {"template": TEMPLATE, "items": items}})["answer"]
+    backend = FakeBackend(max_model_len=140)  # asserts that every prompt fits
+    res = engine(backend).judge_section(section, ["超长的产品名称" * 6], ["文" * 500])
+    assert all(j.truncated for j in res[0].values())
+
+
+def test_transformers_backend_keeps_only_last_logits(tiny_model_dir, section):
+    """Full logits would be batch x length x vocabulary floats: 80 GB for 256 Gemma prompts of 300 tokens."""
+    from lib.judge_backends import TransformersBackend
+
+    cfg = JudgeConfig(backend="transformers", answer_scoring="restricted", batch_size=8)
+    backend = TransformersBackend(str(tiny_model_dir), cfg)
+    model, shapes = backend.model, []
+
+    def spy(**kwargs):
+        out = model(**kwargs)
+        shapes.append(tuple(out.logits.shape))
+        return out
+
+    backend.model = spy
+    JudgeEngine(backend, cfg).judge_section(section, ["可乐"] * 2, ["可乐好喝", "雪碧" * 10])
+    assert shapes and all(s[1] == 1 for s in shapes), shapes
+
+
+def test_openai_helpers():
+    from types import SimpleNamespace
+
+    from lib.judge_backends import tokenizer_source, usage_per_prompt
+
+    assert tokenizer_source("qwen2.5-7b-instruct-awq") == "Qwen/Qwen2.5-7B-Instruct-AWQ"  # registry name -> hub id
+    assert tokenizer_source("/some/local/dir") == "/some/local/dir"
+    usage = SimpleNamespace(prompt_tokens=600, prompt_tokens_details=SimpleNamespace(cached_tokens=240))
+    assert usage_per_prompt(usage, 6) == (100, 60)
+    assert usage_per_prompt(SimpleNamespace(prompt_tokens=600, prompt_tokens_details=None), 6) == (100, 100)
+    assert usage_per_prompt(None, 0) == (0, 0)
