@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from lib import paths
 from lib.evaluate import GenerationCache, generation_cache_key
-from lib.models import chat_prompt, load_tokenizer, resolve_model, stop_token_ids
+from lib.models import chat_prompt, close_vllm_engine, load_tokenizer, resolve_model, stop_token_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -353,14 +353,8 @@ class VLLMGenerator:
         return [o.outputs[0].text for o in outs]
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
+        close_vllm_engine(getattr(self, "llm", None))
         self.llm = None
-        gc.collect()
 
 
 def load_for_generation(model: str, adapter: str | Path | None = None):

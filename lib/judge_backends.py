@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from lib.judge import Judgement, JudgeStats
-from lib.models import REGISTRY, resolve_model
+from lib.models import REGISTRY, close_vllm_engine, resolve_model
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
 
@@ -176,16 +176,8 @@ class VLLMBackend:
                 for o in self._run(prompts, params)]
 
     def close(self) -> None:
-        import gc
-
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
+        close_vllm_engine(getattr(self, "llm", None))
         self.llm = None
-        gc.collect()
 
 
 class TransformersBackend:
@@ -506,6 +498,6 @@ def build_backend(cfg: JudgeConfig, seed: int = 0) -> Backend:
     raise JudgeError(f"unknown judge backend {cfg.backend!r}")
 
 
-def build_judge(cfg: JudgeConfig, rubric=None, mode: str | None = None, seed: int = 0) -> JudgeEngine:
+def build_judge(cfg: JudgeConfig, mode: str | None = None, seed: int = 0) -> JudgeEngine:
     """The judge of a profile (`profile.judge`); `mode` overrides cfg.mode (soft | hard | seed)."""
     return JudgeEngine(build_backend(cfg, seed=seed), cfg, mode=mode)

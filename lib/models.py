@@ -294,3 +294,15 @@ def text_generator(model: str, max_new_tokens: int = 160, seed: int = 42, temper
         return answers
 
     return generate
+
+
+def close_vllm_engine(llm) -> None:
+    """Stop an in-process vLLM engine and free its memory (best effort: engines differ across builds)."""
+    import gc
+
+    if llm is not None:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+    gc.collect()
