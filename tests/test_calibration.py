@@ -12,7 +12,6 @@ import pytest
 
 from lib import calibration as cal
 from lib import paths
-from lib.rubric import load_rubric
 from lib.stats import StatsError, bootstrap_ci
 from tests.fakes import HIT, MISS, KeywordJudge
 
@@ -21,14 +20,6 @@ THINK_BAD_KINDS = {"leaked_answer", "placeholder", "filler", "off_topic", "disfl
 DETAILED_IMPLIES_MUST = {"product": "product_must", "user": "user_must", "target_user": "target_user_must"}
 
 
-@pytest.fixture(scope="module")
-def rubric():
-    return load_rubric()
-
-
-@pytest.fixture(scope="module")
-def calib(rubric):
-    return cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))
 
 
 # ----------------------------------------------------------------------------------------------

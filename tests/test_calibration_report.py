@@ -8,18 +8,9 @@ import pandas as pd
 import pytest
 
 from lib import calibration as cal
-from lib.rubric import load_rubric
 from tests.fakes import HIT, MISS, KeywordJudge
 
 
-@pytest.fixture(scope="module")
-def rubric():
-    return load_rubric()
-
-
-@pytest.fixture(scope="module")
-def calib(rubric):
-    return cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))
 
 
 # ----------------------------------------------------------------------------------------------- subset
