@@ -150,15 +150,21 @@ def _first_error(path: Path, err: ValidationError) -> str:
     return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
 
 
-def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:
-    """Load and validate a profile; `overrides` is a nested dict merged on top (e.g. from the CLI)."""
-    path = profile_path(name_or_path)
+def read_yaml(path: Path, error: type[Exception]):
+    """Parse a YAML file; malformed YAML raises `error` with one line naming the file and line."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{path}:{at} malformed YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{path}:{at} malformed YAML: {problem}") from None
+
+
+def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:
+    """Load and validate a profile; `overrides` is a nested dict merged on top (e.g. from the CLI)."""
+    path = profile_path(name_or_path)
+    raw = read_yaml(path, ProfileError)
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile must be a mapping of parameters, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Mapping
 import yaml
 
 from lib import paths
+from lib.profiles import read_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -162,14 +163,7 @@ def load_rubric(path: str | Path | None = None) -> Rubric:
     ['fluency', 'is_ad', 'relevancy']
     """
     p = rubric_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RubricError(f"{p}:{at} malformed YAML: {problem}") from None
-    return parse_rubric(raw, source=str(p))
+    return parse_rubric(read_yaml(p, RubricError), source=str(p))
 
 
 def parse_rubric(raw: object, source: str = "<dict>") -> Rubric:
