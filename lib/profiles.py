@@ -81,11 +81,13 @@ class TrainConfig(_Strict):
     log_completions: int = Field(4, ge=0)  # completions per logged step written to samples.jsonl
     report_to: list[str] = []  # add "tensorboard" or "wandb"
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # unsloth: the policy's vLLM share
-    rollout_engine: Literal["hf", "vllm_colocate", "vllm_server"] = "hf"  # trl backend: HF generate, TRL's colocated vLLM, or `trl vllm-serve`
+    # trl backend: HF generate, TRL's colocated vLLM, `trl vllm-serve`, or vllm_lora: the judge's vLLM engine with the
+    # current LoRA adapter each step (lib.rollouts; needs judge.backend vllm and judge.model == policy_model)
+    rollout_engine: Literal["hf", "vllm_colocate", "vllm_server", "vllm_lora"] = "hf"
     vllm_server_base_url: str | None = None  # rollout_engine vllm_server: e.g. http://127.0.0.1:8000
     unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge
     merge_final: bool = False  # also save a merged model (needed to serve the policy with vLLM)
-    bf16: bool = False
+    bf16: bool = False  # GPU: bf16 mixed precision; CPU: the policy's weights in bf16 (LoRA weights stay float32)
 
 
 class EvalModel(_Strict):

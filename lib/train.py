@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
+ROLLOUT_ADAPTER_DIR = "rollout_adapter"  # the adapter vLLM generates the current step's rollouts with
 DATASET_COLUMNS = ("prompt", "entity")  # TRL passes every column but `prompt` to the rewards: they need `entity`
 UNSLOTH_LOAD_IN_4BIT = False  # 16-bit LoRA: a 1.5B policy fits one GPU easily; 4-bit costs quality
 
@@ -123,8 +124,8 @@ def load_policy(profile: Profile):
 
     from lib.models import load_causal_lm
 
-    # float32 on CPU (bf16 matmuls are slow without AMX); bf16 on GPU when the profile says so
-    dtype = "bfloat16" if profile.device == "cuda" and cfg.bf16 else "float32"
+    # bf16 when the profile says so (on CPU: bf16 weights, float32 LoRA weights and optimizer state)
+    dtype = "bfloat16" if cfg.bf16 else "float32"
     model, tokenizer = load_causal_lm(profile.policy_model, dtype=dtype, device=profile.device)
     return model, tokenizer, LoraConfig(**lora_kwargs(profile))
 
@@ -230,7 +231,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         report_to=list(cfg.report_to) or "none",
-        bf16=cfg.bf16,  # GRPOConfig's default (None) means bf16 on: slow autocast on CPU
+        bf16=cfg.bf16 and profile.device == "cuda",  # CPU: no autocast (slow there); the weights themselves are bf16
         log_completions=False,
         remove_unused_columns=False,  # keep `entity` for the judge rewards
     )
@@ -238,7 +239,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         # Unsloth's engine (fast_inference) generates; its patched trainer reads these (UNVERIFIED until run on a GPU)
         kwargs.update(use_vllm=True, gradient_checkpointing=False)  # Unsloth checkpoints itself ("unsloth")
     else:
-        kwargs.update(use_vllm=cfg.rollout_engine != "hf", use_cpu=profile.device == "cpu",
+        kwargs.update(use_vllm=cfg.rollout_engine not in ("hf", "vllm_lora"), use_cpu=profile.device == "cpu",
                       gradient_checkpointing=profile.device == "cuda")  # CPU: memory is ample, recomputation is not free
         if cfg.rollout_engine == "vllm_colocate":
             if profile.device == "cpu":
@@ -368,6 +369,27 @@ def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder) -> tupl
     return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights
 
 
+def judge_engine_kwargs(profile: Profile) -> dict:
+    """Extra keyword arguments of `build_judge` for training: the LoRA rank when rollouts come from its engine."""
+    return {"max_lora_rank": profile.train.lora_rank} if profile.train.rollout_engine == "vllm_lora" else {}
+
+
+def lora_rollouts(profile: Profile, judge: Any, tokenizer, out: Path):
+    """`lib.rollouts.LoRARollouts` on the judge's vLLM engine (train.rollout_engine 'vllm_lora')."""
+    from lib.rollouts import LoRARollouts
+
+    jc = profile.judge
+    if jc.backend != "vllm" or jc.model != profile.policy_model or profile.train.backend != "trl":
+        raise TrainError("train.rollout_engine 'vllm_lora' generates on the judge's vLLM engine: it needs train.backend "
+                         f"'trl', judge.backend 'vllm' and judge.model == policy_model (got {jc.backend}, {jc.model!r} vs "
+                         f"{profile.policy_model!r})")
+    llm = getattr(getattr(judge, "backend", None), "llm", None)
+    if llm is None or not getattr(llm.llm_engine.vllm_config, "lora_config", None):
+        raise TrainError("train.rollout_engine 'vllm_lora': build the judge with "
+                         "build_judge(..., **train.judge_engine_kwargs(profile)) so its engine serves LoRA adapters")
+    return LoRARollouts(llm, tokenizer, profile.train, seed=profile.seed, adapter_dir=out / ROLLOUT_ADAPTER_DIR)
+
+
 def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, policy: tuple | None = None):
     """A `trl.GRPOTrainer` for the run: policy, dataset, wrapped rewards, and the TrainingLogger callback.
 
@@ -388,8 +410,10 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     args = build_grpo_config(profile, out / CHECKPOINTS_DIR)
     recorder = RewardRecorder()
     reward_funcs, _ = wrapped_reward_functions(profile, recorder)
-    logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions)
+    rollouts = lora_rollouts(profile, judge, tokenizer, out) if profile.train.rollout_engine == "vllm_lora" else None
+    logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions, rollouts=rollouts)
     return GRPOTrainer(
+        rollout_func=rollouts,
         model=model,
         reward_funcs=reward_funcs,
         args=args,
@@ -498,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     ctx = open_run(a.run_dir, a.profile)
     prepare_backend(ctx.profile)
-    judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed)
+    judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed, **judge_engine_kwargs(ctx.profile))
     try:
         rewards_mod.configure(judge, load_rubric(ctx.profile.rubric.path))
         result = train(ctx.profile, ctx, judge, resume=not a.no_resume)

@@ -222,7 +222,8 @@ class TrainingLogger:
     without it the recorder's timing of the judge rewards is used.
     """
 
-    def __init__(self, out_dir: str | Path, recorder: RewardRecorder | None = None, judge: Any = None, n_samples: int = 4):
+    def __init__(self, out_dir: str | Path, recorder: RewardRecorder | None = None, judge: Any = None, n_samples: int = 4,
+                 rollouts: Any = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out_dir / LOG_JSONL
@@ -230,6 +231,7 @@ class TrainingLogger:
         self.samples_path = self.out_dir / SAMPLES_JSONL
         self.recorder = recorder
         self.judge = judge
+        self.rollouts = rollouts  # read for `.seconds` (rollout wall time) when the rollouts are timed apart
         self.n_samples = n_samples
         for p in (self.log_path, self.samples_path):
             _repair_jsonl(p)
@@ -239,6 +241,7 @@ class TrainingLogger:
         self._t = time.monotonic()
         self._step = 0
         self._judge = self._judge_totals()
+        self._rollout = self._rollout_seconds()
 
     # every other event of the callback protocol does nothing
     def __getattr__(self, name: str):
@@ -252,10 +255,14 @@ class TrainingLogger:
             return float(stats.seconds), int(getattr(stats, "requests", 0))
         return (self.recorder.judge_seconds if self.recorder else 0.0), 0
 
+    def _rollout_seconds(self) -> float | None:
+        return float(self.rollouts.seconds) if self.rollouts is not None else None
+
     def on_train_begin(self, args, state, control, **kwargs):
         self._t = time.monotonic()
         self._step = int(state.global_step)
         self._judge = self._judge_totals()
+        self._rollout = self._rollout_seconds()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not getattr(state, "is_world_process_zero", True):
@@ -279,6 +286,12 @@ class TrainingLogger:
             "judge_share": judge_s / dt if dt > 0 else None,
             "judge_requests": (judge_now[1] - self._judge[1]) / d_steps,
         }
+        rollout_now = self._rollout_seconds()
+        if rollout_now is not None:  # the step's time split: rollout / judge / the rest (log-probs, gradient, optimizer)
+            rollout_s = rollout_now - self._rollout
+            record.update(rollout_seconds=rollout_s / d_steps, rollout_share=rollout_s / dt if dt > 0 else None,
+                          gradient_seconds=max(dt - rollout_s - judge_s, 0.0) / d_steps)
+            self._rollout = rollout_now
         record.update({k: _number(v) for k, v in logs.items() if k not in record and _number(v) is not None})
         self._t, self._step, self._judge = now, step, judge_now
         batches = self.recorder.drain() if self.recorder else []

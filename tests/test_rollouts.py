@@ -1,0 +1,100 @@
+"""lib.rollouts: GRPO rollouts on vLLM with the current LoRA adapter (the engine is faked here; the smoke
+pipeline test runs the real one), and the training-side checks of train.rollout_engine 'vllm_lora'."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lib import train
+from lib.profiles import load_profile
+from lib.rollouts import LoRARollouts, chat_token_ids, sample_seed
+from lib.train import TrainError
+from tests.train_helpers import build_tiny_policy
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny") / "model")
+
+
+class FakeLLM:
+    """Records what vLLM's `LLM.generate` was asked; answers each prompt with its last token id + 1, then stop."""
+
+    def __init__(self, stop_id: int):
+        self.calls = []
+        self.stop_id = stop_id
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=True):
+        self.calls.append(SimpleNamespace(prompts=prompts, params=params, lora=lora_request,
+                                          adapter_files=sorted(p.name for p in Path(lora_request.lora_path).iterdir())))
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[p["prompt_token_ids"][-1] + 1, self.stop_id])])
+                for p in prompts]
+
+
+class FakeAdapterModel:
+    def __init__(self):
+        self.saved = 0
+
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "adapter_config.json").write_text(json.dumps({"r": 8}))
+        (Path(path) / "adapter_model.safetensors").write_bytes(b"w%d" % self.saved)
+        self.saved += 1
+
+
+def fake_trainer(model, step):
+    return SimpleNamespace(state=SimpleNamespace(global_step=step), model=model,
+                           accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+
+
+def test_sample_seeds_differ_within_a_step_and_repeat_across_runs():
+    seeds = [sample_seed(42, 7, i) for i in range(64)]
+    assert len(set(seeds)) == 64 and all(0 <= s < 2**31 for s in seeds)
+    assert seeds == [sample_seed(42, 7, i) for i in range(64)]
+    assert sample_seed(42, 8, 0) != seeds[0] and sample_seed(43, 7, 0) != seeds[0]
+
+
+def test_rollouts_use_the_current_adapter_and_the_chat_template(tiny_policy, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_policy)
+    cfg = load_profile("smoke", overrides={"train": {"max_completion_length": 7, "temperature": 0.9, "top_p": 0.8}}).train
+    llm = FakeLLM(stop_id=tok.eos_token_id)
+    rollouts = LoRARollouts(llm, tok, cfg, seed=42, adapter_dir=tmp_path / "adapters")
+    prompt = [{"role": "user", "content": "请为椰子水设计一段创意广告文案"}]
+    model = FakeAdapterModel()
+    out = rollouts([prompt, prompt], fake_trainer(model, step=0))
+    expected_ids = chat_token_ids(tok, prompt)
+    assert out["prompt_ids"] == [expected_ids, expected_ids] and out["logprobs"] is None
+    assert out["completion_ids"] == [[expected_ids[-1] + 1, tok.eos_token_id]] * 2
+    call = llm.calls[0]
+    assert call.adapter_files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert [p.max_tokens for p in call.params] == [7, 7] and call.params[0].temperature == 0.9 and call.params[0].top_p == 0.8
+    assert call.params[0].seed != call.params[1].seed  # a group's samples must differ
+    assert tok.eos_token_id in call.params[0].stop_token_ids
+    rollouts(["plain text prompt"], fake_trainer(model, step=1))
+    assert llm.calls[1].lora.lora_int_id > llm.calls[0].lora.lora_int_id  # a new id: vLLM loads the new weights
+    assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["step-1"]  # only the current adapter is kept
+    assert rollouts.calls == 2 and rollouts.completion_tokens == 6 and rollouts.seconds > 0
+
+
+def test_vllm_lora_needs_the_judge_engine_of_the_policy_model(tmp_path):
+    profile = load_profile("cpu", overrides={"judge": {"model": "gemma3-270m"}})
+    with pytest.raises(TrainError, match=r"judge.model == policy_model .*'gemma3-270m'"):
+        train.lora_rollouts(profile, judge=None, tokenizer=None, out=tmp_path)
+    profile = load_profile("cpu")
+    no_lora = SimpleNamespace(backend=SimpleNamespace(llm=SimpleNamespace(llm_engine=SimpleNamespace(
+        vllm_config=SimpleNamespace(lora_config=None)))))
+    with pytest.raises(TrainError, match="judge_engine_kwargs"):
+        train.lora_rollouts(profile, judge=no_lora, tokenizer=None, out=tmp_path)
+
+
+def test_vllm_lora_builds_the_judge_with_lora_and_no_trl_vllm(tmp_path):
+    profile = load_profile("cpu")
+    assert train.judge_engine_kwargs(profile) == {"max_lora_rank": profile.train.lora_rank}
+    assert train.judge_engine_kwargs(load_profile("cpu", overrides={"train": {"rollout_engine": "hf"}})) == {}
+    kw = train.grpo_config_kwargs(profile, tmp_path)
+    assert kw["use_vllm"] is False and kw["bf16"] is False  # TRL's own vLLM stays off; no autocast on CPU
