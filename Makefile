@@ -12,7 +12,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast lab bench clean-venv
+.PHONY: setup run test test-fast lab bench gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ lab: setup
 
 bench: setup
 	$(PY) -m lib.bench judge --json outputs/bench/judge.json
+
+# The first run on a GPU machine (after `make setup EXTRAS=gpu,dev`): about 10 minutes, stops at the first failing stage.
+gpu-check:
+	PY=$(PY) bash scripts/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

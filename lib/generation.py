@@ -353,8 +353,7 @@ class VLLMGenerator:
         return [o.outputs[0].text for o in outs]
 
     def close(self) -> None:
-        close_vllm_engine(getattr(self, "llm", None))
-        self.llm = None
+        close_vllm_engine(self)  # drops self.llm, collects it, empties the CUDA cache
 
 
 def load_for_generation(model: str, adapter: str | Path | None = None):

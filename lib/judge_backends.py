@@ -179,8 +179,7 @@ class VLLMBackend:
                 for o in self._run(prompts, params)]
 
     def close(self) -> None:
-        close_vllm_engine(getattr(self, "llm", None))
-        self.llm = None
+        close_vllm_engine(self)  # drops self.llm, collects it, empties the CUDA cache
 
 
 class TransformersBackend:

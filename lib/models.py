@@ -357,13 +357,28 @@ def text_generator(model: str, max_new_tokens: int = 160, seed: int = 42, temper
     return generate
 
 
-def close_vllm_engine(llm) -> None:
-    """Stop an in-process vLLM engine and free its memory (best effort: engines differ across builds)."""
+def close_vllm_engine(owner, attr: str = "llm") -> None:
+    """Stop the in-process vLLM engine at `owner.<attr>` and give its memory back (best effort on shutdown).
+
+    The attribute is set to None before anything else, so once the engine is shut down no reference of ours is
+    left; `gc.collect()` then frees it (vLLM's objects hold reference cycles) and `torch.cuda.empty_cache()`
+    hands the cached blocks back to the driver, so the next engine's start-up check (its share of the card must
+    be free) passes. The caller must keep no other reference to the engine (no local variable, no attribute).
+    """
     import gc
 
+    llm = getattr(owner, attr, None)
+    setattr(owner, attr, None)
     if llm is not None:
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # noqa: BLE001 - best effort on shutdown
             pass
+    del llm
     gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lib import paths
 
@@ -80,7 +80,7 @@ class TrainConfig(_Strict):
     save_total_limit: int = 3
     log_completions: int = Field(4, ge=0)  # completions per logged step written to samples.jsonl
     report_to: list[str] = []  # add "tensorboard" or "wandb"
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # unsloth: the policy's vLLM share
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # policy's vLLM engine: unsloth: share of the FREE memory; vllm_colocate: of the card
     # trl backend: HF generate, TRL's colocated vLLM, `trl vllm-serve`, or vllm_lora: the judge's vLLM engine with the
     # current LoRA adapter each step (lib.rollouts; needs judge.backend vllm and judge.model == policy_model)
     rollout_engine: Literal["hf", "vllm_colocate", "vllm_server", "vllm_lora"] = "hf"
@@ -127,6 +127,15 @@ class Profile(_Strict):
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
     calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
 
+    @model_validator(mode="after")
+    def _standby_leaves_no_room_for_the_judge(self) -> "Profile":
+        # Unsloth's standby sizes its engine to ~0.88 of the free memory: an in-process judge on the same GPU
+        # (started first) would then starve it, or (started later) find nothing left.
+        if self.train.backend == "unsloth" and self.train.unsloth_standby and self.judge.backend != "openai":
+            raise ValueError(f"train.unsloth_standby: true takes ~0.88 of the free GPU memory, none left for the in-process "
+                             f"judge (judge.backend {self.judge.backend!r}): set it false, or use judge.backend: openai")
+        return self
+
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in paths.PROFILES_DIR.glob("*.yaml"))
@@ -149,6 +158,8 @@ def _first_error(path: Path, err: ValidationError) -> str:
     where = ".".join(str(x) for x in e["loc"]) or "<root>"
     if e["type"] == "extra_forbidden":
         return f"{path}: unknown parameter {where!r}"
+    if e["type"] == "value_error" and not e["loc"]:  # a rule across fields: its message names them
+        return f"{path}: {e['ctx']['error']}"
     return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
 
 

@@ -87,7 +87,7 @@ def unsloth_load_kwargs(profile: Profile, model_name: str) -> dict:
         load_in_4bit=UNSLOTH_LOAD_IN_4BIT,
         fast_inference=True,  # Unsloth's vLLM engine generates the rollouts
         max_lora_rank=cfg.lora_rank,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,  # the policy engine's share; the judge has its own
+        gpu_memory_utilization=cfg.gpu_memory_utilization,  # Unsloth takes this share of the memory still free (after the judge)
     )
 
 
@@ -254,9 +254,13 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
 
 
 def vllm_sampling_kwargs(profile: Profile) -> dict:
-    """Keyword arguments of `vllm.SamplingParams` for Unsloth's rollouts (`vllm_sampling_params`)."""
+    """Keyword arguments of `vllm.SamplingParams` for Unsloth's rollouts (`vllm_sampling_params`).
+
+    No `seed`: a per-request seed would make all `num_generations` samples of a prompt identical (every
+    group with zero reward spread, nothing learned). Runs are seeded by the engine's and TRL's run seed.
+    """
     cfg = profile.train
-    return dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=profile.seed, max_tokens=cfg.max_completion_length)
+    return dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length)
 
 
 def build_grpo_config(profile: Profile, output_dir: str | Path):
@@ -364,6 +368,50 @@ def last_checkpoint(checkpoints: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+UNSLOTH_TRAINER = "UnslothGRPOTrainer"  # the class Unsloth's patches put in place of trl.GRPOTrainer
+
+
+def check_processes(profile: Profile, world: int | None = None) -> None:
+    """Refuse a multi-process GPU launch (accelerate / torchrun: WORLD_SIZE > 1) whose engines would share cuda:0.
+
+    vLLM's single-process executor (the in-process engines here: the judge's and Unsloth's) starts on cuda:0
+    whatever the rank, and the transformers judge is built before the trainer moves the rank to its GPU: N ranks
+    would put N judges (and N Unsloth policy engines) on the first card. One judge server serves every rank.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+    if world <= 1 or profile.device != "cuda":
+        return
+    if profile.train.backend == "unsloth":
+        raise TrainError(f"train.backend 'unsloth' under {world} processes: every rank's Unsloth vLLM engine starts on cuda:0; "
+                         "use train.backend: trl (rollout_engine vllm_colocate or vllm_server) with judge.backend: openai")
+    if profile.judge.backend != "openai":
+        raise TrainError(f"judge.backend {profile.judge.backend!r} under {world} processes: every rank's in-process judge starts "
+                         "on cuda:0; use judge.backend: openai with judge.base_url (one `vllm serve` judge for all ranks)")
+
+
+def check_unsloth_trainer(trainer, model) -> None:
+    """One-line TrainError unless the trainer is Unsloth's and its rollouts come from the model's own vLLM engine.
+
+    Unsloth rewrites TRL's source when imported and only logs a warning where a rewrite does not match the
+    installed TRL/vLLM: then the trainer is TRL's own, or TRL starts a third vLLM engine beside Unsloth's and the
+    judge's (out of memory, or rollouts from weights the LoRA never reaches). TRL >= 0.28 holds the engine at
+    `trainer.vllm_generation.llm`, older TRL at `trainer.llm`.
+    """
+    kind = type(trainer)
+    if UNSLOTH_TRAINER not in {c.__name__ for c in kind.__mro__}:
+        raise TrainError(f"train.backend 'unsloth': the trainer is {kind.__module__}.{kind.__name__}, not Unsloth's "
+                         f"{UNSLOTH_TRAINER}: Unsloth must be imported before trl (lib.train.prepare_backend)")
+    engine = getattr(model, "vllm_engine", None)
+    if engine is None:
+        raise TrainError("train.backend 'unsloth': the model has no vllm_engine (from_pretrained(fast_inference=True) started none)")
+    generation = getattr(trainer, "vllm_generation", None)
+    rollout = getattr(generation, "llm", None) if generation is not None else getattr(trainer, "llm", None)
+    if rollout is not engine:
+        where = "no engine" if rollout is None else "a second vLLM engine TRL started"
+        raise TrainError(f"train.backend 'unsloth': rollouts would come from {where}, not the model's vllm_engine: "
+                         "Unsloth's patch of TRL's VLLMGeneration did not apply (check the unsloth / trl / vllm versions)")
+
+
 def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder) -> tuple[list[Callable], list[float]]:
     funcs, weights = reward_functions(profile)
     return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights
@@ -398,6 +446,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     `load_policy(profile)`.
     """
     reward_functions(profile)  # a bad reward name fails before the model loads
+    check_processes(profile)
     judged = [n for n in profile.train.reward_weights if n in rewards_mod.LAST_DETAILS]
     if judged and getattr(rewards_mod, "_JUDGE", None) is None:
         raise TrainError(f"rewards {', '.join(judged)} need a judge: call lib.rewards.configure(judge, rubric) first")
@@ -412,7 +461,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     reward_funcs, _ = wrapped_reward_functions(profile, recorder)
     rollouts = lora_rollouts(profile, judge, tokenizer, out) if profile.train.rollout_engine == "vllm_lora" else None
     logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions, rollouts=rollouts)
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         rollout_func=rollouts,
         model=model,
         reward_funcs=reward_funcs,
@@ -422,6 +471,9 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
         callbacks=[logger],
         peft_config=peft_config,
     )
+    if profile.train.backend == "unsloth":
+        check_unsloth_trainer(trainer, model)
+    return trainer
 
 
 def training_logger(trainer) -> TrainingLogger | None:
@@ -521,6 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-resume", action="store_true", help="refuse to continue existing checkpoints")
     a = ap.parse_args(argv)
     ctx = open_run(a.run_dir, a.profile)
+    check_processes(ctx.profile)  # before any engine starts
     prepare_backend(ctx.profile)
     judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed, **judge_engine_kwargs(ctx.profile))
     try:
