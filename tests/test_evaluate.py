@@ -284,3 +284,18 @@ def test_grouped_bar_chart_saves_png(tmp_path):
     ax = fig.axes[0]
     assert len(ax.patches) == 2 * 3 and ax.get_title() == "scores"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base", "trained"]
+
+
+def test_paired_gains_and_reported_rows():
+    from lib.evaluate import ORIGINAL_REPORTED, paired_gains, score_table, with_reported_rows
+
+    items = pd.DataFrame({"model": ["base"] * 4 + ["grpo"] * 4, "entity": list("abcd") * 2,
+                          "format": [0, 0.5, 0, 0.6, 0.8, 0.9, 0.7, 0.9]})
+    gains = paired_gains(items, {"grpo": "base"}, n_resamples=200)
+    row = gains.iloc[0]
+    assert row.model == "grpo" and row.n_prompts == 4 and row.gain == pytest.approx(0.55) and row.gain_lo > 0 and row.significant
+    flat = paired_gains(items.assign(format=0.5), {"grpo": "base"}, n_resamples=200).iloc[0]
+    assert flat.gain == 0 and not flat.significant
+    table = with_reported_rows(score_table(items, metrics=("format",), n_resamples=50))
+    assert list(table.index[-2:]) == list(ORIGINAL_REPORTED) and table.loc[list(ORIGINAL_REPORTED)[1], "format"] == 0.97
+    assert np.isnan(table.loc[list(ORIGINAL_REPORTED)[0], "format_lo"])
