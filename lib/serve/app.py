@@ -146,6 +146,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self.judging = 0  # requests in the judge call under way
         self.totals = {"batches": 0, "requests": 0, "completions": 0}  # judge calls made, and what they merged
+        self.recent: deque[tuple[int, int]] = deque(maxlen=1024)  # (requests, completions) of the last judge calls
 
     @property
     def depth(self) -> int:
@@ -212,6 +213,7 @@ class Batcher:
             self.totals["batches"] += 1
             self.totals["requests"] += len(jobs)
             self.totals["completions"] += n
+            self.recent.append((len(jobs), n))
             if self.metrics is not None:
                 self.metrics.batch(n, len(jobs))
             for job, res in zip(jobs, results):

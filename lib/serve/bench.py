@@ -85,7 +85,7 @@ def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
     from lib.serve.app import percentile
 
     s = sorted(latencies)
-    return {"p50_s": percentile(s, 0.5), "p99_s": percentile(s, 0.99), "max_s": s[-1]}
+    return {"p50_s": percentile(s, 0.5), "p99_s": percentile(s, 0.99), "min_s": s[0], "max_s": s[-1]}
 
 
 def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int], batch: int, requests: int,
@@ -164,6 +164,7 @@ def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int
                 def client(comps: list[str], ents: list[str]) -> None:
                     remote = RemoteRewards(url, timeout=1800.0, retries=0)
                     try:
+                        remote.health()  # connect first: a trainer's connection is open before its batch is ready
                         barrier.wait()
                         for r in range(requests):
                             sl = slice(r * batch, (r + 1) * batch)
@@ -188,7 +189,8 @@ def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int
                 merged = {k: batcher.totals[k] - b0[k] for k in b0}
                 levels.append({"clients": c, **_record(stats.requests - j0, seconds, n, load0), **_percentiles(latencies),
                                "judge_calls": merged["batches"],
-                               "requests_per_judge_call": merged["requests"] / max(merged["batches"], 1)})
+                               "requests_per_judge_call": merged["requests"] / max(merged["batches"], 1),
+                               "requests_in_each_judge_call": [r for r, _ in list(batcher.recent)[len(batcher.recent) - merged["batches"]:]]})
                 print(f"[bench serve] {c} client(s): {json.dumps(levels[-1])}", flush=True)
             rep["levels"] = levels
 
@@ -278,7 +280,7 @@ def format_lines(rep: dict[str, Any]) -> list[str]:
              f"  in-process, one batch of {ip['completions']:4d}: {ip['judgements_per_s']:6.2f} judgements/s ({ip['seconds']:.1f} s)"]
     for r in rep["levels"]:
         lines.append(f"  {r['clients']} client(s): {r['judgements_per_s']:6.2f} judgements/s, p50 {r['p50_s']:.1f} s, "
-                     f"p99 {r['p99_s']:.1f} s, {r['requests_per_judge_call']:.1f} requests per judge call")
+                     f"p99 {r['p99_s']:.1f} s, requests per judge call {r['requests_in_each_judge_call']}")
     lines.append(f"  original pattern (1 client, batches of {rep['original_batch']}): {orig['judgements_per_s']:6.2f} judgements/s, "
                  f"p50 {orig['p50_s']:.1f} s, p99 {orig['p99_s']:.1f} s")
     lines.append(f"  {max(r['clients'] for r in rep['levels'])} clients / in-process: {rep['ratio_max_clients_vs_in_process']:.2f}; "
