@@ -12,7 +12,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast lab bench gpu-check clean-venv
+.PHONY: setup run test test-fast lab bench gpu-check serve clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: setup
 # The first run on a GPU machine (after `make setup EXTRAS=gpu,dev`): about 10 minutes, stops at the first failing stage.
 gpu-check:
 	PY=$(PY) bash scripts/gpu_check.sh
+
+# The reward server (lib.serve): `make serve PROFILE=cpu PORT=8000`; HOST=0.0.0.0 to serve other machines.
+serve: setup
+	$(PY) -m lib.cli serve --profile $(PROFILE) --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),8000)
 
 clean-venv:
 	rm -rf $(VENV)

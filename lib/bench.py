@@ -407,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="gemma3-270m", help="registry name or local path (default gemma3-270m)")
     p.add_argument("--texts", type=int, default=16, help="answers and think sections each (default 16)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
+
+    add_serve_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return args.run(args)
     try:
         bench_judge(args.model, args.texts, args.json, [m.strip() for m in args.modes.split(",") if m.strip()])
     except BenchError as exc:

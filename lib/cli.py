@@ -5,6 +5,7 @@
     creative-grpo stage RUN_ID 03                  # re-execute one stage of a run
     creative-grpo profiles | show-profile NAME | models
     creative-grpo infer --entity 椰子水 [--model NAME] [--adapter PATH_OR_RUN_ID]
+    creative-grpo serve --profile cpu [--host 127.0.0.1 --port 8000 --token T]   # the reward server (lib.serve)
 
 Errors of ours (exceptions defined in `lib.*`) print one line `error: …` on stderr and exit with 2;
 a failed pipeline exits with 1. Anything else keeps its traceback.
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("serve", help="serve the profile's rewards and judge over HTTP (lib.serve)")
+    p.add_argument("--profile", default="cpu", help="profile whose judge, rubric and reward weights are served")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for other machines)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (default $CREATIVE_GRPO_REWARD_TOKEN)")
+    p.add_argument("--max-batch", type=int, default=128, help="completions per merged judge call")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to merge with")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE")
     return parser
 
 
@@ -112,8 +122,20 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lib.profiles import deep_merge, parse_override
+    from lib.serve.app import Limits, serve
+
+    merged: dict = {}
+    for text in args.overrides:
+        merged = deep_merge(merged, parse_override(text))
+    serve(args.profile, args.host, args.port, args.token, merged or None,
+          Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))
+    return 0
+
+
 _COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
-             "models": _cmd_models, "infer": _cmd_infer}
+             "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
