@@ -142,6 +142,7 @@ OFF_TOPIC = f"<think>{THINK_OK}</think><answer>今天天气不错。</answer>"
 def _isolated_config(monkeypatch):
     monkeypatch.setattr(rewards, "_JUDGE", None)
     monkeypatch.setattr(rewards, "_RUBRIC", None)
+    monkeypatch.setattr(rewards, "_TOGETHER", ())
     rewards.reset_stats()
     yield
     rewards.reset_stats()

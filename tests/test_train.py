@@ -229,7 +229,8 @@ def test_unknown_reward_names_it():
 
 
 @pytest.mark.parametrize("together", [False, True])
-def test_recorder_keeps_names_and_groups_one_batch(together):
+def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
+    monkeypatch.setattr(rewards, "_TOGETHER", ())  # restored afterwards: other tests judge section by section
     judge = KeywordJudge()
     p = load_profile("smoke")
     rewards.configure(judge, load_rubric(), sections=p.train.reward_weights if together else ())
