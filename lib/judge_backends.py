@@ -10,10 +10,14 @@ Modes (`JudgeConfig.mode`):
 - seed: the original CreativeTinyZero judge: greedy generation of up to 3 tokens, any text without 否 is yes,
   must-have questions first and plausible ones only when all must-have passed, requests in batches of 6.
 
-Speed: all questions of all texts of a call go to the engine together, identical prompts judged once,
+Speed: all questions of all texts of a call go to the engine together (`judge_sections`: several rubric
+sections, e.g. a training step's think and answer checklists, in one batch), identical prompts judged once,
 each text's questions contiguous (they share the template head, entity and text), and with prefix caching
 on each text's prefix is computed once: the first question of every text goes first (warming the prefix),
 then all the rest in one batch (requests that arrive together cannot share a prefix none has computed yet).
+A prefix cache reuses whole KV blocks only, so the last partial block of a text's prefix would be computed
+again for every question; in soft and hard mode the prefix is padded to a block boundary with filler tokens
+(`PAD_TEXT`) when that costs fewer tokens than it saves (`prefix_pad`). Seed mode keeps the original's prompts.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, Union
 
 from lib.judge import Judgement, JudgeStats
 from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, resolve_model
@@ -33,6 +37,11 @@ YES_WORD, NO_WORD = "是", "否"
 SEED_BATCH = 6  # the original's client batch size
 SEED_MAX_TOKENS = 3
 TRUNCATION_MARK = "……"
+# Filler that aligns a text's shared prefix to a KV-block boundary: space tokens, placed right after the judged
+# text (trailing whitespace). On the calibration set with Qwen2.5-Coder-0.5B this moved P(yes) least of the
+# fillers and places tried (mean |change| 0.021, 6 of 756 verdicts flipped, agreement with the labels unchanged
+# within its interval). A tokenizer that has no single token for it gets no padding.
+PAD_TEXT = " "
 
 
 class JudgeError(RuntimeError):
@@ -49,11 +58,15 @@ class YesNo:
     computed_tokens: int  # prompt tokens actually computed (not served from the prefix cache)
 
 
+Prompt = Union[str, list[int]]  # text, or token ids (only for backends with a `prefix_block_size`)
+
+
 class Backend(Protocol):
     tokenizer: object
     max_model_len: int
+    prefix_block_size: int | None  # KV block size of a prefix cache that reuses whole blocks; None: no such cache
 
-    def yes_no(self, prompts: list[str]) -> list[YesNo]: ...
+    def yes_no(self, prompts: list[Prompt]) -> list[YesNo]: ...
 
     def generate(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int, int]]: ...
 
@@ -107,6 +120,25 @@ def seed_verdict(text: str) -> bool:
     return NO_WORD not in text
 
 
+def prefix_pad(prefix_len: int, n_suffixes: int, block: int) -> int:
+    """Filler tokens that end a prefix shared by `n_suffixes` prompts on a KV-block boundary, or 0 when padding
+    would cost more than it saves: the pad is computed once, the prefix's last partial block once per suffix
+    after the first.
+
+    >>> prefix_pad(70, 6, 32), prefix_pad(65, 6, 32), prefix_pad(64, 6, 32), prefix_pad(70, 1, 32)
+    (26, 0, 0, 0)
+    """
+    partial = prefix_len % block
+    pad = (block - partial) % block
+    return pad if pad < partial * (n_suffixes - 1) else 0
+
+
+def single_token_id(tokenizer, text: str) -> int | None:
+    """The id of the one token that spells `text`, or None when it takes several (or none)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
 # --------------------------------------------------------------------------------------------- backends
 
 
@@ -146,6 +178,7 @@ class VLLMBackend:
             raise JudgeError(f"vLLM could not start the judge model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = cfg.max_model_len
+        self.prefix_block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         self.top_logprobs = cfg.top_logprobs
         self._yes_ids: list[int] = []
         self._no_ids: list[int] = []
@@ -153,13 +186,14 @@ class VLLMBackend:
     def set_answer_ids(self, yes_ids: list[int], no_ids: list[int]) -> None:
         self._yes_ids, self._no_ids = yes_ids, no_ids
 
-    def _run(self, prompts: list[str], params):
+    def _run(self, prompts: list[Prompt], params):
         from vllm.inputs import TokensPrompt
 
-        ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]  # the template writes <bos>
+        ids = [p if isinstance(p, list) else self.tokenizer.encode(p, add_special_tokens=False)  # the template writes <bos>
+               for p in prompts]
         return self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
 
-    def yes_no(self, prompts: list[str]) -> list[YesNo]:
+    def yes_no(self, prompts: list[Prompt]) -> list[YesNo]:
         from vllm import SamplingParams
 
         if self.restricted:
@@ -202,6 +236,7 @@ class TransformersBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
         self.device = device
         self.max_model_len = cfg.max_model_len
+        self.prefix_block_size = None  # no prefix cache: every prompt is computed in full
         self.batch_size = cfg.batch_size
         self.top_k = None if cfg.answer_scoring == "restricted" else cfg.top_logprobs
         self._yes_ids: list[int] = []
@@ -277,6 +312,7 @@ class OpenAIBackend:
         except Exception:  # noqa: BLE001 - a served model may not exist locally; the server's template is used then
             self.tokenizer = None
         self.max_model_len = cfg.max_model_len
+        self.prefix_block_size = None  # the server's block size is not known here: plain text prompts
         self.top_logprobs = min(cfg.top_logprobs, 20)
 
     def _call(self, **kwargs):
@@ -361,14 +397,23 @@ class _Request:
     text_idx: int
     item: RubricItem
     question: str
-    prompt: str
+    prompt: str  # the text of the prompt (its key for de-duplication)
     truncated: bool
+    ids: list[int] | None = None  # token ids to send instead (soft/hard mode with a block prefix cache: padded prefix)
+
+
+Job = tuple[RubricSection, Sequence[str], Sequence[str]]  # (section, entities, texts) for `judge_sections`
 
 
 class JudgeEngine:
-    """Implements lib.judge.SectionJudge on top of a backend (created once, reused by both judge rewards)."""
+    """Implements lib.judge.SectionJudge on top of a backend (created once, reused by both judge rewards).
 
-    def __init__(self, backend: Backend, cfg: JudgeConfig, mode: str | None = None, warm_prefix: bool = True):
+    `align_prefix` (soft/hard mode, backends with a `prefix_block_size`): pad each text's shared prefix to a KV
+    block boundary (`prefix_pad`) so that every question after the first computes only its own suffix.
+    """
+
+    def __init__(self, backend: Backend, cfg: JudgeConfig, mode: str | None = None, warm_prefix: bool = True,
+                 align_prefix: bool = True):
         self.backend = backend
         self.cfg = cfg
         self.mode = mode or cfg.mode
@@ -384,6 +429,9 @@ class JudgeEngine:
         self.multi_token_answers = yes_multi or no_multi
         if hasattr(backend, "set_answer_ids"):
             backend.set_answer_ids(self.yes_ids, self.no_ids)
+        block = getattr(backend, "prefix_block_size", None)
+        self.pad_id = single_token_id(tok, PAD_TEXT) if align_prefix and block and self.mode != "seed" else None
+        self.block = block if self.pad_id is not None else None
 
     # -- prompts
     def chat(self, user_text: str) -> str:
@@ -407,46 +455,95 @@ class JudgeEngine:
         head, tail = ids[: keep // 2], ids[len(ids) - (keep - keep // 2):]
         return tok.decode(head) + TRUNCATION_MARK + tok.decode(tail), True
 
+    def aligned_ids(self, section: RubricSection, entity: str, fitted: str, items: Sequence[RubricItem],
+                    prompts: Sequence[str]) -> list[list[int]] | None:
+        """Token ids of one text's prompts with the shared prefix padded to a KV-block boundary.
+
+        Each prompt is tokenized in three pieces: up to the end of the text, the rest of the prompt up to the
+        question (these two are the same for every question), and the question's own part; `prefix_pad` filler
+        tokens go right after the text. None when the chat template does not keep the rubric prompt verbatim
+        (the prompts are then sent as text)."""
+        head_len = len(section.prefix(entity, fitted))
+        heads = set()
+        for it, p in zip(items, prompts):
+            at = p.find(section.render(entity, fitted, it))
+            if at < 0:
+                return None
+            heads.add((at, p[: at + head_len]))
+        if len(heads) != 1:
+            return None
+        at, head = heads.pop()
+        template = section.template
+        c, q = template.find("{completion}"), template.find("{question}")
+        # the text ends after the template's part before it (only {entity} can be filled in there) and the text
+        cut = at + len(template[:c].replace("{entity}", entity)) + len(fitted) if 0 <= c < q else len(head)
+        enc = self.backend.tokenizer.encode
+        before, after = enc(head[:cut], add_special_tokens=False), enc(head[cut:], add_special_tokens=False)
+        tails = [enc(p[len(head):], add_special_tokens=False) for p in prompts]
+        pad = prefix_pad(len(before) + len(after), len(set(map(tuple, tails))), self.block)
+        if len(before) + len(after) + pad + max(map(len, tails)) + 1 > self.backend.max_model_len:
+            pad = 0
+        return [before + [self.pad_id] * pad + after + t for t in tails]
+
     def _requests(self, section: RubricSection, entities: Sequence[str], texts: Sequence[str], items_of) -> list[_Request]:
         reqs = []
         for i, (entity, text) in enumerate(zip(entities, texts)):
             fitted, truncated = self.fit_text(section, entity, text)
-            for item in items_of(i):
-                reqs.append(_Request(i, item, section.question(entity, item),
-                                     self.chat(section.render(entity, fitted, item)), truncated))
+            items = list(items_of(i))
+            prompts = [self.chat(section.render(entity, fitted, item)) for item in items]
+            ids = self.aligned_ids(section, entity, fitted, items, prompts) if self.block and items else None
+            for k, (item, prompt) in enumerate(zip(items, prompts)):
+                reqs.append(_Request(i, item, section.question(entity, item), prompt, truncated,
+                                     None if ids is None else ids[k]))
         return reqs
 
     # -- the SectionJudge interface
     def judge_section(self, section: RubricSection, entities: Sequence[str], texts: Sequence[str]) -> list[dict[str, Judgement]]:
-        if len(entities) != len(texts):
-            raise JudgeError(f"{len(entities)} entities for {len(texts)} texts")
+        return self.judge_sections([(section, entities, texts)])[0]
+
+    def judge_sections(self, jobs: Sequence[Job]) -> list[list[dict[str, Judgement]]]:
+        """`judge_section` for several (section, entities, texts) at once: in soft and hard mode every question of
+        every job goes to the engine in one batch (one warm-up pass, one de-duplication); seed mode asks job by job
+        as the original did. Returns one list of per-text results per job."""
+        for _, entities, texts in jobs:
+            if len(entities) != len(texts):
+                raise JudgeError(f"{len(entities)} entities for {len(texts)} texts")
         t0 = time.perf_counter()
-        results: list[dict[str, Judgement]] = [{} for _ in texts]
+        out: list[list[dict[str, Judgement]]] = [[{} for _ in texts] for _, _, texts in jobs]
         if self.mode == "seed":
-            self._judge_seed(section, entities, texts, results)
+            for (section, entities, texts), results in zip(jobs, out):
+                self._judge_seed(section, entities, texts, results)
         else:
-            reqs = self._requests(section, entities, texts, lambda i: section.items)
-            for r, yn in zip(reqs, self._yes_no_dedup([r.prompt for r in reqs], [r.text_idx for r in reqs])):
+            reqs = [(j, r) for j, (section, entities, texts) in enumerate(jobs)
+                    for r in self._requests(section, entities, texts, lambda i, s=section: s.items)]
+            answers = self._yes_no_dedup([r.prompt for _, r in reqs], [(j, r.text_idx) for j, r in reqs],
+                                         [r.ids for _, r in reqs])
+            for (j, r), yn in zip(reqs, answers):
                 flagged = yn.p_yes is None
-                results[r.text_idx][r.item.key] = Judgement(
+                out[j][r.text_idx][r.item.key] = Judgement(
                     key=r.item.key, question=r.question, p_yes=yn.p_yes,
                     verdict=(not flagged) and yn.p_yes >= self.threshold, flagged=flagged,
                     truncated=r.truncated, prompt_tokens=yn.prompt_tokens)
         self.stats.seconds += time.perf_counter() - t0
-        for i, res in enumerate(results):
-            for j in res.values():
-                self.stats.flagged += j.flagged
-                self.stats.truncated += j.truncated
-                if self.cfg.log_items:
-                    self.log.append({"section": section.name, "entity": entities[i], "key": j.key, "question": j.question,
-                                     "p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged, "raw": j.raw})
-        return results
+        for (section, entities, _), results in zip(jobs, out):
+            for i, res in enumerate(results):
+                for j in res.values():
+                    self.stats.flagged += j.flagged
+                    self.stats.truncated += j.truncated
+                    if self.cfg.log_items:
+                        self.log.append({"section": section.name, "entity": entities[i], "key": j.key, "question": j.question,
+                                         "p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged, "raw": j.raw})
+        return out
 
-    def _yes_no_dedup(self, prompts: list[str], groups: list[int]) -> list[YesNo]:
-        """Judge each distinct prompt once; with warm_prefix, each group's (text's) first question goes first."""
-        first_group: dict[str, int] = {}
-        for p, g in zip(prompts, groups):
+    def _yes_no_dedup(self, prompts: list[str], groups: list, ids: list[list[int] | None] | None = None) -> list[YesNo]:
+        """Judge each distinct prompt once; with warm_prefix, each group's (text's) first question goes first.
+
+        `ids[k]`, when not None, is what the backend gets for prompts[k] (its padded token ids)."""
+        first_group: dict[str, object] = {}
+        sent: dict[str, Prompt] = {}
+        for k, (p, g) in enumerate(zip(prompts, groups)):
             first_group.setdefault(p, g)
+            sent.setdefault(p, p if ids is None or ids[k] is None else ids[k])
         unique = list(first_group)
         self.stats.requests += len(prompts)
         self.stats.unique_prompts += len(unique)
@@ -461,7 +558,7 @@ class JudgeEngine:
             batches = [unique]
         for batch in batches:
             if batch:
-                for p, yn in zip(batch, self.backend.yes_no(batch)):
+                for p, yn in zip(batch, self.backend.yes_no([sent[p] for p in batch])):
                     answers[p] = yn
                     self.stats.prompt_tokens += yn.computed_tokens
         return [answers[p] for p in prompts]

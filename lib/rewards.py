@@ -9,6 +9,11 @@
 
 Completions may be plain strings or TRL's conversational form `[{"role": "assistant", "content": ...}]`.
 The details of the last judged call are kept in `LAST_DETAILS` for training logs.
+
+One batch per step: `configure(judge, rubric, sections=["think", "answer"])` (e.g. the keys of
+`train.reward_weights`) makes the first judge reward of a call judge both sections of the same completions
+in one `judge_sections` batch; the other section's judgements wait, keyed by the completions and entities,
+until its reward function asks for them. A section not named is never judged ahead.
 """
 from __future__ import annotations
 
@@ -32,6 +37,10 @@ class RewardError(RuntimeError):
 # Module-level configuration set by `configure`; kwargs `judge=`/`rubric=` override it per call.
 _JUDGE: SectionJudge | None = None
 _RUBRIC: Rubric | None = None
+JUDGED_SECTIONS = ("think", "answer")
+_TOGETHER: tuple[str, ...] = ()  # the sections one reward call judges together (configure's `sections`)
+# Judged ahead, per section: (key of the call: judge, rubric, completions, entities; {completion index: judgements}).
+_AHEAD: dict[str, tuple[tuple, dict[int, dict[str, Judgement]]]] = {}
 
 # Per completion of the last call of each judge reward: score, shortcut, entity, items {key: p_yes/verdict/flagged}.
 LAST_DETAILS: dict[str, list[dict]] = {"think": [], "answer": []}
@@ -39,18 +48,33 @@ LAST_DETAILS: dict[str, list[dict]] = {"think": [], "answer": []}
 STATS: dict[str, Counter] = {"think": Counter(), "answer": Counter()}
 
 
-def configure(judge: SectionJudge, rubric: Rubric | None = None) -> None:
-    """Set the judge (and rubric; None: `load_rubric()`) the judge rewards use. Resets the stats."""
+def configure(judge: SectionJudge, rubric: Rubric | None = None, sections: Sequence[str] = ()) -> None:
+    """Set the judge (and rubric; None: `load_rubric()`) the judge rewards use. Resets the stats.
+
+    `sections`: the reward names the caller will compute for the same completions (e.g. `train.reward_weights`;
+    names other than think/answer are ignored). When both think and answer are named, the first of the two
+    reward functions called judges both sections in one batch; otherwise each judges only its own.
+    """
     global _JUDGE, _RUBRIC
     _JUDGE = judge
     _RUBRIC = rubric if rubric is not None else load_rubric()
+    judge_together(sections)
     reset_stats()
 
 
+def judge_together(sections: Sequence[str]) -> None:
+    """Name the rewards computed for the same completions (see `configure`); think and answer, when both are
+    named, are then judged in one batch by whichever of the two is called first."""
+    global _TOGETHER
+    _TOGETHER = tuple(n for n in JUDGED_SECTIONS if n in set(sections))
+    _AHEAD.clear()
+
+
 def reset_stats() -> None:
-    for name in ("think", "answer"):
+    for name in JUDGED_SECTIONS:
         LAST_DETAILS[name] = []
         STATS[name] = Counter()
+    _AHEAD.clear()
 
 
 def completion_text(c: Any) -> str:
@@ -136,37 +160,67 @@ def _entities(entity: Any, n: int, fn: str) -> list[str]:
     return [str(e) for e in ents]
 
 
-def _judge_reward(
-    section_name: str,
-    completions: Sequence[Any],
-    entity: Any,
-    extract: Callable[[str], str],
-    shortcut: Callable[[str], str | None],
-    judge: SectionJudge | None,
-    rubric: Rubric | None,
-) -> list[float]:
+def _judge_sections(judge: SectionJudge, jobs: list[tuple]) -> list[list[dict[str, Judgement]]]:
+    """One `judge_sections` batch when the judge has it, else one `judge_section` call per job."""
+    if hasattr(judge, "judge_sections"):
+        return judge.judge_sections(jobs)
+    return [judge.judge_section(*job) for job in jobs]
+
+
+def _judge_parts(judge: SectionJudge, rubric: Rubric, names: list[str], texts: list[str],
+                 ents: list[str]) -> dict[str, tuple[list[str | None], dict[int, dict[str, Judgement]]]]:
+    """Per section name: the shortcut reason of each completion, and the judgements of those without one.
+
+    Every named section's questions go to the judge in one batch."""
+    plans = {}
+    for name in names:
+        parts = [EXTRACT[name](t) for t in texts]
+        reasons = [SHORTCUT[name](p) for p in parts]
+        plans[name] = (parts, reasons, [i for i, r in enumerate(reasons) if r is None])
+    jobs = [(rubric[name], [ents[i] for i in todo], [parts[i] for i in todo])
+            for name, (parts, _, todo) in plans.items() if todo]
+    outs = iter(_judge_sections(judge, jobs) if jobs else [])
+    found = {}
+    for name, (_, reasons, todo) in plans.items():
+        out = next(outs) if todo else []
+        if len(out) != len(todo):
+            raise RewardError(f"{name}_quality_reward: the judge returned {len(out)} results for {len(todo)} texts")
+        found[name] = (reasons, dict(zip(todo, out)))
+    return found
+
+
+def _judge_reward(section_name: str, completions: Sequence[Any], entity: Any, judge: SectionJudge | None,
+                  rubric: Rubric | None) -> list[float]:
     fn = f"{section_name}_quality_reward"
     judge = judge if judge is not None else _JUDGE
     if judge is None:
         raise RewardError(f"{fn}: no judge configured; call lib.rewards.configure(judge, rubric) first")
     rubric = rubric if rubric is not None else (_RUBRIC if _RUBRIC is not None else load_rubric())
-    section = rubric[section_name]
     ents = _entities(entity, len(completions), fn)
-    parts = [extract(completion_text(c)) for c in completions]
-    reasons = [shortcut(p) for p in parts]
-    todo = [i for i, r in enumerate(reasons) if r is None]
-    judged: dict[int, dict[str, Judgement]] = {}
-    if todo:
-        out = judge.judge_section(section, [ents[i] for i in todo], [parts[i] for i in todo])
-        if len(out) != len(todo):
-            raise RewardError(f"{fn}: the judge returned {len(out)} results for {len(todo)} texts")
-        judged = dict(zip(todo, out))
+    texts = [completion_text(c) for c in completions]
+    key = (id(judge), id(rubric), tuple(texts), tuple(ents))
+    ahead = _AHEAD.pop(section_name, None)
+    if ahead is not None and ahead[0] == key:  # judged with the other section's reward of this call
+        reasons = [SHORTCUT[section_name](EXTRACT[section_name](t)) for t in texts]
+        judged = ahead[1]
+    else:
+        others = [n for n in _TOGETHER if n != section_name] if section_name in _TOGETHER else []
+        found = _judge_parts(judge, rubric, [section_name, *others], texts, ents)
+        for name in others:
+            _AHEAD[name] = (key, found[name][1])
+        reasons, judged = found[section_name]
+    return _score(section_name, rubric[section_name], judge.mode, ents, reasons, judged)
+
+
+def _score(section_name: str, section, mode: str, ents: list[str], reasons: list[str | None],
+           judged: dict[int, dict[str, Judgement]]) -> list[float]:
+    """Section scores of one call (0 for a shortcut), and its LAST_DETAILS and STATS."""
     scores: list[float] = []
     details: list[dict] = []
     stats = STATS[section_name]
-    for i in range(len(parts)):
+    for i in range(len(reasons)):
         js = judged.get(i, {})
-        score = 0.0 if reasons[i] else section_score(section, {k: j.indicator(judge.mode) for k, j in js.items()})
+        score = 0.0 if reasons[i] else section_score(section, {k: j.indicator(mode) for k, j in js.items()})
         n_flagged = sum(j.flagged for j in js.values())
         scores.append(score)
         details.append({
@@ -194,7 +248,7 @@ def think_quality_reward(completions: Sequence[Any], entity: Any = None, **kwarg
     A think that still holds the prompt's placeholder or has fewer than 20 characters scores 0 without
     a judge call (`lib.rubric.think_shortcut`). `judge=`/`rubric=` in kwargs override `configure`.
     """
-    return _judge_reward("think", completions, entity, extract_think, think_shortcut, kwargs.get("judge"), kwargs.get("rubric"))
+    return _judge_reward("think", completions, entity, kwargs.get("judge"), kwargs.get("rubric"))
 
 
 def answer_quality_reward(completions: Sequence[Any], entity: Any = None, **kwargs) -> list[float]:
@@ -202,7 +256,11 @@ def answer_quality_reward(completions: Sequence[Any], entity: Any = None, **kwar
 
     An empty (or all-whitespace) answer scores 0 without a judge call.
     """
-    return _judge_reward("answer", completions, entity, extract_answer, _answer_shortcut, kwargs.get("judge"), kwargs.get("rubric"))
+    return _judge_reward("answer", completions, entity, kwargs.get("judge"), kwargs.get("rubric"))
+
+
+EXTRACT: dict[str, Callable[[str], str]] = {"think": extract_think, "answer": extract_answer}
+SHORTCUT: dict[str, Callable[[str], str | None]] = {"think": think_shortcut, "answer": _answer_shortcut}
 
 
 def _ngrams(text: str, n: int = NGRAM) -> set[str]:

@@ -450,6 +450,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     judged = [n for n in profile.train.reward_weights if n in rewards_mod.LAST_DETAILS]
     if judged and getattr(rewards_mod, "_JUDGE", None) is None:
         raise TrainError(f"rewards {', '.join(judged)} need a judge: call lib.rewards.configure(judge, rubric) first")
+    rewards_mod.judge_together(judged)  # a step's think and answer checklists go to the judge in one batch
     model, tokenizer, peft_config = policy if policy is not None else load_policy(profile)
     from trl import GRPOTrainer
 

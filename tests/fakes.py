@@ -27,6 +27,7 @@ class KeywordJudge:
     mode: str = "soft"
     threshold: float = 0.5
     calls: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)  # section names of each `judge_sections` call
 
     def _p_yes(self, item, entity: str, text: str) -> float | None:
         if item.key in self.rules:
@@ -61,3 +62,8 @@ class KeywordJudge:
                 res.update({it.key: self._judge(section, it, entity, text) for it in section.plausible})
             out.append(res)
         return out
+
+    def judge_sections(self, jobs) -> list[list[dict[str, Judgement]]]:
+        """Several (section, entities, texts) in one call, like `JudgeEngine.judge_sections`."""
+        self.batches.append([section.name for section, _, _ in jobs])
+        return [self.judge_section(*job) for job in jobs]

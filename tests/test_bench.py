@@ -9,7 +9,7 @@ import pytest
 
 from lib import bench
 from lib.judge_backends import JudgeEngine
-from lib.profiles import JudgeConfig
+from lib.profiles import JudgeConfig, load_profile
 from lib.rubric import parse_rubric
 from tests.test_judge import RUBRIC, FakeBackend
 
@@ -83,8 +83,9 @@ def test_report_layout_and_no_overwrite(tmp_path, monkeypatch):
     slow = bench.mode_record(judgements=320, seconds=80.0, prompt_tokens=50_000, computed_prompt_tokens=50_000, min_tokens=12_000)
     rep = bench.report("gemma3-270m", 16, {"soft_vllm": rec, "seed_http": slow, "soft_transformers": None},
                        {"soft_transformers": "BenchError: boom"})
-    for key in ("machine", "versions", "ratio_vs_seed", "ratio_vs_transformers", *bench.MODES):
+    for key in ("machine", "versions", "ratio_vs_seed", "ratio_vs_transformers", "tokens_over_minimum", *bench.MODES):
         assert key in rep
+    assert rep["tokens_over_minimum"] == pytest.approx(16_000 / 12_000) == rep["soft_vllm"]["tokens_over_minimum"]
     assert rep["ratio_vs_seed"] == pytest.approx(4.0) and rep["ratio_vs_transformers"] is None
     assert rep["machine"]["nproc"] >= 1 and rep["machine"]["cpu_model"]
     for k in ("judgements", "seconds", "judgements_per_s", "prompt_tokens", "computed_prompt_tokens", "min_prompt_tokens"):
@@ -103,15 +104,18 @@ def test_report_layout_and_no_overwrite(tmp_path, monkeypatch):
 
 def test_bench_judge_runs_modes_in_order_and_reports_failures(tmp_path, monkeypatch, capsys):
     order = []
+    cpu_judge = load_profile("cpu").judge
 
     def fake(name, jps):
-        def run(model, work, *rest):
+        def run(cfg, work, *rest):
             order.append(name)
-            assert work.n_texts == 2 * 3 and model == "m"
+            # the cpu profile's judge settings, --model replacing only the model
+            assert work.n_texts == 2 * 3 and cfg.model == "m"
+            assert cfg.model_dump(exclude={"model"}) == cpu_judge.model_dump(exclude={"model"})
             return bench.mode_record(judgements=60, seconds=60 / jps, prompt_tokens=1000, computed_prompt_tokens=500, min_tokens=400)
         return run
 
-    def broken(model, work, log_path):
+    def broken(cfg, work, log_path):
         order.append("seed_http")
         raise bench.BenchError("vllm serve exited with code 1")
 
@@ -124,7 +128,29 @@ def test_bench_judge_runs_modes_in_order_and_reports_failures(tmp_path, monkeypa
     rep = json.loads(path.read_text())
     assert rep["seed_http"] is None and "exited with code 1" in rep["errors"]["seed_http"]
     assert rep["ratio_vs_seed"] is None and rep["ratio_vs_transformers"] == pytest.approx(4.0)
-    assert "soft_vllm / soft_transformers: 4.00x" in capsys.readouterr().out
+    assert rep["tokens_over_minimum"] == pytest.approx(1.25) and rep["profile"] == "cpu" and rep["model"] == "m"
+    out = capsys.readouterr().out
+    assert "soft_vllm / soft_transformers: 4.00x" in out and "computed / minimum: 1.250" in out
+
+
+def test_profile_picks_the_judge(tmp_path, monkeypatch):
+    seen = {}
+
+    def run(cfg, work, *rest):
+        seen["cfg"] = cfg
+        return bench.mode_record(judgements=10, seconds=1.0, prompt_tokens=100, computed_prompt_tokens=90, min_tokens=90)
+
+    monkeypatch.setattr(bench, "run_soft_vllm", run)
+    for profile in ("cpu", "gpu"):
+        path = tmp_path / f"{profile}.json"
+        args = ["judge", "--texts", "2", "--modes", "soft_vllm", "--json", str(path)]
+        assert bench.main(args + (["--profile", profile] if profile != "cpu" else [])) == 0
+        judge = load_profile(profile).judge
+        assert seen["cfg"] == judge  # the default model is the profile's judge model
+        rep = json.loads(path.read_text())
+        assert rep["profile"] == profile and rep["model"] == judge.model and rep["judge"]["max_model_len"] == judge.max_model_len
+        assert rep["tokens_over_minimum"] == pytest.approx(1.0)
+    assert bench.main(["judge", "--profile", "nope", "--modes", "soft_vllm"]) == 2
 
 
 def test_bad_arguments():
@@ -144,3 +170,8 @@ def test_serve_command():
     cmd = bench.serve_command("/models/x", 8123)
     assert cmd[cmd.index("--model") + 1] == "/models/x" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--max-model-len") + 1] == "1024" and "--enforce-eager" in cmd
+    assert "--gpu-memory-utilization" not in cmd and "--block-size" not in cmd  # the server's own defaults
+    gpu = load_profile("gpu").judge
+    cmd = bench.serve_command("/models/x", 8123, gpu, cuda=True)
+    assert cmd[cmd.index("--max-model-len") + 1] == str(gpu.max_model_len) and "--enforce-eager" not in cmd
+    assert cmd[cmd.index("--gpu-memory-utilization") + 1] == str(gpu.gpu_memory_utilization)

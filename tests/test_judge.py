@@ -12,8 +12,8 @@ import pytest
 
 from lib.judge import Judgement
 from lib.judge_backends import (
-    SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, JudgeError, OpenAIBackend, YesNo,
-    answer_token_ids, build_backend, p_yes_from_logprobs, seed_verdict,
+    PAD_TEXT, SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, JudgeError, OpenAIBackend, YesNo,
+    answer_token_ids, build_backend, p_yes_from_logprobs, prefix_pad, seed_verdict, single_token_id,
 )
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricError, parse_rubric
@@ -81,9 +81,10 @@ class FakeBackend:
         self.max_model_len = max_model_len
         self.p_yes, self.answer = p_yes, answer
         self.calls: list[tuple[str, list[str]]] = []
+        self.prefix_block_size = None  # no prefix cache (BlockCacheBackend has one)
 
-    def _n(self, prompt: str, extra: int = 0) -> int:
-        n = len(self.tokenizer.encode(prompt))
+    def _n(self, prompt, extra: int = 0) -> int:
+        n = len(prompt) if isinstance(prompt, list) else len(self.tokenizer.encode(prompt))
         assert n + extra <= self.max_model_len, f"prompt of {n} tokens (+{extra}) exceeds {self.max_model_len}"
         return n
 
@@ -233,6 +234,137 @@ def test_chat_template_wraps_every_prompt(section):
     for _, batch in backend.calls:
         for p in batch:
             assert p.startswith("<u>关于可乐：文案\n问：") and p.endswith("</u><m>")
+
+
+# ----------------------------------------------------------------------------------------------- block prefix cache
+
+
+class BlockCacheBackend(FakeBackend):
+    """A FakeBackend with a prefix cache that, like vLLM's, reuses whole KV blocks only: a prompt computes every
+    token after its longest cached whole-block prefix (at least its last token); a call's blocks are cached after
+    the call (requests sent together share nothing). Token-id prompts are decoded, filler spaces removed (the
+    test prompts have no spaces of their own), for the P(yes) rule."""
+
+    def __init__(self, block: int = 8, **kw):
+        super().__init__(**kw)
+        self.prefix_block_size = block
+        self.cached: set[tuple[int, ...]] = set()
+
+    def yes_no(self, prompts):
+        self.calls.append(("yes_no", list(prompts)))
+        out, new, b = [], set(), self.prefix_block_size
+        for p in prompts:
+            ids = p if isinstance(p, list) else self.tokenizer.encode(p)
+            self._n(ids, 1)
+            hit = 0
+            while hit + b < len(ids) and tuple(ids[: hit + b]) in self.cached:
+                hit += b
+            new |= {tuple(ids[:k]) for k in range(b, len(ids) + 1, b)}
+            v = self.p_yes(unpadded(self, p))
+            out.append(YesNo(v, 1.0, len(ids), len(ids) - hit))
+        self.cached |= new
+        return out
+
+
+def unpadded(backend, prompt) -> str:
+    return backend.tokenizer.decode(prompt).replace(PAD_TEXT, "") if isinstance(prompt, list) else prompt
+
+
+def test_prefix_pad_rule():
+    assert prefix_pad(70, 6, 32) == 26  # 5 recomputations of a 6-token partial block (30) cost more than 26 pad tokens
+    assert prefix_pad(65, 6, 32) == 0  # 31 pad tokens to save 5 x 1
+    assert prefix_pad(64, 14, 32) == 0 and prefix_pad(70, 1, 32) == 0  # aligned already; a single question
+    assert prefix_pad(17, 3, 16) == 0 and prefix_pad(30, 3, 16) == 2
+
+
+def test_single_token_id():
+    tok = FakeTokenizer()
+    assert single_token_id(tok, PAD_TEXT) == tok.vocab["▁"]
+    assert single_token_id(tok, "ab") is None and single_token_id(tok, "") is None
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_aligned_prefix_same_prompts_and_answers(rubric, mode):
+    texts = ["可乐真好喝，快乐加倍", "一口清凉", "甲乙丙丁戊己庚辛壬癸"]
+
+    def rule(prompt):  # P(yes) identifies text and question; a filler left in the prompt would change it
+        return 0.3 + 0.01 * len(prompt) if PAD_TEXT not in prompt else 0.0
+
+    plain = engine(FakeBackend(p_yes=rule), mode=mode)
+    aligned_backend = BlockCacheBackend(block=8, p_yes=rule)
+    aligned = engine(aligned_backend, mode=mode)
+    jobs = [(rubric["answer"], ["可乐"] * 3, texts), (rubric["think"], ["可乐"] * 3, texts)]
+    want = plain.judge_sections(jobs)
+    got = aligned.judge_sections(jobs)
+    assert [[{k: (j.p_yes, j.verdict) for k, j in r.items()} for r in res] for res in got] == \
+           [[{k: (j.p_yes, j.verdict) for k, j in r.items()} for r in res] for res in want]
+    sent = [p for _, batch in aligned_backend.calls for p in batch]
+    plain_sent = [p for _, batch in plain.backend.calls for p in batch]
+    assert [unpadded(aligned_backend, p) for p in sent] == plain_sent  # the same prompts, fillers aside
+    padded = [p for p in sent if isinstance(p, list) and aligned.pad_id in p]
+    assert padded  # some answer prefixes end mid-block and have enough questions to be worth padding
+    tok = aligned_backend.tokenizer
+    for ids in padded:  # the fillers follow the text, and the prefix shared by the questions ends on a block boundary
+        first, last = ids.index(aligned.pad_id), len(ids) - 1 - ids[::-1].index(aligned.pad_id)
+        assert ids[first:last + 1] == [aligned.pad_id] * (last + 1 - first)
+        assert tok.decode(ids[:first]).endswith(tuple(texts)) and tok.decode(ids[last + 1:]).startswith("\n问：")
+        head = len(tok.encode(tok.decode(ids).split("问：")[0] + "问："))
+        assert head % 8 == 0
+
+
+def test_aligned_prefix_computes_each_prefix_once(rubric):
+    from lib.bench import min_prompt_tokens
+
+    section = rubric["answer"]
+    texts = [f"第{i}段文案" + "好" * i for i in range(8)]
+    computed, pads = {}, {}
+    for align in (False, True):
+        backend = BlockCacheBackend(block=8)
+        judge = JudgeEngine(backend, JudgeConfig(), align_prefix=align)
+        judge.judge_section(section, ["可乐"] * 8, texts)
+        computed[align] = judge.stats.prompt_tokens
+        firsts = backend.calls[0][1]  # each text's first question: its pad counted once
+        pads[align] = sum(p.count(judge.pad_id) for p in firsts if isinstance(p, list))
+    tok = backend.tokenizer
+    minimum = min_prompt_tokens(tok.encode, [[judge.chat(section.render("可乐", t, it)) for it in section.items] for t in texts])
+    assert pads[False] == 0 and pads[True] > 0
+    # per text, beyond the minimum: its pad, or (when padding would cost more) the partial block once per extra question
+    partial = [len(tok.encode("<u>" + section.prefix("可乐", t))) % 8 for t in texts]
+    worst = sum(min((8 - r) % 8, r * (len(section.items) - 1)) for r in partial)
+    assert pads[True] == sum((8 - r) % 8 for r in partial if (8 - r) % 8 < r * 3)
+    assert computed[True] <= minimum + worst < computed[False]
+
+
+def test_seed_mode_and_backends_without_block_cache_are_not_padded(rubric):
+    backend = BlockCacheBackend(block=8)
+    engine(backend, mode="seed").judge_section(rubric["answer"], ["可乐"], ["可乐真好喝，快乐加倍"])
+    assert all(isinstance(p, str) for _, batch in backend.calls for p in batch)  # the original's prompts, as text
+    plain = FakeBackend()  # no prefix_block_size
+    engine(plain).judge_section(rubric["answer"], ["可乐"], ["可乐真好喝，快乐加倍"])
+    assert all(isinstance(p, str) for _, batch in plain.calls for p in batch)
+
+
+def test_padding_never_overflows_the_context(rubric):
+    # a 30-character text: prompts of 51-54 tokens; padded to the 64-token block they would need 74-77 (+1 answer)
+    for max_len, padded in ((74, False), (80, True)):
+        backend = BlockCacheBackend(block=64, max_model_len=max_len)  # every prompt must fit (FakeBackend._n asserts it)
+        judge = engine(backend)
+        res = judge.judge_section(rubric["answer"], ["可乐"], ["想" * 30])
+        assert set(res[0]) == set(rubric["answer"].keys) and not any(j.truncated for j in res[0].values())
+        assert any(judge.pad_id in p for _, batch in backend.calls for p in batch) == padded
+
+
+def test_judge_sections_one_batch_same_results(rubric):
+    jobs = [(rubric["answer"], ["可乐", "雪碧"], ["甲文案", "乙文案"]), (rubric["think"], ["可乐"], ["我想一想"])]
+    rule = lambda prompt: 0.2 + 0.01 * (sum(map(ord, prompt)) % 50)
+    one = FakeBackend(p_yes=rule)
+    together = engine(one).judge_sections(jobs)
+    apart = [engine(FakeBackend(p_yes=rule)).judge_section(*job) for job in jobs]
+    assert together == apart
+    assert len(one.calls) == 2  # the warm-up pass (each text's first question) and the rest, for both sections
+    assert len(one.calls[0][1]) == 3 and len(one.calls[1][1]) == 2 * 3
+    with pytest.raises(JudgeError, match="1 entities for 2 texts"):
+        engine(one).judge_sections([(rubric["answer"], ["可乐"], ["甲", "乙"])])
 
 
 # ----------------------------------------------------------------------------------------------- modes

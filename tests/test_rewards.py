@@ -142,6 +142,7 @@ OFF_TOPIC = f"<think>{THINK_OK}</think><answer>今天天气不错。</answer>"
 def _isolated_config(monkeypatch):
     monkeypatch.setattr(rewards, "_JUDGE", None)
     monkeypatch.setattr(rewards, "_RUBRIC", None)
+    monkeypatch.setattr(rewards, "_TOGETHER", ())
     rewards.reset_stats()
     yield
     rewards.reset_stats()
@@ -277,6 +278,108 @@ def test_judge_returning_wrong_length_is_an_error():
 def test_configure_defaults_to_default_rubric(answer_judge):
     configure(answer_judge)
     assert rewards._RUBRIC.content_hash == load_rubric().content_hash
+
+
+# --- one batch for a step's think and answer checklists ------------------------------------------
+
+STEP = [  # a mix: judged in both sections, think shortcuts, an empty answer, off topic, a repeated completion
+    GOOD,
+    OFF_TOPIC,
+    "<think>想一想</think><answer>可乐好喝哈哈</answer>",  # think too short: only the answer is judged
+    f"<think>{THINK_OK}</think><answer> </answer>",  # empty answer: only the think is judged
+    "<think>这里写下你的思考过程</think><answer></answer>",  # nothing judged
+    GOOD,
+]
+STEP_ENTITIES = ["可乐", "雪碧", "可乐", "可乐", "可乐", "可乐"]
+
+
+def _step_judge():
+    return KeywordJudge(rules={"fluency": 1.0, "is_ad": 0.7, "humor": "哈哈", "detail": 0.4, "is_think": "分析",
+                               "depth": None, "reflection": lambda e, t: 0.3 if e in t else 0.6})
+
+
+def _run_step(names=("format", "think", "answer")):
+    """The rewards of one training step as TRL computes them: each named reward on the same completions."""
+    out = {}
+    for name in names:
+        out[name] = REWARD_FUNCS[name](STEP, entity=STEP_ENTITIES, prompts=["p"] * len(STEP))
+    return out, {n: list(rewards.LAST_DETAILS[n]) for n in ("think", "answer")}, {n: dict(rewards.STATS[n]) for n in ("think", "answer")}
+
+
+@pytest.mark.parametrize("order", [("format", "think", "answer"), ("answer", "format", "think")])
+def test_one_batch_gives_the_same_rewards(order):
+    before_judge = _step_judge()
+    configure(before_judge)  # no sections: each reward judges its own section, one judge call each
+    before = _run_step(order)
+    assert before_judge.batches == [["think"], ["answer"]] if order[1] == "think" else [["answer"], ["think"]]
+
+    judge = _step_judge()
+    configure(judge, sections=order)
+    after = _run_step(order)
+    assert after == before  # rewards per completion, LAST_DETAILS and STATS all equal
+    first = [n for n in order if n != "format"]
+    assert judge.batches == [first]  # one batch: both checklists of the step
+    judged = {name: texts for name, _, texts in judge.calls}
+    assert judged == {name: texts for name, _, texts in before_judge.calls}
+    assert len(judged["think"]) == len(judged["answer"]) == 4  # the shortcuts still skip the judge
+    assert after[0]["think"][4] == after[0]["answer"][4] == 0.0
+
+
+def test_one_batch_with_the_engine_same_rewards_half_the_engine_calls():
+    from lib.judge_backends import JudgeEngine
+    from lib.profiles import JudgeConfig
+    from tests.test_judge import FakeBackend
+
+    def p_yes(prompt):  # a fixed judge: P(yes) from the prompt's content
+        return 0.15 + (sum(map(ord, prompt)) % 71) / 100
+
+    backends = {}
+    results = []
+    for sections in ((), ("think", "answer")):
+        backends[sections] = backend = FakeBackend(p_yes=p_yes)
+        configure(JudgeEngine(backend, JudgeConfig()), sections=sections)
+        results.append(_run_step())
+    assert results[0] == results[1]
+    assert all(0 < v < 1 for v in results[0][0]["answer"][:2])
+    assert len(backends[()].calls) == 4 and len(backends[("think", "answer")].calls) == 2  # warm-up + rest, once
+    sent = [sorted(p for _, batch in b.calls for p in batch) for b in backends.values()]
+    assert sent[0] == sent[1]  # the same prompts, only batched together
+
+
+def test_only_the_configured_sections_are_judged_ahead():
+    judge = _step_judge()
+    configure(judge, sections=["format", "think"])  # train.reward_weights without `answer`
+    think_quality_reward(STEP, entity=STEP_ENTITIES)
+    assert judge.batches == [["think"]] and [c[0] for c in judge.calls] == ["think"]
+    assert rewards._AHEAD == {}
+    answer_quality_reward(STEP, entity=STEP_ENTITIES)  # still works on its own when called
+    assert judge.batches == [["think"], ["answer"]]
+
+
+def test_judged_ahead_only_for_the_same_completions():
+    judge = _step_judge()
+    configure(judge, sections=["think", "answer"])
+    think_quality_reward(STEP, entity=STEP_ENTITIES)
+    other = [GOOD, OFF_TOPIC]
+    got = answer_quality_reward(other, entity=["雪碧", "雪碧"])  # not the completions judged ahead
+    assert judge.batches == [["think", "answer"], ["answer", "think"]]
+    reference = _step_judge()
+    configure(reference)
+    assert got == answer_quality_reward(other, entity=["雪碧", "雪碧"])
+    # other entities for the same texts are another call too
+    configure(judge, sections=["think", "answer"])
+    judge.batches.clear()
+    think_quality_reward(STEP, entity=STEP_ENTITIES)
+    answer_quality_reward(STEP, entity=["雪碧"] * len(STEP))
+    assert judge.batches == [["think", "answer"], ["answer", "think"]]
+
+
+def test_a_per_call_judge_is_not_mixed_with_the_configured_one():
+    configured, passed = _step_judge(), KeywordJudge(default=0.0)
+    configure(configured, sections=["think", "answer"])
+    think_quality_reward(STEP, entity=STEP_ENTITIES, judge=passed)
+    answer_quality_reward(STEP, entity=STEP_ENTITIES)  # the configured judge: not what `passed` judged ahead
+    assert passed.batches == [["think", "answer"]] and configured.batches == [["answer", "think"]]
 
 
 def test_names_and_registry():

@@ -228,11 +228,13 @@ def test_unknown_reward_names_it():
         train.reward_functions(p)
 
 
-def test_recorder_keeps_names_and_groups_one_batch():
+@pytest.mark.parametrize("together", [False, True])
+def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
+    monkeypatch.setattr(rewards, "_TOGETHER", ())  # restored afterwards: other tests judge section by section
     judge = KeywordJudge()
-    rewards.configure(judge, load_rubric())
-    rec = RewardRecorder()
     p = load_profile("smoke")
+    rewards.configure(judge, load_rubric(), sections=p.train.reward_weights if together else ())
+    rec = RewardRecorder()
     funcs, _ = train.wrapped_reward_functions(p, rec)
     assert [f.__name__ for f in funcs] == [f.__name__ for f in train.reward_functions(p)[0]]
     good = "<think>" + "我先分析一下用户需求和品牌定位，再想创意。" * 2 + "</think><answer>椰子水，清爽一夏！</answer>"
@@ -253,6 +255,7 @@ def test_recorder_keeps_names_and_groups_one_batch():
     assert len(rows) == 1 and rows[0]["step"] == 3 and rows[0]["completion"] == good
     assert rows[0]["answer"]["p_yes"]["relevancy"] == pytest.approx(0.9)  # the entity occurs in the answer
     assert rows[0]["think"]["shortcut"] is None and rows[0]["think"]["score"] == b["rewards"]["think"][0]
+    assert len(judge.batches) == (2 if together else 4)  # two generation batches: think and answer together or apart
 
 
 def test_build_trainer_needs_a_configured_judge(monkeypatch, tmp_path):
