@@ -457,9 +457,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
 
     add_serve_parser(sub)
+    p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (lib/precision.py)")
+    p.add_argument("--json", type=Path, help="report path (default outputs/bench/precision.json)")
+    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name or local path")
+    p.add_argument("--sequences", type=int, default=4, help="calibration answers in the fixed batch (default 4)")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps after the first gradient (default 2)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return args.run(args)
+    if args.command == "precision":
+        from lib import precision
+
+        precision.main(args.model, args.json or BENCH_DIR / "precision.json", args.sequences, args.steps)
+        return 0
     try:
         bench_judge(args.model, args.texts, args.json, [m.strip() for m in args.modes.split(",") if m.strip()], args.profile)
     except BenchError as exc:

@@ -68,7 +68,7 @@ def run_dtype(model_name: str, dtype: str, n: int, steps: int, lr: float, seed: 
         opt.zero_grad()
         loss.backward()
         seconds = time.perf_counter() - t0
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step == 0:
             first = {"seconds": seconds, "logprobs": torch.cat([lp.detach().float() for lp in logps]),
                      "grad": torch.cat([p.grad.detach().float().flatten() for p in params])}
