@@ -234,6 +234,17 @@ def case_prompts(test: pd.DataFrame, entities: Sequence[str] = (), n: int = 3) -
     return pd.DataFrame({"entity": list(entities), "prompt": [by_entity.get(e) or make_prompt(e) for e in entities]})
 
 
+def format_learned_entities(per_item: pd.DataFrame, before: str, after: str, order: Sequence[str], n: int) -> list[str]:
+    """Up to `n` entities (in `order`) whose format score was 0 for the `before` model and above 0 for `after`, under
+    the training judge (`per_item`: notebook 04's per_item.csv): the cases where the format was learned."""
+    rows = per_item[per_item["judge"] == "train"] if "judge" in per_item.columns else per_item
+    fmt = rows.pivot_table(index="entity", columns="model", values="format", aggfunc="mean")
+    if before not in fmt.columns or after not in fmt.columns:
+        return []
+    flipped = set(fmt.index[(fmt[before] == 0) & (fmt[after] > 0)])
+    return [e for e in order if e in flipped][:n]
+
+
 def case_scores(details_by_column: Mapping[str, Sequence[dict]]) -> pd.DataFrame:
     """One row per (entity, column): format, think and answer scores."""
     return pd.DataFrame([{"entity": d["entity"], "model": label, "format": d["format"], "think": d["think_score"],

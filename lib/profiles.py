@@ -108,8 +108,11 @@ class EvalConfig(_Strict):
 
 
 class CaseStudyConfig(_Strict):
-    entities: list[str] = []  # empty: the first `n` test entities
+    entities: list[str] = []  # empty: chosen by `select` among the test entities
     n: int = Field(3, ge=1)
+    # first: the first `n` test entities; format_learned: first those whose format score went from 0 (before RL)
+    # to above 0 (after) in notebook 04, then the first test entities
+    select: Literal["first", "format_learned"] = "first"
 
 
 class Profile(_Strict):

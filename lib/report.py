@@ -221,7 +221,7 @@ def case_study_markdown(cases: Iterable[Mapping | Case]) -> str:
             think, answer = m.parts()
             out.append(f"### {label}\n")
             out.append(f"format {_num(m.format)} · think {_num(m.think_score)} · answer {_num(m.answer_score)}\n")
-            for name, text in (("think", think), ("answer", answer)):
+            for name, text in (("completion (raw)", m.completion), ("think", think), ("answer", answer)):
                 f = _fence(text)
                 out.append(f"**{name}**\n\n{f}text\n{text}\n{f}\n")
             for name, items in (("think checklist", m.think_items), ("answer checklist", m.answer_items)):

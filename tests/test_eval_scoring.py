@@ -142,3 +142,19 @@ def test_case_prompts_scores_and_inline_view(rubric):
     assert "<body" not in view and "<html" not in view and ".cs-grid{" in view
     assert "body{" not in view and "h1{" not in view and "table{" not in view  # nothing that restyles the notebook
     assert "解渴也解压" in view
+
+
+def test_format_learned_entities_keeps_test_order_and_the_training_judge():
+    import pandas as pd
+
+    from lib.eval_scoring import format_learned_entities
+
+    per_item = pd.DataFrame({
+        "model": ["base", "grpo"] * 4 + ["base", "grpo"],
+        "entity": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"],
+        "format": [0, 1.0, 0.5, 1.0, 0, 0, 0, 0.75, 0, 1.0],
+        "judge": ["train"] * 8 + ["heldout"] * 2,
+    })
+    assert format_learned_entities(per_item, "base", "grpo", ["d", "c", "b", "a", "e"], 5) == ["d", "a"]
+    assert format_learned_entities(per_item, "base", "grpo", ["a", "d"], 1) == ["a"]
+    assert format_learned_entities(per_item, "base", "missing", ["a"], 3) == []

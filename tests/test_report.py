@@ -91,6 +91,8 @@ def test_case_study_markdown():
     assert "format 0.500 · think 0.200 · answer —" in md
     assert "````text\n用```三个反引号```\n````" in md  # a fence the text cannot close
     assert "| t1 | 是否分析了椰子水的卖点？ | 0.88 | yes |" in md
+    raw = cases[0]["models"]["before RL"]["completion"]
+    assert f"**completion (raw)**\n\n```text\n{raw}\n```" in md  # the whole text, tags and all
 
 
 def test_case_entry_from_judgements():
