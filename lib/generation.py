@@ -323,7 +323,7 @@ class VLLMGenerator:
 
     def __init__(self, model: str, adapter: str | None, tokenizer, sampling: dict, prompts: Sequence[str],
                  gpu_memory_utilization: float = 0.8, seed: int = 0, dtype: str = "auto"):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core (shared/PLATFORM.md)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: the multiprocess one failed to start from a plain script on CPU
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
 

