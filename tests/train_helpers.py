@@ -57,7 +57,8 @@ def build_tiny_policy(out_dir: Path, seed: int = 0) -> Path:
 
 def tiny_profile(model_dir: Path, **train_overrides):
     """The smoke profile on the tiny policy: short completions, few prompts, a checkpoint every step."""
-    train = dict(max_steps=4, save_steps=1, save_total_limit=2, max_completion_length=8, max_prompt_length=512,
+    train = dict(rollout_engine="hf",  # the tiny random policy generates itself (the fake judge has no engine)
+                 max_steps=4, save_steps=1, save_total_limit=2, max_completion_length=8, max_prompt_length=512,
                  num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                  learning_rate=1e-3, log_completions=2,
                  reward_weights={"format": 1.0, "think": 1.0, "answer": 1.0, "tag_count": 0.5})

@@ -91,6 +91,11 @@ class RewardScorer:
         or the exception its own judge call raised. Jobs wanting a reward are judged together; if that merged
         call fails, each job is judged alone so one bad job costs no other its answer."""
         out: list[dict | Exception] = [{"rewards": {}, "details": {}} for _ in jobs]
+        # think and answer in one judge batch when the same jobs want both (lib.rewards judges the second ahead);
+        # set here for every batch: the module-level choice may have been left by another caller in the process
+        wanted = {name: [i for i, (_, _, names) in enumerate(jobs) if name in names] for name in JUDGED}
+        same = len(set(map(tuple, wanted.values()))) == 1 and all(wanted.values())
+        rewards_mod.judge_together(JUDGED if same else ())
         for name in JUDGED:
             idx = [i for i, (_, _, names) in enumerate(jobs) if name in names and not isinstance(out[i], Exception)]
             if not idx:
