@@ -16,8 +16,9 @@ memory share); `--model` replaces only the model. On a machine with CUDA, vLLM r
 Each mode is measured after a warm-up call on other texts. Per mode: judgements, seconds, judgements_per_s,
 prompt_tokens (total), computed_prompt_tokens (as the backend reports them), min_prompt_tokens (each text's
 shared prefix once plus each question's own suffix: what a perfect prefix cache computes), tokens_over_minimum
-(computed / minimum) and tokens per second. At the top level: ratio_vs_seed (soft_vllm / seed_http judgements
-per second) and tokens_over_minimum (soft_vllm's). Results go to outputs/bench/judge-<timestamp>.json (never
+(computed / minimum), tokens per second, and CPU seconds (this process and its children: a local server counts).
+At the top level: ratio_vs_seed (soft_vllm / seed_http judgements per second), ratio_vs_seed_cpu (the same in CPU
+seconds per judgement, less disturbed by other jobs on a shared machine) and tokens_over_minimum (soft_vllm's). Results go to outputs/bench/judge-<timestamp>.json (never
 overwritten) and are printed.
 """
 from __future__ import annotations
@@ -141,17 +142,37 @@ def judge_all(engine, rubric, texts_by_section: dict[str, tuple[list[str], list[
     return dict(zip(names, out))
 
 
-def measure(make_engine: Callable[[], Any], work: Workload, tokenize: Callable[[str], Sequence[int]] | None = None) -> dict[str, Any]:
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds used so far by a process (default: this one; every thread) and its living
+    children, e.g. a `vllm serve` started from it. Unlike wall time, what other jobs on a shared machine take
+    does not count (apart from the time threads spend waiting for each other while descheduled)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def measure(make_engine: Callable[[], Any], work: Workload, tokenize: Callable[[str], Sequence[int]] | None = None,
+            cpu_clock: Callable[[], float] = process_cpu_seconds) -> dict[str, Any]:
     """Warm up one engine on the warm-up texts, then time a fresh engine (same backend) on the measured texts.
 
     `make_engine()` returns a JudgeEngine on an already started backend; it is called twice (fresh stats).
+    Wall seconds and CPU seconds (`cpu_clock`: this process and its children, so a local server counts too).
     """
     judge_all(make_engine(), work.rubric, work.warmup)
     eng = make_engine()
     tokenize = tokenize or (lambda s: eng.backend.tokenizer.encode(s, add_special_tokens=False))
-    t0 = time.perf_counter()
+    c0, t0 = cpu_clock(), time.perf_counter()
     results = judge_all(eng, work.rubric, work.measured)
     seconds = time.perf_counter() - t0
+    cpu_seconds = cpu_clock() - c0
     prompts = [p for name, (ents, texts) in work.measured.items()
                for p in prompts_asked(eng, work.rubric[name], ents, texts, results[name])]
     return mode_record(
@@ -160,7 +181,8 @@ def measure(make_engine: Callable[[], Any], work: Workload, tokenize: Callable[[
         computed_prompt_tokens=eng.stats.prompt_tokens,
         min_tokens=min_prompt_tokens(tokenize, prompts),
         extra={"unique_prompts": eng.stats.unique_prompts, "flagged": eng.stats.flagged, "truncated": eng.stats.truncated,
-               "yes_share": _yes_share(results)},
+               "yes_share": _yes_share(results), "cpu_seconds": cpu_seconds,
+               "cpu_seconds_per_judgement": cpu_seconds / max(eng.stats.requests, 1)},
     )
 
 
@@ -187,6 +209,12 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
     if not a or not b or "judgements_per_s" not in a or "judgements_per_s" not in b or not b["judgements_per_s"]:
         return None
     return a["judgements_per_s"] / b["judgements_per_s"]
+
+
+def cpu_ratio(a: dict | None, b: dict | None) -> float | None:
+    """CPU seconds per judgement of b over a: how many times less CPU a needs (None when unknown)."""
+    per_a, per_b = (a or {}).get("cpu_seconds_per_judgement"), (b or {}).get("cpu_seconds_per_judgement")
+    return per_b / per_a if per_a and per_b else None
 
 
 # ------------------------------------------------------------------------------------------------ the modes
@@ -359,6 +387,7 @@ def report(model: str, n_texts: int, modes: dict[str, dict | None], errors: dict
         **{m: modes.get(m) for m in MODES},
         "ratio_vs_seed": ratio(modes.get("soft_vllm"), modes.get("seed_http")),
         "ratio_vs_transformers": ratio(modes.get("soft_vllm"), modes.get("soft_transformers")),
+        "ratio_vs_seed_cpu": cpu_ratio(modes.get("soft_vllm"), modes.get("seed_http")),
         "tokens_over_minimum": soft.get("tokens_over_minimum"),
         "errors": errors,
     }
@@ -401,6 +430,8 @@ def format_lines(rep: dict[str, Any]) -> list[str]:
     for key, label in (("ratio_vs_seed", "soft_vllm / seed_http"), ("ratio_vs_transformers", "soft_vllm / soft_transformers")):
         v = rep.get(key)
         lines.append(f"  {label}: " + ("n/a" if v is None else f"{v:.2f}x judgements per second"))
+    v = rep.get("ratio_vs_seed_cpu")
+    lines.append("  seed_http / soft_vllm CPU seconds per judgement: " + ("n/a" if v is None else f"{v:.2f}x"))
     v = rep.get("tokens_over_minimum")
     lines.append("  soft_vllm prompt tokens computed / minimum: " + ("n/a" if v is None else f"{v:.3f}"))
     return lines

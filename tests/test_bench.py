@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -63,6 +64,7 @@ def test_measure_with_a_fake_backend(work):
             expected += head + sum(len(tok.encode(p)) - head for p in prompts) if len(prompts) > 1 else len(tok.encode(prompts[0]))
     assert rec["min_prompt_tokens"] == expected
     assert rec["judgements_per_s"] == pytest.approx(rec["judgements"] / rec["seconds"], rel=0.01)
+    assert rec["cpu_seconds"] >= 0 and rec["cpu_seconds_per_judgement"] == pytest.approx(rec["cpu_seconds"] / n_questions)
 
 
 def test_seed_mode_minimum_covers_only_asked_questions(work):
@@ -72,7 +74,22 @@ def test_seed_mode_minimum_covers_only_asked_questions(work):
     assert rec["min_prompt_tokens"] < rec["prompt_tokens"]
 
 
+def test_cpu_seconds_count_a_child_server():
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('done', flush=True)\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"
+        assert 0.25 <= bench.process_cpu_seconds(child.pid) < 5
+        own = sum(os.times()[:2])
+        assert bench.process_cpu_seconds() >= own + 0.25  # this process and its living children
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_ratio():
+    assert bench.cpu_ratio({"cpu_seconds_per_judgement": 0.1}, {"cpu_seconds_per_judgement": 0.4}) == pytest.approx(4.0)
+    assert bench.cpu_ratio({"cpu_seconds_per_judgement": 0.1}, None) is None
     assert bench.ratio({"judgements_per_s": 12.0}, {"judgements_per_s": 4.0}) == 3.0
     assert bench.ratio({"judgements_per_s": 12.0}, None) is None
     assert bench.ratio(None, {"judgements_per_s": 4.0}) is None
@@ -83,7 +100,8 @@ def test_report_layout_and_no_overwrite(tmp_path, monkeypatch):
     slow = bench.mode_record(judgements=320, seconds=80.0, prompt_tokens=50_000, computed_prompt_tokens=50_000, min_tokens=12_000)
     rep = bench.report("gemma3-270m", 16, {"soft_vllm": rec, "seed_http": slow, "soft_transformers": None},
                        {"soft_transformers": "BenchError: boom"})
-    for key in ("machine", "versions", "ratio_vs_seed", "ratio_vs_transformers", "tokens_over_minimum", *bench.MODES):
+    for key in ("machine", "versions", "ratio_vs_seed", "ratio_vs_seed_cpu", "ratio_vs_transformers", "tokens_over_minimum",
+                *bench.MODES):
         assert key in rep
     assert rep["tokens_over_minimum"] == pytest.approx(16_000 / 12_000) == rep["soft_vllm"]["tokens_over_minimum"]
     assert rep["ratio_vs_seed"] == pytest.approx(4.0) and rep["ratio_vs_transformers"] is None
