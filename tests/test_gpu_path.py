@@ -198,14 +198,21 @@ def test_close_vllm_engine_leaves_the_engine_unreachable(monkeypatch):
     models.close_vllm_engine(SimpleNamespace())  # an engine that never started: nothing to do, no error
 
 
-def test_backends_close_through_the_helper():
+def test_backends_close_through_the_helper(monkeypatch):
+    """Both backends close through `close_vllm_engine`: the engine is shut down and freed, then the CUDA cache emptied
+    (torch.cuda faked as on a GPU machine, so the test asks the same on every machine)."""
+    import torch
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: log.append("empty_cache"))
     for cls in (judge_backends.VLLMBackend, generation.VLLMGenerator):
-        log = []
+        log.clear()
         obj = cls.__new__(cls)  # no engine start: only close() is under test
         obj.llm = _FakeEngine(log)
         ref = weakref.ref(obj.llm)
         obj.close()
-        assert ref() is None and obj.llm is None and log == ["shutdown"] + (["empty_cache"] if _cuda() else [])
+        assert ref() is None and obj.llm is None and log == ["shutdown", "empty_cache"]
 
 
 # ------------------------------------------------------------------------------------------ 6. several processes
