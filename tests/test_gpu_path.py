@@ -361,3 +361,27 @@ def test_closed_engine_gives_its_memory_to_the_next():
     assert torch.cuda.mem_get_info()[0] > free_before - 2 * 1024**3, "the closed engine kept its GPU memory"
     second = judge_backends.VLLMBackend(models.resolve_model(cfg.model), cfg)
     second.close()
+
+
+# ------------------------------------------------------------------------------------------ gpu_tiny_check
+
+
+def test_tiny_check_trains_through_our_path_here(monkeypatch, tmp_path, capsys):
+    """lib.gpu_tiny_check on this machine (CUDA when there is one): one GRPO step of a random Qwen2 policy with the
+    tiny BPE tokenizer of tests.train_helpers, judged by a random Qwen2 on the transformers backend; every check passes."""
+    from lib import gpu_tiny_check
+    from tests.train_helpers import build_tiny_policy
+
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    tokenizer = build_tiny_policy(tmp_path / "tok")
+    assert gpu_tiny_check.main(["--tokenizer", str(tokenizer), "--steps", "1", "--run-id", "tiny",
+                                "--json", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu_tiny_check: {")
+    assert out["failed"] == [] and out["train"]["steps"] == 1 and out["judge"]["prompts"] > 0
+    expected = {"trl_cuda_logprob_kernel"} if _cuda() else {"cpu_logprob_twin"}
+    assert expected <= set(out["checks"]) and {"policy_on_device", "loss_finite", "reward_columns"} <= set(out["checks"])
+    assert train._torch_chunked_logprob.__name__ == "_torch_chunked_logprob"  # the probe restored what it wrapped
+    assert load_profile(tmp_path / "runs" / "tiny" / "profile.yaml").judge.backend == "transformers"
+    with pytest.raises(gpu_check.GPUCheckError, match="--steps"):
+        gpu_tiny_check.run(str(tokenizer), steps=0)
