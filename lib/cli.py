@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lib.runner import run_pipeline
+    from lib.pipeline import run_pipeline
 
     run_dir = run_pipeline(args.profile or "", run_id=args.run_id, overrides=args.overrides,
                            stages=args.stages, resume=args.resume)
@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from lib.runner import run_stage
+    from lib.pipeline import run_stage
 
     print(run_stage(args.run_id, args.stage))
     return 0
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not type(exc).__module__.startswith("lib."):
             raise  # not one of ours: keep the traceback
-        from lib.runner import PipelineError
+        from lib.pipeline import PipelineError
 
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1 if isinstance(exc, PipelineError) else 2

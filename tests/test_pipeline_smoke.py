@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from lib import paths
-from lib.runner import run_pipeline
+from lib.pipeline import run_pipeline
 
 pytestmark = pytest.mark.smoke
 

@@ -1,4 +1,4 @@
-"""lib.runner and lib.cli on tiny throwaway notebooks (each execution starts a real kernel: about 1-2 s)."""
+"""lib.pipeline and lib.cli on tiny throwaway notebooks (each execution starts a real kernel: about 1-2 s)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import pytest
 from lib import paths
 from lib.cli import main
 from lib.run import RunError
-from lib.runner import EXPECTED_STAGES, PipelineError, discover_stages, kernel_name, run_pipeline, run_stage
+from lib.pipeline import EXPECTED_STAGES, PipelineError, discover_stages, kernel_name, run_pipeline, run_stage
 
 ENV_VARS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
 
@@ -260,7 +260,7 @@ def test_cli_lists(capsys):
 
 
 def test_interrupt_leaves_a_truthful_manifest(sandbox, monkeypatch):
-    import lib.runner
+    import lib.pipeline
 
     nb_dir, runs = sandbox
     _notebook(nb_dir / "00_build_data.ipynb", "pass")
@@ -270,7 +270,7 @@ def test_interrupt_leaves_a_truthful_manifest(sandbox, monkeypatch):
         assert _by_name(on_disk)["00_build_data"]["status"] == "running" and on_disk["status"] == "running"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lib.runner, "_execute", interrupted)
+    monkeypatch.setattr(lib.pipeline, "_execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline("smoke", run_id="r-int")
     m = _manifest(runs / "r-int")
