@@ -117,7 +117,7 @@ class Workload:
 
 def workload(n_texts: int, seed: int = 0) -> Workload:
     """N answers and N think sections of the calibration set (stratified by kind), plus 2 of each for warm-up."""
-    from lib import calibration as cal
+    from lib.judge import calibration as cal
     from lib.rubric import load_rubric
 
     rubric = load_rubric()
@@ -232,7 +232,8 @@ def judge_config(profile: str = DEFAULT_PROFILE, model: str | None = None):
 
 
 def run_soft_vllm(base, work: Workload) -> dict[str, Any]:
-    from lib.judge_backends import JudgeEngine, VLLMBackend
+    from lib.judge.backends import VLLMBackend
+    from lib.judge.engine import JudgeEngine
     from lib.models import resolve_model
 
     cfg = base.model_copy(update={"backend": "vllm"})
@@ -288,15 +289,16 @@ def serve_command(model_path: str, port: int, cfg=None, cuda: bool = False) -> l
 
 
 def run_seed_http(base, work: Workload, log_path: Path) -> dict[str, Any]:
-    from lib.judge_backends import JudgeEngine, OpenAIBackend, _cuda
-    from lib.models import resolve_model
+    from lib.judge.backends import OpenAIBackend
+    from lib.judge.engine import JudgeEngine
+    from lib.models import cuda_available, resolve_model
 
     path = resolve_model(base.model)
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(serve_command(path, port, base, cuda=_cuda()), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(serve_command(path, port, base, cuda=cuda_available()), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
         try:
             start = wait_for_health(f"http://127.0.0.1:{port}/health", proc, SERVER_START_TIMEOUT_S)
@@ -326,12 +328,13 @@ def stop_server(proc: subprocess.Popen, grace: float = 30.0) -> None:
 
 
 def run_soft_transformers(base, work: Workload) -> dict[str, Any]:
-    from lib.judge_backends import JudgeEngine, TransformersBackend, _cuda
-    from lib.models import resolve_model
+    from lib.judge.backends import TransformersBackend
+    from lib.judge.engine import JudgeEngine
+    from lib.models import cuda_available, resolve_model
 
     cfg = base.model_copy(update={"backend": "transformers"})
     t0 = time.perf_counter()
-    backend = TransformersBackend(resolve_model(cfg.model), cfg, device="cuda" if _cuda() else "cpu")
+    backend = TransformersBackend(resolve_model(cfg.model), cfg, device="cuda" if cuda_available() else "cpu")
     start = time.perf_counter() - t0
     try:
         rec = measure(lambda: JudgeEngine(backend, cfg, mode="soft"), work)
@@ -488,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
 
     add_serve_parser(sub)
-    p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (lib/precision.py)")
+    p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (lib/train/precision.py)")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/precision.json)")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name or local path")
     p.add_argument("--sequences", type=int, default=4, help="calibration answers in the fixed batch (default 4)")
@@ -497,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return args.run(args)
     if args.command == "precision":
-        from lib import precision
+        from lib.train import precision
 
         precision.main(args.model, args.json or BENCH_DIR / "precision.json", args.sequences, args.steps)
         return 0

@@ -13,6 +13,7 @@ Prompt sets in the original's published format (columns `prompt`, `completion`, 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import unicodedata
 import zlib
@@ -68,6 +69,27 @@ DOMAIN_NAMES_EN: dict[str, str] = {
 
 class DataError(ValueError):
     """Prompt data that cannot be used; the message is one line naming the file, row or column."""
+
+
+def read_jsonl(path: str | Path, skip_bad_lines: bool = False) -> list[dict]:
+    """The records of a JSONL file, one per non-empty line; [] when the file does not exist.
+
+    A line that is not valid JSON raises `DataError` naming the file and line, or is skipped with
+    `skip_bad_lines` (a log whose writer was killed mid-line).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if not skip_bad_lines:
+                raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

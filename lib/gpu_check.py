@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib import judge_backends, paths
+from lib import paths
+from lib.judge import engine as judge_engine
 from lib.profiles import Profile, load_profile
 
 GIB = 1024**3
@@ -153,7 +154,7 @@ def preflight(profile: Profile) -> dict[str, Any]:
 
 def calibration_sample(rubric, n_texts: int, seed: int = 0):
     """`n_texts` calibration texts, split evenly over the rubric's sections, stratified by kind."""
-    from lib import calibration as cal
+    from lib.judge import calibration as cal
 
     full = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))
     per_section = max(1, math.ceil(n_texts / len(rubric.sections)))
@@ -162,14 +163,14 @@ def calibration_sample(rubric, n_texts: int, seed: int = 0):
 
 def judge_stage(profile: Profile, n_texts: int = 20) -> dict[str, Any]:
     """The profile's judge alone on `n_texts` calibration texts: accuracy, flagged share, judgements/s."""
-    from lib import calibration as cal
+    from lib.judge import calibration as cal
     from lib.rubric import load_rubric
 
     rubric = load_rubric(profile.rubric.path)
     texts = calibration_sample(rubric, n_texts, seed=profile.seed)
     before = gpu_memory()
     t0 = time.perf_counter()
-    judge = judge_backends.build_judge(profile.judge, seed=profile.seed)
+    judge = judge_engine.build_judge(profile.judge, seed=profile.seed)
     startup = time.perf_counter() - t0
     after = gpu_memory()
     try:
@@ -227,7 +228,7 @@ def train_log_report(log) -> dict[str, Any]:
     TRL's `frac_reward_zero_std` is the share of groups whose `num_generations` completions all scored the
     same: 1 at every step means nothing can be learned (identical rollouts, e.g. a fixed per-request seed).
     """
-    from lib.train_logging import read_log, reward_metrics
+    from lib.train.logs import read_log, reward_metrics
 
     df = read_log(log)
     if df.empty:
@@ -245,26 +246,27 @@ def train_log_report(log) -> dict[str, Any]:
 
 def train_stage(ctx) -> dict[str, Any]:
     """Train the run as lib.train does (judge first, then the policy), with GPU memory after each engine."""
-    from lib import rewards, train
+    from lib import rewards
+    from lib.train import grpo
     from lib.rubric import load_rubric
-    from lib.train_logging import LOG_JSONL
+    from lib.train.logs import LOG_JSONL
 
     profile = ctx.profile
-    train.check_processes(profile)
-    train.prepare_backend(profile)
+    grpo.check_processes(profile)
+    grpo.prepare_backend(profile)
     memory = {"start": gpu_memory()}
-    judge = judge_backends.build_judge(profile.judge, seed=profile.seed)
+    judge = judge_engine.build_judge(profile.judge, seed=profile.seed)
     memory["after_judge"] = gpu_memory()
     try:
         rewards.configure(judge, load_rubric(profile.rubric.path))
-        trainer = train.build_trainer(profile, ctx, judge)
+        trainer = grpo.build_trainer(profile, ctx, judge)
         memory["after_policy"] = gpu_memory()
-        result = train.train(profile, ctx, judge, trainer=trainer)
+        result = grpo.train(profile, ctx, judge, trainer=trainer)
         memory["after_training"] = gpu_memory()
     finally:
         judge.close()
     out = {"run_dir": str(ctx.dir), "trainer": type(trainer).__name__, "seconds": round(result["seconds"], 1),
-           "judge_share": round(result["judge_share"] or 0.0, 3), **train_log_report(train.train_dir(ctx) / LOG_JSONL)}
+           "judge_share": round(result["judge_share"] or 0.0, 3), **train_log_report(grpo.train_dir(ctx) / LOG_JSONL)}
     if memory["start"] is not None:
         import torch
 
@@ -280,9 +282,9 @@ def train_stage(ctx) -> dict[str, Any]:
 
 def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
     """`eval_models` on the first `n_prompts` test prompts (generation engines one after the other), judged."""
-    from lib import eval_scoring, generation
+    from lib.eval import generation, scoring
     from lib.data import load_split
-    from lib.evaluate import GenerationCache
+    from lib.eval.generation import GenerationCache
     from lib.rubric import load_rubric
 
     profile = ctx.profile
@@ -295,9 +297,9 @@ def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
     completions = generation.generate_for_models(models, test, profile.eval, cache, ctx.dir)
     generation_s = time.perf_counter() - t0
     memory["after_generation"] = gpu_memory()
-    judge = judge_backends.build_judge(profile.judge, seed=profile.seed)
+    judge = judge_engine.build_judge(profile.judge, seed=profile.seed)
     try:
-        per_item, _ = eval_scoring.score_completions(completions, list(test["entity"]), judge,
+        per_item, _ = scoring.score_completions(completions, list(test["entity"]), judge,
                                                      load_rubric(profile.rubric.path))
     finally:
         judge.close()

@@ -30,7 +30,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib import gpu_check, judge_backends, train
+from lib import gpu_check
+from lib.judge import engine as judge_engine
+from lib.train import cpu_logprobs, grpo
 
 REWARD_COLUMNS = ("rewards/format_reward/mean", "rewards/think_quality_reward/mean", "rewards/answer_quality_reward/mean")
 IM_END, END_OF_TEXT = "<|im_end|>", "<|endoftext|>"  # Qwen2.5-*-Instruct's end of turn and padding tokens
@@ -80,15 +82,15 @@ def tiny_overrides(policy_dir: Path, judge_dir: Path, steps: int, cuda: bool) ->
 
 class _Probe:
     """Counts which log-prob path ran and where the judge's weights are, by wrapping lib.train's and
-    lib.judge_backends' functions for the duration of a `with` block (restored afterwards)."""
+    lib.judge.engine's functions for the duration of a `with` block (restored afterwards)."""
 
     def __init__(self):
         self.calls: Counter = Counter()
         self.seen: dict[str, Any] = {}
 
     def __enter__(self):
-        self.saved = (train._torch_chunked_logprob, train.build_trainer, judge_backends.build_judge,
-                      train._LogProbDispatch.triton_function)
+        self.saved = (cpu_logprobs._torch_chunked_logprob, grpo.build_trainer, judge_engine.build_judge,
+                      cpu_logprobs._LogProbDispatch.triton_function)
         twin, build_trainer, build_judge, _ = self.saved
         calls, seen = self.calls, self.seen
 
@@ -99,7 +101,7 @@ class _Probe:
         def capture_trainer(*args, **kwargs):
             trainer = build_trainer(*args, **kwargs)
             seen["trainer"] = trainer
-            triton = train._LogProbDispatch.triton_function  # TRL's kernel, kept by install_cpu_logprobs
+            triton = cpu_logprobs._LogProbDispatch.triton_function  # TRL's kernel, kept by install_cpu_logprobs
             if triton is not None:
                 class CountedKernel:
                     @staticmethod
@@ -108,7 +110,7 @@ class _Probe:
                         seen.setdefault("kernel_input", f"{hidden.device.type}/{hidden.dtype}")
                         return triton.apply(hidden, *rest)
 
-                train._LogProbDispatch.triton_function = CountedKernel
+                cpu_logprobs._LogProbDispatch.triton_function = CountedKernel
             return trainer
 
         def capture_judge(*args, **kwargs):
@@ -125,12 +127,12 @@ class _Probe:
             backend.yes_no = counted_yes_no
             return judge
 
-        train._torch_chunked_logprob, train.build_trainer, judge_backends.build_judge = counted_twin, capture_trainer, capture_judge
+        cpu_logprobs._torch_chunked_logprob, grpo.build_trainer, judge_engine.build_judge = counted_twin, capture_trainer, capture_judge
         return self
 
     def __exit__(self, *exc):
-        (train._torch_chunked_logprob, train.build_trainer, judge_backends.build_judge,
-         train._LogProbDispatch.triton_function) = self.saved
+        (cpu_logprobs._torch_chunked_logprob, grpo.build_trainer, judge_engine.build_judge,
+         cpu_logprobs._LogProbDispatch.triton_function) = self.saved
         return False
 
 
@@ -145,7 +147,7 @@ def run(tokenizer: str, steps: int = 3, run_id: str | None = None) -> dict[str, 
     from lib.models import resolve_model
     from lib.profiles import dump_profile, load_profile
     from lib.run import RunContext, create_run_dir
-    from lib.train_logging import LOG_JSONL, read_log
+    from lib.train.logs import LOG_JSONL, read_log
 
     if steps < 1:
         raise gpu_check.GPUCheckError(f"--steps must be >= 1, got {steps}")
@@ -186,13 +188,13 @@ def run(tokenizer: str, steps: int = 3, run_id: str | None = None) -> dict[str, 
                                                          and dtypes.get("bfloat16"))
     else:
         checks["cpu_logprob_twin"] = calls["torch_twin"] > 0
-    log = read_log(train.train_dir(ctx) / LOG_JSONL)
+    log = read_log(grpo.train_dir(ctx) / LOG_JSONL)
     checks["steps_logged"] = list(log["step"]) == list(range(1, steps + 1))
     checks["loss_finite"] = "loss" in log.columns and bool(log["loss"].map(lambda v: v is not None and math.isfinite(v)).all())
     checks["reward_columns"] = all(c in log.columns and not log[c].isna().any() for c in REWARD_COLUMNS)
-    train_out = train.train_dir(ctx)
-    checks["adapter_saved"] = (train_out / train.ADAPTER_DIR / "adapter_model.safetensors").is_file()
-    checks["checkpoint_saved"] = train.last_checkpoint(train_out / train.CHECKPOINTS_DIR) is not None
+    train_out = grpo.train_dir(ctx)
+    checks["adapter_saved"] = (train_out / grpo.ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    checks["checkpoint_saved"] = grpo.last_checkpoint(train_out / grpo.CHECKPOINTS_DIR) is not None
     if profile.train.report_to:
         checks["tensorboard_events"] = any(train_out.rglob("events.out.tfevents*"))
     out.update(

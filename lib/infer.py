@@ -15,7 +15,7 @@ import sys
 import time
 
 from lib.data import make_prompt
-from lib.generation import GenerationError, hf_generate, load_for_generation, request_seeds, resolve_adapter
+from lib.eval.generation import GenerationError, hf_generate, load_for_generation, request_seeds, resolve_adapter
 from lib.models import chat_prompt
 from lib.rewards import format_score
 

@@ -357,6 +357,15 @@ def text_generator(model: str, max_new_tokens: int = 160, seed: int = 42, temper
     return generate
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False when torch is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def close_vllm_engine(owner, attr: str = "llm") -> None:
     """Stop the in-process vLLM engine at `owner.<attr>` and give its memory back (best effort on shutdown).
 
@@ -376,9 +385,7 @@ def close_vllm_engine(owner, attr: str = "llm") -> None:
             pass
     del llm
     gc.collect()
-    try:
+    if cuda_available():
         import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
+
         torch.cuda.empty_cache()

@@ -257,19 +257,16 @@ def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log:
 
 
 def _build_report(run_dir: Path, manifest: dict, log: _Log) -> None:
-    """Call lib.report.build_run_report when it exists; its failure is reported, never fatal."""
+    """Call lib.eval.report.build_run_report; its failure is reported, never fatal."""
     try:
-        from lib import report
+        from lib.eval.report import build_run_report
     except Exception as exc:  # noqa: BLE001 - a broken report module must not fail the run
         manifest["report_error"] = one_line(exc)
-        log(f"report: lib.report cannot be imported: {manifest['report_error']}", err=True)
-        return
-    build = getattr(report, "build_run_report", None)
-    if build is None:
+        log(f"report: lib.eval.report cannot be imported: {manifest['report_error']}", err=True)
         return
     write_manifest(run_dir, manifest)  # the report shows the manifest as it is now
     try:
-        path = Path(build(run_dir))
+        path = Path(build_run_report(run_dir))
     except Exception as exc:  # noqa: BLE001
         manifest["report_error"] = one_line(exc)
         log(f"report: FAILED: {manifest['report_error']}", err=True)

@@ -82,7 +82,7 @@ class TrainConfig(_Strict):
     report_to: list[str] = []  # add "tensorboard" or "wandb"
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # policy's vLLM engine: unsloth: share of the FREE memory; vllm_colocate: of the card
     # trl backend: HF generate, TRL's colocated vLLM, `trl vllm-serve`, or vllm_lora: the judge's vLLM engine with the
-    # current LoRA adapter each step (lib.rollouts; needs judge.backend vllm and judge.model == policy_model)
+    # current LoRA adapter each step (lib.train.rollouts; needs judge.backend vllm and judge.model == policy_model)
     rollout_engine: Literal["hf", "vllm_colocate", "vllm_server", "vllm_lora"] = "hf"
     vllm_server_base_url: str | None = None  # rollout_engine vllm_server: e.g. http://127.0.0.1:8000
     unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge

@@ -21,12 +21,13 @@ import re
 from collections import Counter
 from typing import Any, Callable, Sequence
 
-from lib.judge import Judgement, SectionJudge
+from lib.judge.types import Judgement, SectionJudge
 from lib.rubric import Rubric, load_rubric, section_score, think_shortcut
 
 FORMAT_PATTERN = re.compile(r"^<think>(?P<think>[^>]+)</think>\s{,2}<answer>(?P<answer>[^>]+)</answer>$")
 TAG_PATTERN = re.compile(r"</*(?P<tag>[^>]+)>")
-CLAUSE_SPLIT = "[。？，！]"  # the original's clause delimiters (full-width only)
+CLAUSE_DELIMITERS = "。？，！"  # the original's clause delimiters (full-width only)
+CLAUSE_SPLIT = f"[{CLAUSE_DELIMITERS}]"
 NGRAM = 4  # diversity_reward's character n-gram size (the original's)
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 ITEM_TYPES = ("must-have", "plausible")
 SECTION_NAMES = ("answer", "think")  # both required in every rubric
 PLAUSIBLE_FLOOR = 0.05  # the original's bonus: a text passing every gate never scores exactly 0
-THINK_PLACEHOLDER = "这里写下你的"  # from the system prompt's format example: a copied template is not thinking
+TEMPLATE_PLACEHOLDER = "这里写下你的"  # the system prompt's format example ("write your ... here"): copying it is a failure
 MIN_THINK_CHARS = 20  # the original's cut-off: shorter think sections score 0 unjudged
 
 _PLACEHOLDER_RE = re.compile(r"\{(entity|completion|question)\}")
@@ -115,14 +115,6 @@ class Rubric:
         if name not in self.sections:
             raise RubricError(f"{self.source}: no section {name!r}; sections: {', '.join(self.sections)}")
         return self.sections[name]
-
-    @property
-    def answer(self) -> RubricSection:
-        return self["answer"]
-
-    @property
-    def think(self) -> RubricSection:
-        return self["think"]
 
 
 def canonical_json(sections: Mapping[str, RubricSection]) -> str:
@@ -333,7 +325,7 @@ def think_shortcut(think_text: str) -> str | None:
     >>> think_shortcut("这里写下你的思考过程"), think_shortcut("短"), think_shortcut("我" * 20)
     ('placeholder', 'too_short', None)
     """
-    if THINK_PLACEHOLDER in think_text:
+    if TEMPLATE_PLACEHOLDER in think_text:
         return "placeholder"
     if len(think_text) < MIN_THINK_CHARS:
         return "too_short"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib import calibration as cal
+from lib.judge import calibration as cal
 from lib.rubric import load_rubric
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lib import bench
-from lib.judge_backends import JudgeEngine
+from lib.judge import JudgeEngine
 from lib.profiles import JudgeConfig, load_profile
 from lib.rubric import parse_rubric
 from tests.test_judge import RUBRIC, FakeBackend

@@ -1,4 +1,4 @@
-"""lib.calibration and lib.stats: the calibration set, metrics against hand values, probes, bootstrap, loader errors."""
+"""lib.judge.calibration and lib.stats: the calibration set, metrics against hand values, probes, bootstrap, loader errors."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import calibration as cal
+from lib.judge import calibration as cal
 from lib import paths
 from lib.stats import StatsError, bootstrap_ci
 from tests.fakes import HIT, MISS, KeywordJudge

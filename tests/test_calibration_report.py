@@ -1,4 +1,4 @@
-"""lib.calibration's notebook-02 helpers: the stratified subset, probe runs with a fake judge, the summary and its words."""
+"""lib.judge.calibration's notebook-02 helpers: the stratified subset, probe runs with a fake judge, the summary and its words."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import calibration as cal
+from lib.judge import calibration as cal
 from tests.fakes import HIT, MISS, KeywordJudge
 
 

@@ -1,16 +1,17 @@
-"""lib.eval_scoring with a keyword judge: per-item scores, details, reuse, judges and model pairs."""
+"""lib.eval.scoring with a keyword judge: per-item scores, details, reuse, judges and model pairs."""
 from __future__ import annotations
 
 import pytest
 
-from lib import eval_scoring
-from lib.eval_scoring import (
+from lib.data import DataError
+from lib.eval import scoring
+from lib.eval.scoring import (
     ScoringError, base_pairs, before_after, build_cases, find_detail, headline, load_details, save_details,
     score_completions, score_with_reuse, side_by_side,
 )
-from lib.evaluate import score_table
+from lib.eval.metrics import score_table
 from lib.profiles import EvalModel, JudgeConfig, load_profile
-from lib.report import case_study_html
+from lib.eval.report import case_study_html
 from lib.rubric import load_rubric
 from tests.fakes import KeywordJudge
 
@@ -73,7 +74,7 @@ def test_details_round_trip_and_reuse(tmp_path, rubric):
     assert "before" in page and "after" in page and "P(yes)" in page
 
     (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{oops\n')
-    with pytest.raises(ScoringError, match="line 2"):
+    with pytest.raises(DataError, match="line 2"):
         load_details(tmp_path / "broken.jsonl")
 
 
@@ -107,20 +108,20 @@ class FakeEngine:
 
 
 def test_heldout_judge_shares_the_engine_when_settings_match(monkeypatch):
-    import lib.judge_backends as jb
+    import lib.judge.engine as jb
 
     made = []
     monkeypatch.setattr(jb, "JudgeEngine", lambda backend, cfg, mode=None: made.append(("shared", backend, mode)) or "ho")
     monkeypatch.setattr(jb, "build_judge", lambda cfg, mode=None, seed=0: made.append(("new", cfg.model, mode)) or "new")
     train = FakeEngine()
     prof = load_profile("smoke")
-    assert eval_scoring.heldout_judge(prof, train) == ("ho", True)
+    assert scoring.heldout_judge(prof, train) == ("ho", True)
     assert made[-1] == ("shared", train.backend, "soft") and not train.closed
     prof.eval.heldout_judge = JudgeConfig(**{**prof.judge.model_dump(), "mode": "hard"})
-    assert eval_scoring.heldout_judge(prof, train) == ("ho", True)  # same engine settings, other reading
+    assert scoring.heldout_judge(prof, train) == ("ho", True)  # same engine settings, other reading
     assert made[-1][2] == "hard"
     prof.eval.heldout_judge = JudgeConfig(model="qwen2.5-7b-instruct")
-    assert eval_scoring.heldout_judge(prof, train) == ("new", False)
+    assert scoring.heldout_judge(prof, train) == ("new", False)
     assert made[-1] == ("new", "qwen2.5-7b-instruct", "soft") and train.closed  # never two engines at once
 
 
@@ -130,15 +131,15 @@ def test_case_prompts_scores_and_inline_view(rubric):
     from lib.data import make_prompt
 
     test = pd.DataFrame({"entity": ["椰子水", "电动牙刷", "帐篷"], "prompt": [make_prompt(e) for e in ("椰子水", "电动牙刷", "帐篷")]})
-    assert eval_scoring.case_prompts(test, n=2)["entity"].tolist() == ["椰子水", "电动牙刷"]
-    named = eval_scoring.case_prompts(test, ["帐篷", "滑板"])
+    assert scoring.case_prompts(test, n=2)["entity"].tolist() == ["椰子水", "电动牙刷"]
+    named = scoring.case_prompts(test, ["帐篷", "滑板"])
     assert named["entity"].tolist() == ["帐篷", "滑板"] and named["prompt"][1] == make_prompt("滑板")
 
     _, details = score_completions({"base": [GOOD]}, ["椰子水"], KeywordJudge(), rubric)
-    scores = eval_scoring.case_scores({"before": details})
+    scores = scoring.case_scores({"before": details})
     assert scores.columns.tolist() == ["entity", "model", "format", "think", "answer"] and len(scores) == 1
     page = case_study_html(build_cases(["椰子水"], None, {"before": details}))
-    view = eval_scoring.inline_case_view(page)
+    view = scoring.inline_case_view(page)
     assert "<body" not in view and "<html" not in view and ".cs-grid{" in view
     assert "body{" not in view and "h1{" not in view and "table{" not in view  # nothing that restyles the notebook
     assert "解渴也解压" in view
@@ -147,7 +148,7 @@ def test_case_prompts_scores_and_inline_view(rubric):
 def test_format_learned_entities_keeps_test_order_and_the_training_judge():
     import pandas as pd
 
-    from lib.eval_scoring import format_learned_entities
+    from lib.eval.scoring import format_learned_entities
 
     per_item = pd.DataFrame({
         "model": ["base", "grpo"] * 4 + ["base", "grpo"],

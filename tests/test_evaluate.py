@@ -1,23 +1,20 @@
-"""lib.evaluate: generation cache, diagnostics, score tables, two-judge comparison, bar chart."""
+"""lib.eval.metrics: diagnostics, score tables, two-judge comparison, bar chart."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lib.evaluate import (
+from lib.eval.metrics import (
     EvaluateError,
-    GenerationCache,
     clause_overlap,
     compare_judges,
     diagnostics,
     diagnostics_table,
     distinct_n,
     format_table_markdown,
-    generation_cache_key,
     grouped_bar_chart,
     paired_gain_ci,
     save_table,
@@ -25,84 +22,6 @@ from lib.evaluate import (
     self_bleu,
     sentence_bleu_chars,
 )
-
-SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}
-
-
-# --- cache -------------------------------------------------------------------------------------
-
-def test_cache_key_is_canonical_and_sensitive():
-    k = generation_cache_key("m", None, "写广告", SAMPLING, 42)
-    assert len(k) == 64
-    assert k == generation_cache_key("m", None, "写广告", dict(reversed(list(SAMPLING.items()))), 42)
-    assert k != generation_cache_key("m", None, "写广告", SAMPLING, 43)
-    assert k != generation_cache_key("m", "adapter", "写广告", SAMPLING, 42)
-    assert k != generation_cache_key("m", None, "写广告", {**SAMPLING, "temperature": 1.0}, 42)
-
-
-def test_cache_round_trip(tmp_path):
-    path = tmp_path / "gen.jsonl"
-    cache = GenerationCache(path)
-    key = cache.put("m", None, "椰子水", "写广告", "<think>想</think><answer>好喝</answer>", SAMPLING, 42)
-    assert key == generation_cache_key("m", None, "写广告", SAMPLING, 42)
-    again = GenerationCache(path)
-    assert len(again) == 1 and key in again
-    rec = again.get(key)
-    assert rec["completion"] == "<think>想</think><answer>好喝</answer>"
-    assert rec["entity"] == "椰子水" and rec["sampling"] == SAMPLING and rec["seed"] == 42
-    assert again.get("nope") is None
-
-
-def test_cache_later_record_wins(tmp_path):
-    cache = GenerationCache(tmp_path / "gen.jsonl")
-    k1 = cache.put("m", None, "e", "p", "first", SAMPLING, 1)
-    k2 = cache.put("m", None, "e", "p", "second", SAMPLING, 1)
-    assert k1 == k2
-    assert GenerationCache(tmp_path / "gen.jsonl").get(k1)["completion"] == "second"
-
-
-def test_cache_tolerates_truncated_last_line(tmp_path):
-    path = tmp_path / "gen.jsonl"
-    cache = GenerationCache(path)
-    k1 = cache.put("m", None, "e1", "p1", "c1", SAMPLING, 1)
-    k2 = cache.put("m", None, "e2", "p2", "c2", SAMPLING, 1)
-    with path.open("a", encoding="utf-8") as f:
-        f.write('{"key": "abc", "model": "m", "compl')  # killed mid-write
-    reopened = GenerationCache(path)
-    assert reopened.dropped_partial_line
-    assert len(reopened) == 2 and reopened.get(k1)["completion"] == "c1" and k2 in reopened
-    assert path.read_bytes().endswith(b"\n")
-    k3 = reopened.put("m", None, "e3", "p3", "c3", SAMPLING, 1)
-    final = GenerationCache(path)
-    assert not final.dropped_partial_line
-    assert len(final) == 3 and final.get(k3)["completion"] == "c3"
-
-
-def test_cache_tolerates_line_cut_inside_a_character(tmp_path):
-    path = tmp_path / "gen.jsonl"
-    GenerationCache(path).put("m", None, "e1", "p1", "c1", SAMPLING, 1)
-    partial = json.dumps({"key": "x", "completion": "椰子水"}, ensure_ascii=False).encode("utf-8")
-    with path.open("ab") as f:
-        f.write(partial[: partial.index("椰".encode()) + 1])  # half of a UTF-8 character
-    cache = GenerationCache(path)
-    assert cache.dropped_partial_line and len(cache) == 1
-
-
-def test_cache_complete_last_line_without_newline_is_kept(tmp_path):
-    path = tmp_path / "gen.jsonl"
-    path.write_text(json.dumps({"key": "k", "completion": "c"}), encoding="utf-8")
-    cache = GenerationCache(path)
-    assert cache.get("k")["completion"] == "c" and not cache.dropped_partial_line
-    cache.put("m", None, "e", "p", "c2", SAMPLING, 1)
-    assert len(GenerationCache(path)) == 2
-
-
-def test_cache_corrupt_middle_line_raises(tmp_path):
-    path = tmp_path / "gen.jsonl"
-    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n', encoding="utf-8")
-    with pytest.raises(EvaluateError, match="line 2"):
-        GenerationCache(path)
-
 
 # --- diagnostics -------------------------------------------------------------------------------
 
@@ -287,7 +206,7 @@ def test_grouped_bar_chart_saves_png(tmp_path):
 
 
 def test_paired_gains_and_reported_rows():
-    from lib.evaluate import ORIGINAL_REPORTED, paired_gains, score_table, with_reported_rows
+    from lib.eval.metrics import ORIGINAL_REPORTED, paired_gains, score_table, with_reported_rows
 
     items = pd.DataFrame({"model": ["base"] * 4 + ["grpo"] * 4, "entity": list("abcd") * 2,
                           "format": [0, 0.5, 0, 0.6, 0.8, 0.9, 0.7, 0.9]})

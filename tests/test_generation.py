@@ -1,15 +1,20 @@
-"""lib.generation: cache-first generation with an injected backend, adapter identity, adapter resolution;
+"""lib.eval.generation: cache-first generation with an injected backend, adapter identity, adapter resolution;
 lib.models.text_generator's shape with a stand-in model (no real model is loaded here)."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
-from lib import generation, models, paths
-from lib.evaluate import GenerationCache
-from lib.generation import GenerationError, adapter_key, generate, request_seeds, resolve_adapter
+from lib import models, paths
+from lib.eval import generation
+from lib.eval.generation import (
+    GenerationCache, GenerationError, adapter_key, generate, generation_cache_key, request_seeds, resolve_adapter,
+)
 
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.95}
+CACHE_SAMPLING = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256}
 
 
 class ChatTokenizer:
@@ -86,7 +91,7 @@ class FakeEngine:
 def test_engines_start_only_for_misses_and_are_closed(tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "VLLMGenerator", FakeEngine)
     monkeypatch.setattr(generation, "TransformersGenerator", FakeEngine)
-    monkeypatch.setattr(generation, "_cuda", lambda: False)
+    monkeypatch.setattr(generation, "cuda_available", lambda: False)
     FakeEngine.started = []
     cache = GenerationCache(tmp_path / "g.jsonl")
     first = run("vllm", msgs("椰子水"), cache)
@@ -299,3 +304,78 @@ def test_prune_merged_keeps_the_most_recent(tmp_path):
     deleted = generation.prune_merged(tmp_path, keep=2)
     assert sorted(p.name for p in deleted) == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d", "e.tmp123"]
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+def test_cache_key_is_canonical_and_sensitive():
+    k = generation_cache_key("m", None, "写广告", CACHE_SAMPLING, 42)
+    assert len(k) == 64
+    assert k == generation_cache_key("m", None, "写广告", dict(reversed(list(CACHE_SAMPLING.items()))), 42)
+    assert k != generation_cache_key("m", None, "写广告", CACHE_SAMPLING, 43)
+    assert k != generation_cache_key("m", "adapter", "写广告", CACHE_SAMPLING, 42)
+    assert k != generation_cache_key("m", None, "写广告", {**CACHE_SAMPLING, "temperature": 1.0}, 42)
+
+
+def test_cache_round_trip(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    cache = GenerationCache(path)
+    key = cache.put("m", None, "椰子水", "写广告", "<think>想</think><answer>好喝</answer>", CACHE_SAMPLING, 42)
+    assert key == generation_cache_key("m", None, "写广告", CACHE_SAMPLING, 42)
+    again = GenerationCache(path)
+    assert len(again) == 1 and key in again
+    rec = again.get(key)
+    assert rec["completion"] == "<think>想</think><answer>好喝</answer>"
+    assert rec["entity"] == "椰子水" and rec["sampling"] == CACHE_SAMPLING and rec["seed"] == 42
+    assert again.get("nope") is None
+
+
+def test_cache_later_record_wins(tmp_path):
+    cache = GenerationCache(tmp_path / "gen.jsonl")
+    k1 = cache.put("m", None, "e", "p", "first", CACHE_SAMPLING, 1)
+    k2 = cache.put("m", None, "e", "p", "second", CACHE_SAMPLING, 1)
+    assert k1 == k2
+    assert GenerationCache(tmp_path / "gen.jsonl").get(k1)["completion"] == "second"
+
+
+def test_cache_tolerates_truncated_last_line(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    cache = GenerationCache(path)
+    k1 = cache.put("m", None, "e1", "p1", "c1", CACHE_SAMPLING, 1)
+    k2 = cache.put("m", None, "e2", "p2", "c2", CACHE_SAMPLING, 1)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"key": "abc", "model": "m", "compl')  # killed mid-write
+    reopened = GenerationCache(path)
+    assert reopened.dropped_partial_line
+    assert len(reopened) == 2 and reopened.get(k1)["completion"] == "c1" and k2 in reopened
+    assert path.read_bytes().endswith(b"\n")
+    k3 = reopened.put("m", None, "e3", "p3", "c3", CACHE_SAMPLING, 1)
+    final = GenerationCache(path)
+    assert not final.dropped_partial_line
+    assert len(final) == 3 and final.get(k3)["completion"] == "c3"
+
+
+def test_cache_tolerates_line_cut_inside_a_character(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    GenerationCache(path).put("m", None, "e1", "p1", "c1", CACHE_SAMPLING, 1)
+    partial = json.dumps({"key": "x", "completion": "椰子水"}, ensure_ascii=False).encode("utf-8")
+    with path.open("ab") as f:
+        f.write(partial[: partial.index("椰".encode()) + 1])  # half of a UTF-8 character
+    cache = GenerationCache(path)
+    assert cache.dropped_partial_line and len(cache) == 1
+
+
+def test_cache_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    path.write_text(json.dumps({"key": "k", "completion": "c"}), encoding="utf-8")
+    cache = GenerationCache(path)
+    assert cache.get("k")["completion"] == "c" and not cache.dropped_partial_line
+    cache.put("m", None, "e", "p", "c2", CACHE_SAMPLING, 1)
+    assert len(GenerationCache(path)) == 2
+
+
+def test_cache_corrupt_middle_line_raises(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n', encoding="utf-8")
+    with pytest.raises(GenerationError, match="line 2"):
+        GenerationCache(path)

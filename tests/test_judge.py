@@ -1,4 +1,4 @@
-"""lib.judge and lib.judge_backends without a real model: P(yes) math, answer tokens, batching, modes, bad inputs.
+"""lib.judge (types, backends, engine) without a real model: P(yes) math, answer tokens, batching, modes, bad inputs.
 
 A fake backend with a tiny character-level tokenizer stands in for vLLM; the transformers backend runs on a
 tiny random model built from a config (seconds, no weights).
@@ -11,9 +11,10 @@ import time
 import pytest
 
 from lib.judge import Judgement
-from lib.judge_backends import (
-    PAD_TEXT, SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, JudgeError, OpenAIBackend, YesNo,
-    answer_token_ids, build_backend, p_yes_from_logprobs, prefix_pad, seed_verdict, single_token_id,
+from lib.judge.backends import JudgeError, OpenAIBackend, YesNo, build_backend, p_yes_from_logprobs
+from lib.judge.engine import (
+    PAD_TEXT, SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, answer_token_ids, prefix_pad, seed_verdict,
+    single_token_id,
 )
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricError, parse_rubric
@@ -502,7 +503,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("scoring", ["restricted", "topk"])
 def test_transformers_backend_batched_equals_alone(tiny_model_dir, section, scoring):
-    from lib.judge_backends import TransformersBackend
+    from lib.judge.backends import TransformersBackend
 
     cfg = JudgeConfig(backend="transformers", answer_scoring=scoring, top_logprobs=40, batch_size=4, max_model_len=256)
     backend = TransformersBackend(str(tiny_model_dir), cfg)
@@ -533,7 +534,7 @@ def test_long_entity_and_long_text_still_fit():
 
 def test_transformers_backend_keeps_only_last_logits(tiny_model_dir, section):
     """Full logits would be batch x length x vocabulary floats: 80 GB for 256 Gemma prompts of 300 tokens."""
-    from lib.judge_backends import TransformersBackend
+    from lib.judge.backends import TransformersBackend
 
     cfg = JudgeConfig(backend="transformers", answer_scoring="restricted", batch_size=8)
     backend = TransformersBackend(str(tiny_model_dir), cfg)
@@ -552,7 +553,7 @@ def test_transformers_backend_keeps_only_last_logits(tiny_model_dir, section):
 def test_openai_helpers():
     from types import SimpleNamespace
 
-    from lib.judge_backends import tokenizer_source, usage_per_prompt
+    from lib.judge.backends import tokenizer_source, usage_per_prompt
 
     assert tokenizer_source("qwen2.5-7b-instruct-awq") == "Qwen/Qwen2.5-7B-Instruct-AWQ"  # registry name -> hub id
     assert tokenizer_source("/some/local/dir") == "/some/local/dir"

@@ -218,15 +218,15 @@ def test_rerun_single_stage_keeps_previous(sandbox):
 
 
 def test_report_failure_does_not_fail_the_run(sandbox, monkeypatch):
-    import lib.report
+    import lib.eval.report
 
     nb_dir, _ = sandbox
     _notebook(nb_dir / "00_build_data.ipynb", "pass")
 
     def broken(run_dir):
-        raise lib.report.ReportError("cannot build")
+        raise lib.eval.report.ReportError("cannot build")
 
-    monkeypatch.setattr(lib.report, "build_run_report", broken)
+    monkeypatch.setattr(lib.eval.report, "build_run_report", broken)
     m = _manifest(run_pipeline("smoke", run_id="r-report"))
     assert m["status"] == "ok" and "report" not in m and m["report_error"] == "ReportError: cannot build"
 

@@ -1,4 +1,4 @@
-"""lib.report: case-study pages and the one-file run report."""
+"""lib.eval.report: case-study pages and the one-file run report."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lib.evaluate import save_table
+from lib.eval.metrics import save_table
 from lib.judge import Judgement
 from lib.profiles import Profile, dump_profile
-from lib.report import (
+from lib.eval.report import (
     REPORT_SECTIONS,
     ReportError,
     build_run_report,

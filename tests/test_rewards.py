@@ -326,7 +326,7 @@ def test_one_batch_gives_the_same_rewards(order):
 
 
 def test_one_batch_with_the_engine_same_rewards_half_the_engine_calls():
-    from lib.judge_backends import JudgeEngine
+    from lib.judge import JudgeEngine
     from lib.profiles import JudgeConfig
     from tests.test_judge import FakeBackend
 

@@ -1,4 +1,4 @@
-"""lib.rollouts: GRPO rollouts on vLLM with the current LoRA adapter (the engine is faked here; the smoke
+"""lib.train.rollouts: GRPO rollouts on vLLM with the current LoRA adapter (the engine is faked here; the smoke
 pipeline test runs the real one), and the training-side checks of train.rollout_engine 'vllm_lora'."""
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lib import train
 from lib.profiles import load_profile
-from lib.rollouts import LoRARollouts, chat_token_ids, sample_seed
-from lib.train import TrainError
+from lib.train.rollouts import LoRARollouts, chat_token_ids, sample_seed
+from lib.train import TrainError, grpo
 from tests.train_helpers import build_tiny_policy
 
 
@@ -84,19 +83,19 @@ def test_rollouts_use_the_current_adapter_and_the_chat_template(tiny_policy, tmp
 def test_vllm_lora_needs_the_judge_engine_of_the_policy_model(tmp_path):
     profile = load_profile("cpu", overrides={"judge": {"model": "gemma3-270m"}})
     with pytest.raises(TrainError, match=r"judge.model == policy_model .*'gemma3-270m'"):
-        train.lora_rollouts(profile, judge=None, tokenizer=None, out=tmp_path)
+        grpo.lora_rollouts(profile, judge=None, tokenizer=None, out=tmp_path)
     profile = load_profile("cpu")
     no_lora = SimpleNamespace(backend=SimpleNamespace(llm=SimpleNamespace(llm_engine=SimpleNamespace(
         vllm_config=SimpleNamespace(lora_config=None)))))
     with pytest.raises(TrainError, match="judge_engine_kwargs"):
-        train.lora_rollouts(profile, judge=no_lora, tokenizer=None, out=tmp_path)
+        grpo.lora_rollouts(profile, judge=no_lora, tokenizer=None, out=tmp_path)
 
 
 def test_vllm_lora_builds_the_judge_with_lora_and_no_trl_vllm(tmp_path):
     profile = load_profile("cpu")
-    assert train.judge_engine_kwargs(profile) == {"max_lora_rank": profile.train.lora_rank}
-    assert train.judge_engine_kwargs(load_profile("cpu", overrides={"train": {"rollout_engine": "hf"}})) == {}
-    kw = train.grpo_config_kwargs(profile, tmp_path)
+    assert grpo.judge_engine_kwargs(profile) == {"max_lora_rank": profile.train.lora_rank}
+    assert grpo.judge_engine_kwargs(load_profile("cpu", overrides={"train": {"rollout_engine": "hf"}})) == {}
+    kw = grpo.grpo_config_kwargs(profile, tmp_path)
     assert kw["use_vllm"] is False and kw["bf16"] is False  # TRL's own vLLM stays off; no autocast on CPU
 
 
@@ -105,7 +104,7 @@ def test_cpu_lora_ops_match_vllms_for_adapters_and_skip_no_lora_rows(dtype):
     import torch
     from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
 
-    from lib import rollouts
+    from lib.train import rollouts
 
     torch.manual_seed(0)
     dt = getattr(torch, dtype)

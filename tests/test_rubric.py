@@ -8,7 +8,7 @@ import pytest
 from lib import paths
 from lib.rubric import (
     MIN_THINK_CHARS,
-    THINK_PLACEHOLDER,
+    TEMPLATE_PLACEHOLDER,
     RubricError,
     RubricItem,
     RubricSection,
@@ -321,7 +321,7 @@ def test_section_score_rejects_out_of_range(default, bad):
     "text, reason",
     [
         ("这里写下你的思考过程", "placeholder"),
-        ("我认为这款可乐的目标用户是年轻人，" * 3 + THINK_PLACEHOLDER, "placeholder"),  # long but still the template
+        ("我认为这款可乐的目标用户是年轻人，" * 3 + TEMPLATE_PLACEHOLDER, "placeholder"),  # long but still the template
         ("短", "too_short"),
         ("", "too_short"),
         ("一" * (MIN_THINK_CHARS - 1), "too_short"),

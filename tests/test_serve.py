@@ -21,7 +21,7 @@ import pytest
 
 from lib import rewards as rewards_mod
 from lib.data import make_prompt
-from lib.judge_backends import JudgeError, build_judge
+from lib.judge import JudgeError, build_judge
 from lib.profiles import load_profile
 from lib.rubric import load_rubric
 from lib.serve.app import Limits, RewardScorer, ServerThread, create_app

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lib import rewards as rewards_mod
-from lib.judge_backends import JudgeError
+from lib.judge import JudgeError
 from lib.serve.app import Limits, RewardScorer, ServerThread, create_app
 from lib.serve.client import RemoteRewardError, RemoteRewards
 from lib.serve.openrlhf import QueryError, completion_from_query

@@ -1,4 +1,4 @@
-"""lib.train and lib.train_logging: config mapping, keyword arguments against the installed libraries,
+"""lib.train and lib.train.logs: config mapping, keyword arguments against the installed libraries,
 reward selection, the training logger, curves, the first/last verdict, and (smoke) kill-and-resume."""
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from lib import paths, rewards, train, train_logging
+from lib import paths, rewards
+from lib.data import read_jsonl
+from lib.train import cpu_logprobs, grpo, logs
 from lib.profiles import TrainConfig, load_profile
 from lib.rubric import load_rubric
 from lib.train import TrainError
-from lib.train_logging import RewardRecorder, TrainingLogger, TrainLogError, first_last_comparison, plot_training
+from lib.train.logs import RewardRecorder, TrainingLogger, TrainLogError, first_last_comparison, plot_training
 from tests.fakes import KeywordJudge
 
 PROFILES = ("smoke", "cpu", "gpu")
@@ -86,7 +88,7 @@ def test_call_keywords_follows_dicts(tmp_path):
 def test_every_grpo_config_keyword_exists(name, tmp_path):
     from trl import GRPOConfig
 
-    kwargs = train.grpo_config_kwargs(load_profile(name), tmp_path)
+    kwargs = grpo.grpo_config_kwargs(load_profile(name), tmp_path)
     fields, _ = _params(GRPOConfig)
     assert set(kwargs) <= fields, f"not in trl.GRPOConfig: {sorted(set(kwargs) - fields)}"
     assert "max_prompt_length" not in kwargs  # TRL 1.15 dropped it: prompts are filtered instead
@@ -95,7 +97,7 @@ def test_every_grpo_config_keyword_exists(name, tmp_path):
 @pytest.mark.parametrize("name", ["smoke", "cpu"])
 def test_grpo_config_mapping(name, tmp_path):
     p = load_profile(name)
-    cfg = train.build_grpo_config(p, tmp_path / "ckpt")
+    cfg = grpo.build_grpo_config(p, tmp_path / "ckpt")
     t = p.train
     for field in ("learning_rate", "beta", "temperature", "top_p", "num_generations", "max_completion_length",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
@@ -111,14 +113,14 @@ def test_grpo_config_mapping(name, tmp_path):
 
 
 def test_gpu_profile_uses_unsloth_engine(tmp_path):
-    kw = train.grpo_config_kwargs(load_profile("gpu"), tmp_path)
+    kw = grpo.grpo_config_kwargs(load_profile("gpu"), tmp_path)
     assert kw["use_vllm"] is True and kw["bf16"] is True and "use_cpu" not in kw
     p = load_profile("gpu")
-    load = train.unsloth_load_kwargs(p, "some/model")
+    load = grpo.unsloth_load_kwargs(p, "some/model")
     assert load["fast_inference"] is True and load["max_lora_rank"] == p.train.lora_rank
     assert load["gpu_memory_utilization"] == p.train.gpu_memory_utilization
     assert load["max_seq_length"] == p.train.max_prompt_length + p.train.max_completion_length
-    peft_kw = train.unsloth_peft_kwargs(p)
+    peft_kw = grpo.unsloth_peft_kwargs(p)
     assert peft_kw["r"] == p.train.lora_rank and peft_kw["random_state"] == p.seed
 
 
@@ -127,41 +129,41 @@ def test_rollout_engines_of_the_trl_backend(tmp_path):
 
     fields, _ = _params(GRPOConfig)
     over = {"device": "cuda", "train": {"rollout_engine": "vllm_server", "vllm_server_base_url": "http://h:8000"}}
-    kw = train.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
+    kw = grpo.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
     assert kw["use_vllm"] and kw["vllm_mode"] == "server" and kw["vllm_server_base_url"] == "http://h:8000"
     assert set(kw) <= fields
     over = {"device": "cuda", "train": {"rollout_engine": "vllm_colocate", "gpu_memory_utilization": 0.4}}
-    kw = train.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
+    kw = grpo.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
     assert kw["vllm_mode"] == "colocate" and kw["vllm_gpu_memory_utilization"] == 0.4 and set(kw) <= fields
     with pytest.raises(TrainError, match="vllm_server_base_url"):
-        train.grpo_config_kwargs(load_profile("smoke", overrides={"train": {"rollout_engine": "vllm_server"}}), tmp_path)
+        grpo.grpo_config_kwargs(load_profile("smoke", overrides={"train": {"rollout_engine": "vllm_server"}}), tmp_path)
     with pytest.raises(TrainError, match="weight sync"):
-        train.grpo_config_kwargs(load_profile("smoke", overrides={"train": {"rollout_engine": "vllm_colocate"}}), tmp_path)
+        grpo.grpo_config_kwargs(load_profile("smoke", overrides={"train": {"rollout_engine": "vllm_colocate"}}), tmp_path)
 
 
 def test_generation_batch_must_hold_whole_groups(tmp_path):
     p = load_profile("smoke", overrides={"train": {"num_generations": 3, "per_device_train_batch_size": 2}})
     with pytest.raises(TrainError, match="num_generations"):
-        train.grpo_config_kwargs(p, tmp_path)
+        grpo.grpo_config_kwargs(p, tmp_path)
     p = load_profile("smoke", overrides={"train": {"warmup_ratio": 1.0}})
     with pytest.raises(TrainError, match="warmup_ratio"):
-        train.grpo_config_kwargs(p, tmp_path)
+        grpo.grpo_config_kwargs(p, tmp_path)
 
 
 def test_grpo_trainer_and_lora_keywords_exist():
     from peft import LoraConfig
     from trl import GRPOTrainer
 
-    src = Path(train.__file__)
+    src = Path(grpo.__file__)
     calls = call_keywords(src, "GRPOTrainer")
-    assert calls, "lib/train.py no longer calls GRPOTrainer(...)"
+    assert calls, "lib/train/grpo.py no longer calls GRPOTrainer(...)"
     accepted, _ = _params(GRPOTrainer.__init__)
     for keys in calls:
         assert keys <= accepted, f"not GRPOTrainer arguments: {sorted(keys - accepted)}"
     accepted, _ = _params(LoraConfig)
     p = load_profile("smoke")
-    assert set(train.lora_kwargs(p)) <= accepted
-    cfg = LoraConfig(**train.lora_kwargs(p))
+    assert set(grpo.lora_kwargs(p)) <= accepted
+    cfg = LoraConfig(**grpo.lora_kwargs(p))
     assert cfg.r == p.train.lora_rank and cfg.lora_alpha == p.train.lora_alpha
     assert set(cfg.target_modules) == set(p.train.lora_target_modules)
 
@@ -184,7 +186,7 @@ def test_vllm_keywords_exist():
             n_sp += 1
             assert keys <= sp_ok, f"{src.name}: not SamplingParams arguments: {sorted(keys - sp_ok)}"
     for name in PROFILES:
-        keys = set(train.vllm_sampling_kwargs(load_profile(name)))
+        keys = set(grpo.vllm_sampling_kwargs(load_profile(name)))
         assert keys <= sp_ok, f"not SamplingParams arguments: {sorted(keys - sp_ok)}"
     assert n_sp >= 1  # the judge's calls at least
 
@@ -195,14 +197,14 @@ def test_unsloth_keywords_exist():
     from unsloth import FastLanguageModel
 
     p = load_profile("gpu")
-    for fn, kw in ((FastLanguageModel.from_pretrained, train.unsloth_load_kwargs(p, "m")),
-                   (FastLanguageModel.get_peft_model, train.unsloth_peft_kwargs(p))):
+    for fn, kw in ((FastLanguageModel.from_pretrained, grpo.unsloth_load_kwargs(p, "m")),
+                   (FastLanguageModel.get_peft_model, grpo.unsloth_peft_kwargs(p))):
         accepted, _ = _params(fn)  # named parameters only: what **kwargs would swallow is not checked by Unsloth
         assert set(kw) <= accepted, f"{fn.__name__}: {sorted(set(kw) - accepted)}"
 
 
 def test_train_config_table_lists_every_field():
-    table = train.train_config_table(load_profile("smoke"))
+    table = grpo.train_config_table(load_profile("smoke"))
     assert list(table["parameter"]) == list(TrainConfig.model_fields)
     row = table.set_index("parameter").loc["warmup_ratio"]
     assert row["used as"] == "warmup_steps"
@@ -213,7 +215,7 @@ def test_train_config_table_lists_every_field():
 
 def test_reward_functions_follow_profile_order():
     p = load_profile("smoke", overrides={"train": {"reward_weights": {"answer": 2.0, "format": 0.5, "tag_count": 1.0}}})
-    funcs, weights = train.reward_functions(p)
+    funcs, weights = grpo.reward_functions(p)
     assert [f.__name__ for f in funcs] == ["answer_quality_reward", "format_reward", "tag_count_reward"]
     assert weights == [2.0, 0.5, 1.0]
 
@@ -221,11 +223,11 @@ def test_reward_functions_follow_profile_order():
 def test_unknown_reward_names_it():
     p = load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1.0, "fromat": 1.0}}})
     with pytest.raises(TrainError, match="'fromat'"):
-        train.reward_functions(p)
+        grpo.reward_functions(p)
     p = load_profile("smoke")
     p.train.reward_weights = {}
     with pytest.raises(TrainError, match="empty"):
-        train.reward_functions(p)
+        grpo.reward_functions(p)
 
 
 @pytest.mark.parametrize("together", [False, True])
@@ -235,8 +237,8 @@ def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
     p = load_profile("smoke")
     rewards.configure(judge, load_rubric(), sections=p.train.reward_weights if together else ())
     rec = RewardRecorder()
-    funcs, _ = train.wrapped_reward_functions(p, rec)
-    assert [f.__name__ for f in funcs] == [f.__name__ for f in train.reward_functions(p)[0]]
+    funcs, _ = grpo.wrapped_reward_functions(p, rec)
+    assert [f.__name__ for f in funcs] == [f.__name__ for f in grpo.reward_functions(p)[0]]
     good = "<think>" + "我先分析一下用户需求和品牌定位，再想创意。" * 2 + "</think><answer>椰子水，清爽一夏！</answer>"
     comps = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "乱写"}]]
     prompts = [[{"role": "user", "content": "请为椰子水设计一段创意广告文案"}]] * 2
@@ -251,7 +253,7 @@ def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
     assert set(b["rewards"]) == set(p.train.reward_weights)
     assert b["rewards"]["format"][0] > 0 and b["rewards"]["format"][1] == 0
     assert b["prompts"][0] == "请为椰子水设计一段创意广告文案"
-    rows = train_logging.sample_rows(b, step=3, n=1)
+    rows = logs.sample_rows(b, step=3, n=1)
     assert len(rows) == 1 and rows[0]["step"] == 3 and rows[0]["completion"] == good
     assert rows[0]["answer"]["p_yes"]["relevancy"] == pytest.approx(0.9)  # the entity occurs in the answer
     assert rows[0]["think"]["shortcut"] is None and rows[0]["think"]["score"] == b["rewards"]["think"][0]
@@ -263,7 +265,7 @@ def test_build_trainer_needs_a_configured_judge(monkeypatch, tmp_path):
 
     monkeypatch.setattr(rewards, "_JUDGE", None)
     with pytest.raises(TrainError, match="configure"):
-        train.build_trainer(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")))
+        grpo.build_trainer(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")))
 
 
 # --------------------------------------------------------------------------------- CPU log-probs
@@ -277,7 +279,7 @@ def test_torch_logprobs_match_a_plain_log_softmax(softcap):
     hidden = torch.randn(7, 6, generator=g, requires_grad=True)
     weight = torch.randn(11, 6, generator=g, requires_grad=True)
     targets = torch.randint(0, 11, (7,), generator=g)
-    lp, ent, lsq, mean, top1 = train._torch_chunked_logprob(
+    lp, ent, lsq, mean, top1 = cpu_logprobs._torch_chunked_logprob(
         hidden, weight, None, targets, 0.7, 4096, softcap, 1.5, ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"))
     z = hidden @ weight.T * 1.5
     if softcap:
@@ -298,24 +300,24 @@ def test_torch_logprobs_match_a_plain_log_softmax(softcap):
 def test_cpu_logprob_dispatch_is_installed_once():
     from trl.trainer import utils as trl_utils
 
-    train.install_cpu_logprobs()
-    train.install_cpu_logprobs()
-    assert trl_utils._ChunkedLogProbFunction is train._LogProbDispatch
-    assert train._LogProbDispatch.triton_function is not train._LogProbDispatch
+    cpu_logprobs.install_cpu_logprobs()
+    cpu_logprobs.install_cpu_logprobs()
+    assert trl_utils._ChunkedLogProbFunction is cpu_logprobs._LogProbDispatch
+    assert cpu_logprobs._LogProbDispatch.triton_function is not cpu_logprobs._LogProbDispatch
 
 
 # --------------------------------------------------------------------------------- checkpoints
 
 
 def test_last_checkpoint_skips_incomplete(tmp_path):
-    assert train.last_checkpoint(tmp_path / "none") is None
+    assert grpo.last_checkpoint(tmp_path / "none") is None
     for step, state in ((2, "{}"), (5, "{}"), (7, None), (9, "{broken")):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         if state is not None:
             (d / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-x").mkdir()
-    assert train.last_checkpoint(tmp_path) == tmp_path / "checkpoint-5"
+    assert grpo.last_checkpoint(tmp_path) == tmp_path / "checkpoint-5"
 
 
 def test_no_resume_refuses_existing_checkpoints(tmp_path):
@@ -325,7 +327,7 @@ def test_no_resume_refuses_existing_checkpoints(tmp_path):
     ck.mkdir(parents=True)
     (ck / "trainer_state.json").write_text("{}")
     with pytest.raises(TrainError, match="already has checkpoints"):
-        train.train(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")), resume=False)
+        grpo.train(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")), resume=False)
 
 
 # --------------------------------------------------------------------------------- the logger
@@ -353,14 +355,14 @@ def test_logger_writes_jsonl_csv_and_samples(tmp_path):
         lg.on_log(None, _state(step, step / 10), None, logs={"loss": 0.1 * step, "rewards/format_reward/mean": 0.375,
                                                               "learning_rate": 1e-5, "note": "text is dropped"})
     lg.on_log(None, _state(3), None, logs={"train_runtime": 9.0, "train_loss": 0.2})
-    log = train_logging.read_jsonl(tmp_path / "log.jsonl")
+    log = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]
     assert log[0]["loss"] == pytest.approx(0.1) and "note" not in log[0]
     assert log[1]["judge_seconds"] == pytest.approx(0.5) and log[1]["judge_requests"] == 10
     assert 0 < log[1]["judge_share"]  # 0.5 s of judge in a step that took far less wall time: share > 0
     csv = pd.read_csv(tmp_path / "log.csv")
     assert list(csv["step"]) == [1, 2, 3] and list(csv.columns[:3]) == ["step", "epoch", "wall_time"]
-    samples = train_logging.read_jsonl(tmp_path / "samples.jsonl")
+    samples = read_jsonl(tmp_path / "samples.jsonl")
     assert [s["step"] for s in samples] == [1, 2, 3] and samples[0]["rewards"]["format"] > 0
     assert json.loads((tmp_path / "train_summary.json").read_text())["train_runtime"] == 9.0
 
@@ -376,7 +378,7 @@ def test_logger_resume_skips_written_steps_and_repairs_a_cut_line(tmp_path):
     lg2.on_train_begin(None, _state(2), None)
     for step in (3, 4, 5):
         lg2.on_log(None, _state(step), None, logs={"loss": 10.0 + step, "kl": 0.01})  # kl: a new column
-    log = train_logging.read_jsonl(tmp_path / "log.jsonl")
+    log = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
     assert log[2]["loss"] == 3.0 and log[3]["loss"] == 14.0
     csv = pd.read_csv(tmp_path / "log.csv")
@@ -393,7 +395,7 @@ def test_logger_answers_every_callback_event(tmp_path):
     for ev in events:
         kwargs = {"logs": {"loss": 1.0}} if ev == "on_log" else {"metrics": {}} if ev in ("on_evaluate", "on_predict") else {}
         handler.call_event(ev, None, state, TrainerControl(), **kwargs)
-    assert train_logging.last_step(tmp_path / "log.jsonl") == 1
+    assert logs.last_step(tmp_path / "log.jsonl") == 1
     with pytest.raises(AttributeError):
         TrainingLogger(tmp_path).not_an_event  # noqa: B018
 
@@ -448,17 +450,17 @@ def test_first_last_comparison_rising_flat_falling():
     r = first_last_comparison(flat.head(3), "m")
     assert r["verdict"] == "too few steps" and r["k"] == 1 and r["diff_lo"] is None
     assert first_last_comparison(flat.head(1), "m")["diff"] is None
-    assert "too few" in train_logging.describe_comparison(r)
-    assert "rises" in train_logging.describe_comparison(first_last_comparison(df, k=5))
+    assert "too few" in logs.describe_comparison(r)
+    assert "rises" in logs.describe_comparison(first_last_comparison(df, k=5))
     with pytest.raises(TrainLogError, match="not in the training log"):
         first_last_comparison(flat, "rewards/nope/mean")
 
 
 def test_training_summary_weights_records_by_the_steps_they_cover(tmp_path):
     log = pd.DataFrame({"step": [2, 4, 6], "step_seconds": [1.0, 2.0, 3.0], "judge_seconds": [0.5, 0.5, 1.5]})
-    s = train_logging.training_summary(log)
+    s = logs.training_summary(log)
     assert s == {"steps": 6, "seconds": 12.0, "judge_seconds": 5.0, "judge_share": pytest.approx(5 / 12)}
-    assert train_logging.training_summary(tmp_path / "missing.jsonl")["judge_share"] is None
+    assert logs.training_summary(tmp_path / "missing.jsonl")["judge_share"] is None
 
 
 def test_first_last_comparison_is_reproducible():
@@ -501,12 +503,12 @@ def test_fit_prompts_drops_long_prompts(tiny_policy):
 
     tok = AutoTokenizer.from_pretrained(tiny_policy)
     df = data.build_prompts(pd.DataFrame({"entity": ["椰子水", "椰子水" * 40]}))
-    lengths = train.prompt_lengths(list(df["prompt"]), tok)
+    lengths = grpo.prompt_lengths(list(df["prompt"]), tok)
     assert lengths[0] < lengths[1]
-    kept, dropped = train.fit_prompts(df, tok, lengths[0])
+    kept, dropped = grpo.fit_prompts(df, tok, lengths[0])
     assert list(kept["entity"]) == ["椰子水"] and dropped == 1
     with pytest.raises(TrainError, match="max_prompt_length"):
-        train.fit_prompts(df, tok, lengths[0] - 1)
+        grpo.fit_prompts(df, tok, lengths[0] - 1)
 
 
 @pytest.mark.smoke
@@ -522,7 +524,7 @@ def test_kill_and_resume_continues_logs(tmp_path, tiny_policy):
     first = subprocess.Popen(cmd + ["--judge-delay", "0.3"], cwd=paths.PROJ_ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while train.last_checkpoint(ckpts) is None:
+    while grpo.last_checkpoint(ckpts) is None:
         assert first.poll() is None, f"training exited before a checkpoint: {first.stderr.read().decode()[-2000:]}"
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.05)
@@ -531,7 +533,7 @@ def test_kill_and_resume_continues_logs(tmp_path, tiny_policy):
     first.stderr.close()
     assert first.returncode == -signal.SIGKILL
     assert not (run / "train" / "adapter").exists(), "the first run finished before it was killed"
-    steps_before = [r["step"] for r in train_logging.read_jsonl(run / "train" / "log.jsonl")]
+    steps_before = [r["step"] for r in read_jsonl(run / "train" / "log.jsonl", skip_bad_lines=True)]
     assert steps_before and max(steps_before) < max_steps
 
     second = subprocess.run(cmd, cwd=paths.PROJ_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -539,12 +541,12 @@ def test_kill_and_resume_continues_logs(tmp_path, tiny_policy):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["resumed_from"] and Path(result["resumed_from"]).name.startswith("checkpoint-")
     assert result["steps"] == max_steps
-    steps = [r["step"] for r in train_logging.read_jsonl(run / "train" / "log.jsonl")]
+    steps = [r["step"] for r in read_jsonl(run / "train" / "log.jsonl", skip_bad_lines=True)]
     assert steps == list(range(1, max_steps + 1)), steps
     assert list(pd.read_csv(run / "train" / "log.csv")["step"]) == steps
-    sample_steps = [r["step"] for r in train_logging.read_jsonl(run / "train" / "samples.jsonl")]
+    sample_steps = [r["step"] for r in read_jsonl(run / "train" / "samples.jsonl", skip_bad_lines=True)]
     assert sorted(set(sample_steps)) == steps and sample_steps == sorted(sample_steps)
-    state = json.loads((train.last_checkpoint(ckpts) / "trainer_state.json").read_text())
+    state = json.loads((grpo.last_checkpoint(ckpts) / "trainer_state.json").read_text())
     assert state["global_step"] == max_steps
     assert (run / "train" / "adapter" / "adapter_config.json").exists()
     assert (run / "train" / "merged" / "config.json").exists()
@@ -558,7 +560,7 @@ def test_kill_and_resume_continues_logs(tmp_path, tiny_policy):
     assert result["steps"] == max_steps and result["train_loss"] is None
     assert Path(result["resumed_from"]).name == f"checkpoint-{max_steps}"
     assert (run / "train" / "log.jsonl").read_text() == log_before
-    assert train.last_checkpoint(ckpts).name == f"checkpoint-{max_steps}"
+    assert grpo.last_checkpoint(ckpts).name == f"checkpoint-{max_steps}"
     from safetensors.torch import load_file
 
     saved = load_file(run / "train" / "adapter" / "adapter_model.safetensors")

@@ -2,7 +2,7 @@
 
     python -m lib.cli serve --profile cpu [--host 127.0.0.1 --port 8000 --token T]
 
-Every number comes from `lib.rewards` on the profile's judge (`lib.judge_backends.build_judge`), so it equals
+Every number comes from `lib.rewards` on the profile's judge (`lib.judge.build_judge`), so it equals
 the in-process reward for the same input. Judged rewards (`think`, `answer`) of concurrent requests are merged
 into one judge call: the batcher waits at most `max_wait_ms` after the first waiting request, or until
 `max_batch` completions are waiting. The judge runs in one worker thread (one engine, one call at a time); while
@@ -617,7 +617,7 @@ def serve(profile_name: str, host: str = "127.0.0.1", port: int = 8000, token: s
     """Build the profile's judge once and serve until stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
 
-    from lib.judge_backends import build_judge
+    from lib.judge.engine import build_judge
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
 

@@ -66,7 +66,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def workload(n: int, think_and_answer: bool = True) -> tuple[list[str], list[str]]:
     """n distinct (completion, entity) pairs: catalogue entities, calibration think and answer texts."""
-    from lib import calibration as cal
+    from lib.judge import calibration as cal
     from lib.bench import BenchError
     from lib.data import load_catalogue
     from lib.rubric import think_shortcut
@@ -92,7 +92,7 @@ def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int
                 rewards: Sequence[str], original_batch: int, max_wait_ms: float = 20.0, max_batch: int = 128) -> dict[str, Any]:
     from lib import rewards as rewards_mod
     from lib.bench import BenchError, machine_info, versions, write_json
-    from lib.judge_backends import build_judge
+    from lib.judge.engine import build_judge
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
     from lib.serve.app import JUDGED, Limits, RewardScorer, ServerThread, create_app

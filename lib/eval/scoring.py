@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from lib.judge import SectionJudge
+from lib.data import read_jsonl
+from lib.judge.types import SectionJudge
 from lib.rewards import LAST_DETAILS, answer_quality_reward, format_reward, think_quality_reward
 from lib.rubric import Rubric
 
@@ -87,18 +88,8 @@ def save_details(details: Sequence[dict], path: str | Path) -> Path:
 
 
 def load_details(path: str | Path) -> list[dict]:
-    """Read what `save_details` wrote; [] when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ScoringError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
-    return out
+    """Read what `save_details` wrote; [] when the file does not exist (a bad line: `lib.data.DataError`)."""
+    return read_jsonl(path)
 
 
 def find_detail(details: Sequence[dict], entity: str, completion: str, judge: str = "train") -> dict | None:
@@ -120,7 +111,7 @@ def heldout_judge(profile: "Profile", train_judge) -> tuple[SectionJudge, bool]:
     settings equal the training judge's, the training engine is reused (only the rubric differs, no second
     start); otherwise the training judge is closed first, so two engines are never alive at once.
     """
-    from lib.judge_backends import JudgeEngine, build_judge
+    from lib.judge.engine import JudgeEngine, build_judge
 
     train_cfg = profile.judge
     cfg = profile.eval.heldout_judge
@@ -217,7 +208,7 @@ def score_with_reuse(
 
 
 def case_entry_from_detail(detail: dict) -> dict:
-    """A lib.report case entry (one model's column) from one `score_completions` detail."""
+    """A lib.eval.report case entry (one model's column) from one `score_completions` detail."""
     return {"completion": detail["completion"], "format": detail["format"], "think_score": detail["think_score"],
             "answer_score": detail["answer_score"], "think_items": detail["think_items"],
             "answer_items": detail["answer_items"]}
@@ -264,7 +255,7 @@ def inline_case_view(page: str) -> str:
 
 
 def build_cases(entities: Sequence[str], prompts: Sequence[str] | None, details_by_column: Mapping[str, Sequence[dict]]) -> list[dict]:
-    """Case dicts for lib.report: per entity, one column per label (details aligned with `entities`);
+    """Case dicts for lib.eval.report: per entity, one column per label (details aligned with `entities`);
     `prompts`: the user prompt shown above each case (None: none)."""
     cases = []
     for i, e in enumerate(entities):

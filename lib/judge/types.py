@@ -1,15 +1,25 @@
 """The judge: asks a rubric section's yes/no questions about texts and returns P(yes) per question.
 
-The reward functions (lib.rewards) only see `SectionJudge.judge_section`; backends (vLLM in-process,
-transformers, an OpenAI-compatible server) live in lib.judge_backends.
+The reward functions (lib.rewards) only see `SectionJudge.judge_section`; lib.judge.engine implements it on the
+backends of lib.judge.backends (vLLM in-process, transformers, an OpenAI-compatible server).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from lib.rubric import RubricSection
+
+
+def soft_indicator(p_yes: float | None) -> float:
+    """A judgement's soft-mode value: P(yes), or 0.5 when it is flagged (no yes/no seen: p_yes None or NaN).
+
+    >>> soft_indicator(0.8), soft_indicator(None), soft_indicator(float("nan"))
+    (0.8, 0.5, 0.5)
+    """
+    return 0.5 if p_yes is None or math.isnan(p_yes) else float(p_yes)
 
 
 @dataclass
@@ -31,7 +41,7 @@ class Judgement:
         A flagged judgement (no yes/no seen) counts 0.5 in soft mode and is counted in the logs.
         """
         if mode == "soft":
-            return 0.5 if self.p_yes is None else float(self.p_yes)
+            return soft_indicator(self.p_yes)
         return 1.0 if self.verdict else 0.0
 
 
@@ -43,12 +53,11 @@ class JudgeStats:
     truncated: int = 0
     prompt_tokens: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class SectionJudge(Protocol):
     """A judge of rubric sections. It may also offer `judge_sections([(section, entities, texts), ...])`, the same
-    for several sections in one batch (lib.judge_backends.JudgeEngine does); lib.rewards uses it when present."""
+    for several sections in one batch (lib.judge.engine.JudgeEngine does); lib.rewards uses it when present."""
 
     mode: str  # "soft" | "hard" | "seed"
     threshold: float

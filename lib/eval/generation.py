@@ -5,7 +5,7 @@
                      {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95}, seed=42, cache=cache,
                      entities=["椰子水"])
 
-- Cache first: the key is `lib.evaluate.generation_cache_key(model, adapter key, prompt text, sampling
+- Cache first: the key is `generation_cache_key(model, adapter key, prompt text, sampling
   plus `engine_id`, request seed)`; the adapter key is the sha256 of the adapter's files (`adapter_key`), so a retrained
   adapter is never served an old completion, while a moved run directory still is. Only misses are
   generated, and each is stored as soon as its chunk finishes.
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from lib import paths
-from lib.evaluate import GenerationCache, generation_cache_key
-from lib.models import VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, load_tokenizer, resolve_model, stop_token_ids
+from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available, load_tokenizer, resolve_model,
+                        stop_token_ids)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -55,6 +55,118 @@ GenerateFn = Callable[[str, "str | None", list[str], dict, list[int]], list[str]
 
 class GenerationError(RuntimeError):
     """Generation that cannot run as asked; one line naming the model, adapter or value."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation cache
+# ----------------------------------------------------------------------------------------------
+
+def generation_cache_key(model: str, adapter: str | None, prompt: str, sampling: dict, seed: int) -> str:
+    """The sha256 of the canonical JSON of everything that determines a sampled completion.
+
+    >>> k = generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
+    >>> len(k), k == generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
+    (64, True)
+    """
+    payload = {"model": model, "adapter": adapter, "prompt": prompt, "sampling": sampling, "seed": seed}
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class GenerationCache:
+    """Completions already generated, in an append-only JSONL file (one record a line).
+
+    Each record: {key, model, adapter, entity, prompt, completion, sampling, seed}; `key` is
+    `generation_cache_key(model, adapter, prompt, sampling, seed)`. A later record with the same
+    key wins. A process killed mid-write leaves a truncated last line: on opening, that line is
+    dropped and the file is cut back to its last complete line (so the next append stays valid
+    JSONL; a complete last record that only lacks its newline is kept and the newline added);
+    `dropped_partial_line` says whether a partial line was dropped. A malformed line anywhere else is
+    corruption, not a crash, and raises `GenerationError`.
+
+    >>> cache = GenerationCache(tmp / "generations.jsonl")  # doctest: +SKIP
+    >>> key = cache.put("m", None, "entity", "prompt", "<think>…", {"temperature": 0.7}, 42)  # doctest: +SKIP
+    >>> cache.get(key)["completion"]  # doctest: +SKIP
+    '<think>…'
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._records: dict[str, dict] = {}
+        self.dropped_partial_line = False
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        # after a final "\n" split leaves b""; anything else there is an unfinished write
+        complete, tail = lines[:-1], lines[-1]
+        for lineno, raw in enumerate(complete, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise GenerationError(f"{self.path}: line {lineno} is not valid JSON ({exc})") from None
+            if not isinstance(rec, dict) or "key" not in rec:
+                raise GenerationError(f"{self.path}: line {lineno} has no 'key' field")
+            self._records[rec["key"]] = rec
+        if tail.strip():
+            try:
+                rec = json.loads(tail.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if isinstance(rec, dict) and "key" in rec:
+                self._records[rec["key"]] = rec  # complete record that only lacks its newline
+                with self.path.open("ab") as f:
+                    f.write(b"\n")
+            else:
+                self.dropped_partial_line = True
+                os.truncate(self.path, len(data) - len(tail))
+
+    def get(self, key: str) -> dict | None:
+        """The record stored under `key`, or None."""
+        return self._records.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[dict]:
+        """Every stored record (the latest one per key), in first-written order."""
+        return list(self._records.values())
+
+    def put(
+        self,
+        model: str,
+        adapter: str | None,
+        entity: str,
+        prompt: str,
+        completion: str,
+        sampling: dict,
+        seed: int,
+    ) -> str:
+        """Append one completion (flushed at once, so a crash loses at most this line); returns its key."""
+        key = generation_cache_key(model, adapter, prompt, sampling, seed)
+        rec = {
+            "key": key,
+            "model": model,
+            "adapter": adapter,
+            "entity": entity,
+            "prompt": prompt,
+            "completion": completion,
+            "sampling": sampling,
+            "seed": seed,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+        self._records[key] = rec
+        return key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +267,7 @@ def engine_id(backend: str | GenerateFn, dtype: str | None = None) -> str:
     if backend == "vllm":
         return f"vllm:{dtype or serving_dtype()}"
     if backend == "transformers":
-        return f"transformers:{'bfloat16' if _cuda() else 'float32'}"
+        return f"transformers:{'bfloat16' if cuda_available() else 'float32'}"
     raise GenerationError(f"unknown generation backend {backend!r}; use 'vllm' or 'transformers'")
 
 
@@ -256,15 +368,9 @@ def generate_for_models(
 # Backends
 # ----------------------------------------------------------------------------------------------
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def serving_dtype() -> str:
     """The vLLM dtype for evaluation: float32 on CPU (as the CPU profiles train), the model's own ("auto") on GPU."""
-    return "auto" if _cuda() else "float32"
+    return "auto" if cuda_available() else "float32"
 
 
 def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache_dir: Path | None = None) -> Path:
@@ -333,7 +439,7 @@ class VLLMGenerator:
         longest = max((len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts), default=0)
         max_len = max(512, 256 * math.ceil((longest + sampling["max_new_tokens"]) / 256))
         kwargs = dict(model=path, max_model_len=max_len, seed=seed, dtype=dtype)
-        if _cuda():
+        if cuda_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             kwargs.update(enforce_eager=True, block_size=VLLM_CPU_BLOCK_SIZE)  # CPU: eager starts in 25 s instead of ~2 min
@@ -360,7 +466,7 @@ def load_for_generation(model: str, adapter: str | Path | None = None):
     """(model, tokenizer) with transformers, the adapter merged in; float32 on CPU, bf16 on GPU."""
     from lib.models import load_causal_lm
 
-    cuda = _cuda()
+    cuda = cuda_available()
     lm, tok = load_causal_lm(model, dtype="bfloat16" if cuda else "float32", device="cuda" if cuda else "cpu")
     if adapter is not None:
         from peft import PeftModel

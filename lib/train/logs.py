@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from lib import rewards as rewards_mod
+from lib.data import read_jsonl
 
 LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
@@ -62,26 +63,9 @@ def _repair_jsonl(path: Path) -> None:
         f.truncate(cut)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; unparseable lines (a killed writer's last line) are skipped."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def last_step(path: str | Path) -> int:
     """The largest `step` in a JSONL log (0 when the file is missing or empty)."""
-    steps = [int(r["step"]) for r in read_jsonl(path) if isinstance(r.get("step"), (int, float))]
+    steps = [int(r["step"]) for r in read_jsonl(path, skip_bad_lines=True) if isinstance(r.get("step"), (int, float))]
     return max(steps, default=0)
 
 
@@ -93,7 +77,7 @@ def read_log(log: str | Path | pd.DataFrame | Sequence[Mapping]) -> pd.DataFrame
         p = Path(log)
         if not p.exists():
             raise TrainLogError(f"{p}: training log not found")
-        df = pd.read_csv(p) if p.suffix == ".csv" else pd.DataFrame(read_jsonl(p))
+        df = pd.read_csv(p) if p.suffix == ".csv" else pd.DataFrame(read_jsonl(p, skip_bad_lines=True))
     else:
         df = pd.DataFrame(list(log))
     if df.empty:

@@ -20,9 +20,9 @@ from lib import paths
 
 def _batch(tokenizer, n: int) -> tuple[list[list[int]], list[int]]:
     """(token ids of prompt+completion, index where the completion starts) for `n` calibration texts."""
-    from lib.data import make_prompt
+    from lib.data import make_prompt, read_jsonl
 
-    rows = [json.loads(line) for line in paths.CALIBRATION_SET.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(paths.CALIBRATION_SET)
     answers = [r for r in rows if r["section"] == "answer"][:n]
     seqs, starts = [], []
     for r in answers:

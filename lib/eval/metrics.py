@@ -1,4 +1,4 @@
-"""Evaluation: a generation cache, diagnostics of completions, score tables with bootstrap intervals,
+"""Evaluation metrics: diagnostics of completions, score tables with bootstrap intervals,
 a two-judge comparison that flags likely reward hacking, and the bar chart of the scores.
 
 Pure logic: the evaluation notebook generates and judges; this module only counts and summarises.
@@ -8,10 +8,7 @@ character n-grams and self-BLEU is character-level BLEU-4 (whitespace removed fi
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -20,7 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lib.rewards import extract_answer, extract_think
+from lib.rewards import CLAUSE_DELIMITERS, extract_answer, extract_think
+from lib.rubric import TEMPLATE_PLACEHOLDER
 from lib.stats import bootstrap_ci
 
 
@@ -29,124 +27,13 @@ class EvaluateError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Generation cache
-# ----------------------------------------------------------------------------------------------
-
-def generation_cache_key(model: str, adapter: str | None, prompt: str, sampling: dict, seed: int) -> str:
-    """The sha256 of the canonical JSON of everything that determines a sampled completion.
-
-    >>> k = generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
-    >>> len(k), k == generation_cache_key("gemma3-270m", None, "写广告", {"temperature": 0.7}, 42)
-    (64, True)
-    """
-    payload = {"model": model, "adapter": adapter, "prompt": prompt, "sampling": sampling, "seed": seed}
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-class GenerationCache:
-    """Completions already generated, in an append-only JSONL file (one record a line).
-
-    Each record: {key, model, adapter, entity, prompt, completion, sampling, seed}; `key` is
-    `generation_cache_key(model, adapter, prompt, sampling, seed)`. A later record with the same
-    key wins. A process killed mid-write leaves a truncated last line: on opening, that line is
-    dropped and the file is cut back to its last complete line (so the next append stays valid
-    JSONL; a complete last record that only lacks its newline is kept and the newline added);
-    `dropped_partial_line` says whether a partial line was dropped. A malformed line anywhere else is
-    corruption, not a crash, and raises `EvaluateError`.
-
-    >>> cache = GenerationCache(tmp / "generations.jsonl")  # doctest: +SKIP
-    >>> key = cache.put("m", None, "entity", "prompt", "<think>…", {"temperature": 0.7}, 42)  # doctest: +SKIP
-    >>> cache.get(key)["completion"]  # doctest: +SKIP
-    '<think>…'
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._records: dict[str, dict] = {}
-        self.dropped_partial_line = False
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        # after a final "\n" split leaves b""; anything else there is an unfinished write
-        complete, tail = lines[:-1], lines[-1]
-        for lineno, raw in enumerate(complete, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise EvaluateError(f"{self.path}: line {lineno} is not valid JSON ({exc})") from None
-            if not isinstance(rec, dict) or "key" not in rec:
-                raise EvaluateError(f"{self.path}: line {lineno} has no 'key' field")
-            self._records[rec["key"]] = rec
-        if tail.strip():
-            try:
-                rec = json.loads(tail.decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rec = None
-            if isinstance(rec, dict) and "key" in rec:
-                self._records[rec["key"]] = rec  # complete record that only lacks its newline
-                with self.path.open("ab") as f:
-                    f.write(b"\n")
-            else:
-                self.dropped_partial_line = True
-                os.truncate(self.path, len(data) - len(tail))
-
-    def get(self, key: str) -> dict | None:
-        """The record stored under `key`, or None."""
-        return self._records.get(key)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def records(self) -> list[dict]:
-        """Every stored record (the latest one per key), in first-written order."""
-        return list(self._records.values())
-
-    def put(
-        self,
-        model: str,
-        adapter: str | None,
-        entity: str,
-        prompt: str,
-        completion: str,
-        sampling: dict,
-        seed: int,
-    ) -> str:
-        """Append one completion (flushed at once, so a crash loses at most this line); returns its key."""
-        key = generation_cache_key(model, adapter, prompt, sampling, seed)
-        rec = {
-            "key": key,
-            "model": model,
-            "adapter": adapter,
-            "entity": entity,
-            "prompt": prompt,
-            "completion": completion,
-            "sampling": sampling,
-            "seed": seed,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-        self._records[key] = rec
-        return key
-
-
-# ----------------------------------------------------------------------------------------------
 # Diagnostics of completions
 # ----------------------------------------------------------------------------------------------
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-PLACEHOLDER = "这里写下你的"  # the prompt template's placeholder ("write your ... here"): copying it is a failure
-CLAUSE_SPLIT = re.compile(r"[。？，！\n]")  # Chinese clause ends (and line breaks)
+# The diagnostic's clause rule: the reward's delimiters plus line breaks, whitespace removed, empty pieces dropped
+# (`rewards.repetition_ratio` keeps the original's own rule, empty pieces included, for the reward).
+DIAGNOSTIC_CLAUSE_SPLIT = re.compile(f"[{CLAUSE_DELIMITERS}\n]")
 _WS = re.compile(r"\s+")
 
 
@@ -256,7 +143,7 @@ def clauses(text: str) -> list[str]:
     >>> clauses("清爽一夏，就喝它！ 真的。")
     ['清爽一夏', '就喝它', '真的']
     """
-    return [c for c in (_chars(x) for x in CLAUSE_SPLIT.split(text)) if c]
+    return [c for c in (_chars(x) for x in DIAGNOSTIC_CLAUSE_SPLIT.split(text)) if c]
 
 
 def clause_overlap(think: str, answer: str) -> float:
@@ -311,7 +198,7 @@ def diagnostics(completions: list[str]) -> dict[str, float]:
         "distinct_2": distinct_n(answers, 2),
         "self_bleu": self_bleu(answers),
         "think_answer_overlap": float(np.mean(overlaps)) if overlaps else float("nan"),
-        "placeholder_share": sum(PLACEHOLDER in c for c in completions) / n,
+        "placeholder_share": sum(TEMPLATE_PLACEHOLDER in c for c in completions) / n,
         "missing_tag_share": sum(any(v == 0 for v in t.values()) for t in tags) / n,
         "one_of_each_tag_share": sum(all(v == 1 for v in t.values()) for t in tags) / n,
     }

@@ -6,36 +6,34 @@ each with a human yes/no label for every question of its rubric section.
 
 How notebook 02 (judge calibration) calls this module, in order::
 
-    from lib import calibration as cal
-    from lib.rubric import load_rubric
+    from lib.judge import calibration as cal
 
-    rubric = load_rubric(ctx.profile.rubric.path)
-    calib = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))   # one row per text
-    labels = cal.long_labels(calib)                                           # one row per (text, question)
-    judged = cal.judge_calibration_set(judge, rubric, calib)                  # p_yes, verdict, flagged per (id, key)
+    full = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))          # one row per text
+    calib = cal.select_calibration_texts(full, max_texts, seed=seed)              # stratified by kind
+    labels = cal.long_labels(calib)                                               # one row per (text, question)
+    judged = cal.judge_calibration_set(judge, rubric, calib)                      # p_yes, verdict, flagged per (id, key)
     long = labels.merge(judged, on=["id", "section", "key"])
 
     # 1 agreement and calibration, per question and overall
-    table = cal.metrics_table(long["label"], long["p_yes"], by=long["section"] + "/" + long["key"])
-    cal.reliability_diagram(long["label"], long["p_yes"], ctx.stage("calibration") / "reliability.png")
-    sweep = cal.threshold_sweep(long["label"], long["p_yes"])
-    cal.plot_threshold_sweep(sweep, ctx.stage("calibration") / "threshold_sweep.png", label_yes_rate=long["label"].mean())
+    table = cal.metrics_table(long["label"], long["p_yes"], threshold=t, by=long["section"] + "/" + long["key"])
+    cal.write_table(table, out / "metrics")                                       # metrics.csv + metrics.md
+    cal.reliability_diagram(long["label"], long["p_yes"], out / "reliability.png")
+    sweep = cal.threshold_sweep(long["label"], long["p_yes"]); cal.plot_threshold_sweep(sweep, out / "threshold_sweep.png")
 
     # 2 judge modes: hard verdicts are the soft judgements' `verdict` (P(yes) >= threshold); seed mode (the
     #   original's) asks again on the same backend: JudgeEngine(judge.backend, cfg, mode="seed")
     frame = cal.mode_frame(labels, soft=judged, hard=judged, seed=cal.judge_calibration_set(seed_judge, rubric, calib))
-    agreement = cal.mode_agreement(frame)
+    agreement = cal.mode_agreement(frame, threshold=t)
 
-    # 3 bias probes (their texts are judged the same way, then summarized per group)
-    probes = cal.load_probes()
-    good = calib[(calib.section == "answer") & (calib.kind == "good")]
-    pads = cal.length_probe_texts(dict(zip(good.id, good.text)), probes["filler_sentences"])
-    swaps = cal.relevance_probe_pairs(calib[calib.section == "answer"])
-    summary = cal.summarize_probe(scored_pads, value_col="score", group_col="pad_level")
-    cal.plot_probe(summary, "pad_level", ctx.stage("calibration") / "length_probe.png")
-    # (run_length_probe and run_relevance_probe do the judging of both probes)
+    # 3 bias probes: good answers padded with filler, and the same copy asked about another entity
+    length = cal.run_length_probe(judge, rubric["answer"], good, cal.load_probes()["filler_sentences"], pad_levels)
+    length_summary = cal.summarize_probe(length, "p_yes", "pad_level")
+    relevance = cal.run_relevance_probe(judge, rubric["answer"], cal.relevance_probe_pairs(relevant, pool=answers))
+    relevance_summary = cal.summarize_relevance(relevance)
 
-    # 4 in words: calibration_summary(...) -> describe_calibration(summary)
+    # 4 in words
+    summary = cal.calibration_summary(long, agreement, length, relevance, threshold=t)
+    cal.save_summary(summary, cal.describe_calibration(summary), out)
 """
 from __future__ import annotations
 
@@ -55,7 +53,7 @@ from lib.rubric import SECTION_NAMES
 from lib.stats import bootstrap_ci
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lib.judge import SectionJudge
+    from lib.judge.types import SectionJudge
     from lib.rubric import Rubric, RubricSection
 
 PROBES_FILE = paths.DATA_DIR / "probes.yaml"  # filler sentences for the length probe
@@ -659,6 +657,7 @@ def run_length_probe(
     p_yes (mean P(yes) over the items the judge answered), score (`section_score` of the soft
     indicators, flagged items counting 0.5 as in training), flagged (items without an answer).
     """
+    from lib.judge.types import soft_indicator
     from lib.rubric import section_score
 
     pads = length_probe_texts(dict(zip(good["id"], good["text"])), filler_sentences, pad_levels, seed=seed)
@@ -669,7 +668,7 @@ def run_length_probe(
     rows = []
     for r in probe.itertuples(index=False):
         sub = judged[judged["id"] == r.pid]
-        ind = {k: 0.5 if np.isnan(p) else p for k, p in zip(sub["key"], sub["p_yes"])}
+        ind = {k: soft_indicator(p) for k, p in zip(sub["key"], sub["p_yes"])}
         rows.append({"id": r.id, "pad_level": r.pad_level, "n_chars": r.n_chars, "p_yes": float(sub["p_yes"].mean()),
                      "score": section_score(section, ind), "flagged": int(sub["flagged"].sum())})
     return pd.DataFrame(rows, columns=["id", "pad_level", "n_chars", "p_yes", "score", "flagged"])

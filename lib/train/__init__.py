@@ -1,0 +1,23 @@
+"""GRPO training (notebook 03, `python -m lib.train`).
+
+- grpo: the trainer from a profile (`build_trainer`, `train`), its config and reward functions
+- logs: the training logs (log.jsonl, samples, curves, first-vs-last comparison, summary)
+- rollouts: rollouts from the judge's vLLM engine with the current LoRA adapter (CPU)
+- cpu_logprobs: TRL's Triton log-prob kernel replaced by PyTorch off CUDA
+- precision: bf16 vs float32 training log-probs (`python -m lib.bench precision`)
+"""
+from lib.train.grpo import (
+    TrainError,
+    build_grpo_config,
+    build_trainer,
+    judge_engine_kwargs,
+    last_checkpoint,
+    prepare_backend,
+    reward_functions,
+    train,
+    train_config_table,
+    train_dir,
+)
+
+__all__ = ["TrainError", "build_grpo_config", "build_trainer", "judge_engine_kwargs", "last_checkpoint",
+           "prepare_backend", "reward_functions", "train", "train_config_table", "train_dir"]
