@@ -92,12 +92,9 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_show_profile(args: argparse.Namespace) -> int:
-    from lib.profiles import deep_merge, dump_profile, load_profile, parse_override
+    from lib.profiles import dump_profile, load_profile, parse_overrides
 
-    merged: dict = {}
-    for text in args.overrides:
-        merged = deep_merge(merged, parse_override(text))
-    print(dump_profile(load_profile(args.name, overrides=merged or None)), end="")
+    print(dump_profile(load_profile(args.name, overrides=parse_overrides(args.overrides))), end="")
     return 0
 
 
@@ -123,13 +120,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lib.profiles import deep_merge, parse_override
+    from lib.profiles import parse_overrides
     from lib.serve.app import Limits, serve
 
-    merged: dict = {}
-    for text in args.overrides:
-        merged = deep_merge(merged, parse_override(text))
-    serve(args.profile, args.host, args.port, args.token, merged or None,
+    serve(args.profile, args.host, args.port, args.token, parse_overrides(args.overrides),
           Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))
     return 0
 

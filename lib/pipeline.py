@@ -25,18 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lib import paths
-from lib.profiles import Profile, deep_merge, load_profile, parse_override
+from lib.profiles import Profile, load_profile, parse_overrides
 from lib.run import RunError, create_run_dir, new_run_id
 
-# The pipeline's stages in order; a stage whose notebook does not exist yet is skipped with a note.
-EXPECTED_STAGES = (
-    "00_build_data",
-    "01_rubric_design",
-    "02_judge_calibration",
-    "03_grpo_training",
-    "04_evaluation",
-    "05_case_studies",
-)
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
 FORCED_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
@@ -59,12 +50,8 @@ class PipelineError(RuntimeError):
 # Stages
 # ----------------------------------------------------------------------------------------------
 
-def discover_stages(notebooks_dir: Path | None = None) -> list[tuple[str, Path | None]]:
-    """(stage name, notebook path or None when missing), in pipeline order.
-
-    Stages are the expected 00..05 plus any other `NN_*.ipynb` found; a found notebook wins over the
-    expected name of its number (so `03_train.ipynb` would be stage 03).
-    """
+def discover_stages(notebooks_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """(stage name, notebook path) of every `NN_*.ipynb` in the notebooks folder, in pipeline order (by NN)."""
     nb_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR)
     found: dict[str, Path] = {}
     for p in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
@@ -74,8 +61,7 @@ def discover_stages(notebooks_dir: Path | None = None) -> list[tuple[str, Path |
         if num in found:
             raise RunError(f"two notebooks for stage {num} in {nb_dir}: {found[num].name}, {p.name}")
         found[num] = p
-    expected = {name[:2]: name for name in EXPECTED_STAGES}
-    return [(found[n].stem, found[n]) if n in found else (expected[n], None) for n in sorted(set(found) | set(expected))]
+    return [(found[n].stem, found[n]) for n in sorted(found)]
 
 
 def _match_stage(stage: str, known: list[str]) -> str:
@@ -317,10 +303,7 @@ def run_pipeline(
         previous = {e["name"]: e for e in manifest.get("notebooks", [])}
         manifest.setdefault("resumed_at", []).append(_now())
     else:
-        merged: dict = {}
-        for text in overrides:
-            merged = deep_merge(merged, parse_override(text))
-        prof: Profile = load_profile(profile, overrides=merged or None)
+        prof: Profile = load_profile(profile, overrides=parse_overrides(overrides))
         run_dir = create_run_dir(prof, run_id or new_run_id(prof.name))
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),
@@ -338,8 +321,6 @@ def run_pipeline(
     for name, nb in plan:
         if name in previous and previous[name].get("status") == "ok":
             entries.append(previous[name])  # resume: done in an earlier attempt
-        elif nb is None:
-            entries.append({"name": name, "status": "skipped", "note": "notebook not written yet"})
         elif name not in selected:
             entries.append({"name": name, "status": "skipped", "note": "not selected (--stages)"})
         else:
@@ -407,8 +388,6 @@ def run_stage(run_id_or_path: str | Path, stage: str) -> Path:
     plan = dict(discover_stages())
     name = _match_stage(stage, list(plan))
     nb = plan[name]
-    if nb is None:
-        raise RunError(f"stage {name!r} has no notebook yet ({paths.NOTEBOOKS_DIR / (name + '.ipynb')} not found)")
     if not (run_dir / "profile.yaml").exists():
         raise RunError(f"{run_dir} has no profile.yaml: not a run directory")
     prof = load_profile(run_dir / "profile.yaml")

@@ -6,7 +6,7 @@ An unknown key or a wrong type raises `ProfileError` naming the file and the fie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -211,6 +211,14 @@ def parse_override(text: str) -> dict:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = yaml.safe_load(value)
     return node
+
+
+def parse_overrides(texts: Iterable[str]) -> dict | None:
+    """Several `parse_override` texts merged in order (a later one wins), or None when there are none."""
+    merged: dict = {}
+    for text in texts:
+        merged = deep_merge(merged, parse_override(text))
+    return merged or None
 
 
 def dump_profile(profile: Profile) -> str:

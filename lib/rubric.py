@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import yaml
 
@@ -33,8 +33,8 @@ TEMPLATE_PLACEHOLDER = "这里写下你的"  # the system prompt's format exampl
 MIN_THINK_CHARS = 20  # the original's cut-off: shorter think sections score 0 unjudged
 
 _PLACEHOLDER_RE = re.compile(r"\{(entity|completion|question)\}")
-_ITEM_FIELDS = {"key", "type", "question", "weight"}
-_SECTION_FIELDS = {"template", "items"}
+_ITEM_FIELDS = ("key", "type", "question", "weight")
+_SECTION_FIELDS = ("template", "items")
 _TOP_FIELDS = set(SECTION_NAMES) | {"description"}
 
 
@@ -177,11 +177,7 @@ def parse_rubric(raw: object, source: str = "<dict>") -> Rubric:
 
 def _parse_section(raw: object, name: str, source: str) -> RubricSection:
     where = f"{source}: section {name!r}"
-    if not isinstance(raw, dict):
-        raise RubricError(f"{where}: must be a mapping with 'template' and 'items', got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in _SECTION_FIELDS)
-    if unknown:
-        raise RubricError(f"{where}: unknown key {unknown[0]!r} (allowed: template, items)")
+    _check_mapping(raw, where, "'template' and 'items'", "key", _SECTION_FIELDS)
     template = raw.get("template")
     if not isinstance(template, str) or not template.strip():
         raise RubricError(f"{where}: 'template' must be a non-empty string")
@@ -207,12 +203,17 @@ def _parse_section(raw: object, name: str, source: str) -> RubricSection:
     return RubricSection(name=name, template=template, items=tuple(items))
 
 
-def _parse_item(raw: object, where: str) -> RubricItem:
+def _check_mapping(raw: object, where: str, shape: str, noun: str, allowed: Sequence[str]) -> None:
+    """A rubric section or item must be a mapping of known fields: a one-line RubricError otherwise."""
     if not isinstance(raw, dict):
-        raise RubricError(f"{where}: must be a mapping with key, type, question, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in _ITEM_FIELDS)
+        raise RubricError(f"{where}: must be a mapping with {shape}, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
-        raise RubricError(f"{where}: unknown field {unknown[0]!r} (allowed: key, type, question, weight)")
+        raise RubricError(f"{where}: unknown {noun} {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+def _parse_item(raw: object, where: str) -> RubricItem:
+    _check_mapping(raw, where, "key, type, question", "field", _ITEM_FIELDS)
     key = raw.get("key")
     if isinstance(key, (int, float)) and not isinstance(key, bool):
         key = str(key)  # YAML reads a key like 1st as a string but 1 as an int; accept both

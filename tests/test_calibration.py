@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib import paths, stats
 from lib.judge import calibration as cal
-from lib import paths
 from lib.stats import StatsError, bootstrap_ci
 from tests.fakes import HIT, MISS, KeywordJudge
 
@@ -117,16 +117,16 @@ def test_metrics_hand_values():
 def test_ece_two_bins_by_hand():
     # bin [0, .5): p .2 .4 (mean .3), labels 0 1 (frac .5) -> |.5-.3| = .2, weight 1/2
     # bin [.5, 1]: p .6 .8 (mean .7), labels 1 1 (frac 1)  -> |1-.7| = .3, weight 1/2
-    assert cal.expected_calibration_error([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2) == pytest.approx(0.25)
-    bins = cal.calibration_bins([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2)
+    assert stats.expected_calibration_error([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2) == pytest.approx(0.25)
+    bins = stats.calibration_bins([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2)
     assert bins["n"].tolist() == [2, 2]
     assert bins["mean_p"].tolist() == pytest.approx([0.3, 0.7])
 
 
 def test_ece_bin_edges_and_perfect_calibration():
-    bins = cal.calibration_bins([1, 1, 0], [0.3, 1.0, 0.0])
+    bins = stats.calibration_bins([1, 1, 0], [0.3, 1.0, 0.0])
     assert bins.loc[3, "n"] == 1 and bins.loc[9, "n"] == 1 and bins.loc[0, "n"] == 1  # 0.3 in [.3,.4); 1.0 in the last
-    assert cal.expected_calibration_error([1, 1, 0, 0], [1.0, 1.0, 0.0, 0.0]) == pytest.approx(0.0)
+    assert stats.expected_calibration_error([1, 1, 0, 0], [1.0, 1.0, 0.0, 0.0]) == pytest.approx(0.0)
 
 
 def test_one_class_is_nan_safe():
@@ -139,7 +139,7 @@ def test_one_class_is_nan_safe():
     assert math.isnan(row["kappa"]) and math.isnan(row["auroc"])
     assert row["brier"] == pytest.approx((0.01 + 0.04 + 0.09) / 3)
     # one rater constant, the other not: kappa is defined (0), not NaN
-    assert cal.cohen_kappa(np.array([True, False]), np.array([True, True])) == pytest.approx(0.0)
+    assert stats.cohen_kappa(np.array([True, False]), np.array([True, True])) == pytest.approx(0.0)
 
 
 def test_log_loss_is_clipped():
@@ -160,17 +160,17 @@ def test_metrics_by_group_and_missing():
 
 
 @pytest.mark.parametrize(
-    "y, p, by, match",
+    "y, p, by, error, match",
     [
-        ([True, False], [0.5, 1.5], None, r"\[0, 1\]"),
-        ([True, False], [0.5], None, "2"),
-        ([True, 2], [0.5, 0.5], None, "true/false"),
-        ([True, None], [0.5, 0.5], None, "missing"),
-        ([True, False], [0.5, 0.5], ["overall", "x"], "reserved"),
+        ([True, False], [0.5, 1.5], None, StatsError, r"\[0, 1\]"),
+        ([True, False], [0.5], None, StatsError, "2"),
+        ([True, 2], [0.5, 0.5], None, StatsError, "true/false"),
+        ([True, None], [0.5, 0.5], None, StatsError, "missing"),
+        ([True, False], [0.5, 0.5], ["overall", "x"], cal.CalibrationError, "reserved"),
     ],
 )
-def test_metrics_bad_input(y, p, by, match):
-    with pytest.raises(cal.CalibrationError, match=match):
+def test_metrics_bad_input(y, p, by, error, match):
+    with pytest.raises(error, match=match):
         cal.metrics_table(y, p, by=by)
 
 
@@ -178,12 +178,12 @@ def test_threshold_sweep_monotone_yes_rate():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.4
     p = np.clip(0.5 * y + rng.random(200) * 0.6, 0, 1)
-    sweep = cal.threshold_sweep(y, p)
+    sweep = stats.threshold_sweep(y, p)
     assert len(sweep) == 19 and sweep["threshold"].iloc[0] == pytest.approx(0.05)
     assert (np.diff(sweep["yes_rate"]) <= 0).all()
     assert sweep["accuracy"].between(0, 1).all()
     # at a threshold below every P(yes) the verdict is always yes: accuracy is the label yes-rate
-    low = cal.threshold_sweep(y, np.maximum(p, 0.2), thresholds=[0.1])
+    low = stats.threshold_sweep(y, np.maximum(p, 0.2), thresholds=[0.1])
     assert low.loc[0, "accuracy"] == pytest.approx(y.mean())
 
 
@@ -239,7 +239,7 @@ def test_figures_are_written(tmp_path):
     y, p = [True, False, True, True, False], [0.9, 0.1, 0.7, 0.45, 0.55]
     fig = cal.reliability_diagram(y, p, tmp_path / "sub" / "rel.png")
     assert (tmp_path / "sub" / "rel.png").stat().st_size > 0 and len(fig.axes) == 2
-    cal.plot_threshold_sweep(cal.threshold_sweep(y, p), tmp_path / "sweep.png", label_yes_rate=0.6)
+    cal.plot_threshold_sweep(stats.threshold_sweep(y, p), tmp_path / "sweep.png", label_yes_rate=0.6)
     assert (tmp_path / "sweep.png").exists()
     summary = cal.summarize_probe(pd.DataFrame({"g": [0, 0, 1, 1], "v": [0.1, 0.3, 0.5, 0.9]}), "v", "g")
     cal.plot_probe(summary, "g", tmp_path / "probe.png")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib import stats
 from lib.judge import calibration as cal
 from tests.fakes import HIT, MISS, KeywordJudge
 
@@ -77,9 +78,9 @@ def test_kappa_ci_brackets_the_point():
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.5
     pred = np.where(rng.random(200) < 0.8, y, ~y)  # 80% agreement: kappa about 0.6
-    k, lo, hi = cal.kappa_ci(y, pred, n_resamples=300)
+    k, lo, hi = stats.kappa_ci(y, pred, n_resamples=300)
     assert lo < k < hi and 0.4 < k < 0.8
-    assert math.isnan(cal.kappa_ci([True, True], [True, True])[0])
+    assert math.isnan(stats.kappa_ci([True, True], [True, True])[0])
 
 
 def _fake_inputs(n=60, agree=0.9, pad_effect=0.05, drop=0.3):
@@ -135,12 +136,6 @@ def test_kappa_words(kappa, ci, words):
 def test_describe_tolerates_missing_numbers():
     text = cal.describe_calibration({"n_labels": 10, "kappa": 0.5, "accuracy": 0.8})
     assert text.startswith("Overall kappa 0.50") and "moderate" in text
-
-
-def test_write_table(tmp_path):
-    paths_ = cal.write_table(pd.DataFrame({"a": [0.12345]}, index=["x"]), tmp_path / "t")
-    assert paths_["csv"].read_text().splitlines()[1] == "x,0.12345"
-    assert "0.123" in paths_["md"].read_text()
 
 
 def test_summarize_relevance_and_save_summary(tmp_path):

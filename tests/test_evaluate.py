@@ -139,6 +139,13 @@ def test_save_table_writes_three_files(tmp_path):
     assert "<table" in out["html"].read_text(encoding="utf-8")
 
 
+def test_save_table_without_index(tmp_path):
+    out = save_table(pd.DataFrame({"a": [0.12345], "n": [3]}, index=["rowlabel"]), tmp_path / "t", index=False)
+    assert out["csv"].read_text().splitlines() == ["a,n", "0.12345,3"]
+    assert out["md"].read_text().splitlines()[0] == "| a | n |" and "| 0.123 | 3 |" in out["md"].read_text()
+    assert "rowlabel" not in out["html"].read_text()
+
+
 # --- paired gains and reward hacking -----------------------------------------------------------
 
 def test_paired_gain_ci():

@@ -325,16 +325,16 @@ def format_table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return markdown_table(display_table(table, digits))
 
 
-def save_table(df: pd.DataFrame, stem_path: str | Path, digits: int = 3) -> dict[str, Path]:
-    """Write `stem.csv` (raw numbers), `stem.md` and `stem.html` (the `display_table` form).
-    Returns the three paths by suffix."""
+def save_table(df: pd.DataFrame, stem_path: str | Path, digits: int = 3, index: bool = True) -> dict[str, Path]:
+    """Write `stem.csv` (raw numbers), `stem.md` and `stem.html` (the `display_table` form): the one table
+    writer of the stages (the run report collects the `.md` files). Returns the three paths by suffix."""
     stem = Path(stem_path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     shown = display_table(df, digits)
     out = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"), "html": stem.with_suffix(".html")}
-    df.to_csv(out["csv"])
-    out["md"].write_text(markdown_table(shown), encoding="utf-8")
-    out["html"].write_text(shown.to_html(escape=True, border=0), encoding="utf-8")
+    df.to_csv(out["csv"], index=index)
+    out["md"].write_text(markdown_table(shown, index=index), encoding="utf-8")
+    out["html"].write_text(shown.to_html(index=index, escape=True, border=0), encoding="utf-8")
     return out
 
 

@@ -16,7 +16,7 @@ How notebook 02 (judge calibration) calls this module, in order::
 
     # 1 agreement and calibration, per question and overall
     table = cal.metrics_table(long["label"], long["p_yes"], threshold=t, by=long["section"] + "/" + long["key"])
-    cal.write_table(table, out / "metrics")                                       # metrics.csv + metrics.md
+    save_table(table, out / "metrics")                        # lib.eval.metrics: metrics.csv, .md, .html
     cal.reliability_diagram(long["label"], long["p_yes"], out / "reliability.png")
     sweep = cal.threshold_sweep(long["label"], long["p_yes"]); cal.plot_threshold_sweep(sweep, out / "threshold_sweep.png")
 
@@ -46,11 +46,21 @@ import numpy as np
 import pandas as pd
 import yaml
 from matplotlib.figure import Figure
-from sklearn.metrics import brier_score_loss, cohen_kappa_score, log_loss, roc_auc_score
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from lib import paths
 from lib.rubric import SECTION_NAMES
-from lib.stats import bootstrap_ci
+from lib.stats import (
+    ECE_BINS,
+    as_labels,
+    as_probs,
+    bootstrap_ci,
+    calibration_bins,
+    cohen_kappa,
+    expected_calibration_error,
+    kappa_ci,
+    threshold_sweep,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lib.judge.types import SectionJudge
@@ -60,8 +70,6 @@ PROBES_FILE = paths.DATA_DIR / "probes.yaml"  # filler sentences for the length 
 REQUIRED_FIELDS = ("id", "section", "entity", "text", "labels")
 OPTIONAL_FIELDS = ("kind", "note", "domain")
 LOG_LOSS_EPS = 1e-6  # P(yes) is clipped to [eps, 1 - eps]: one confident miss costs at most ~13.8 nats
-ECE_BINS = 10
-DEFAULT_THRESHOLDS = np.linspace(0.05, 0.95, 19)
 MODES = ("soft", "hard", "seed")
 OVERALL = "overall"
 
@@ -214,75 +222,6 @@ def judge_calibration_set(judge: "SectionJudge", rubric: "Rubric", df: pd.DataFr
 # Metrics
 # ----------------------------------------------------------------------------------------------
 
-def _as_labels(y_true: Any, what: str = "y_true") -> np.ndarray:
-    y = pd.Series(y_true).reset_index(drop=True)
-    if y.isna().any():
-        raise CalibrationError(f"{what}: labels must not be missing ({int(y.isna().sum())} missing)")
-    bad = ~y.isin([0, 1, True, False])
-    if bad.any():
-        raise CalibrationError(f"{what}: labels must be true/false or 0/1, got {y[bad].iloc[0]!r}")
-    return y.astype(bool).to_numpy()
-
-
-def _as_probs(p_yes: Any, n: int) -> np.ndarray:
-    p = pd.to_numeric(pd.Series(p_yes).reset_index(drop=True), errors="raise").to_numpy(dtype=float)
-    if p.shape[0] != n:
-        raise CalibrationError(f"p_yes has {p.shape[0]} values, y_true has {n}")
-    ok = p[~np.isnan(p)]
-    if ok.size and (ok.min() < 0 or ok.max() > 1):
-        raise CalibrationError(f"p_yes must lie in [0, 1], got values from {ok.min():g} to {ok.max():g}")
-    return p
-
-
-def cohen_kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Cohen's kappa (sklearn). NaN, without a warning, when there are no pairs or labels and
-    predictions all use the same single class: chance agreement is then 1 and kappa is 0/0."""
-    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
-    if y_true.size == 0 or np.unique(np.concatenate([y_true, y_pred])).size < 2:
-        return float("nan")
-    return float(cohen_kappa_score(y_true, y_pred, labels=[False, True]))
-
-
-def calibration_bins(y_true: Any, p_yes: Any, n_bins: int = ECE_BINS) -> pd.DataFrame:
-    """Equal-width bins of P(yes): bin k holds k/n_bins <= p < (k+1)/n_bins (the last also p = 1).
-
-    Returns one row per bin (empty ones included): lo, hi, n, mean_p, frac_yes (NaN when empty).
-    Missing P(yes) values are dropped.
-    """
-    if n_bins < 1:
-        raise CalibrationError(f"n_bins must be >= 1, got {n_bins}")
-    y = _as_labels(y_true)
-    p = _as_probs(p_yes, y.size)
-    keep = ~np.isnan(p)
-    y, p = y[keep], p[keep]
-    # the tiny tolerance keeps a value such as 0.3 (stored as 0.29999...) in bin [0.3, 0.4)
-    idx = np.minimum(np.floor(p * n_bins + 1e-9).astype(int), n_bins - 1)
-    rows = []
-    for k in range(n_bins):
-        m = idx == k
-        rows.append({
-            "lo": k / n_bins, "hi": (k + 1) / n_bins, "n": int(m.sum()),
-            "mean_p": float(p[m].mean()) if m.any() else np.nan,
-            "frac_yes": float(y[m].mean()) if m.any() else np.nan,
-        })
-    return pd.DataFrame(rows)
-
-
-def expected_calibration_error(y_true: Any, p_yes: Any, n_bins: int = ECE_BINS) -> float:
-    """ECE = sum over bins of (n_bin / n) * |frac_yes(bin) - mean_p(bin)|, equal-width bins
-    (see `calibration_bins`). NaN when no P(yes) is present.
-
-    >>> expected_calibration_error([0, 1, 1, 1], [0.2, 0.4, 0.6, 0.8], n_bins=2)
-    0.25
-    """
-    bins = calibration_bins(y_true, p_yes, n_bins)
-    n = bins["n"].sum()
-    if n == 0:
-        return float("nan")
-    full = bins[bins["n"] > 0]
-    return float((full["n"] / n * (full["frac_yes"] - full["mean_p"]).abs()).sum())
-
-
 def _metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     keep = ~np.isnan(p)
     out: dict[str, float] = {"n": int(keep.sum()), "n_missing": int((~keep).sum()), "yes_rate": float(y.mean()) if y.size else np.nan}
@@ -315,8 +254,8 @@ def metrics_table(y_true: Any, p_yes: Any, threshold: float = 0.5, by: Any = Non
     (NaN when one class only, see `cohen_kappa`), brier, ece (10 equal-width bins), log_loss
     (P clipped to [1e-6, 1 - 1e-6]), auroc (NaN unless both classes are present).
     """
-    y = _as_labels(y_true)
-    p = _as_probs(p_yes, y.size)
+    y = as_labels(y_true)
+    p = as_probs(p_yes, y.size)
     rows: dict[str, dict[str, float]] = {}
     if by is not None:
         groups = pd.Series(by).reset_index(drop=True)
@@ -331,27 +270,6 @@ def metrics_table(y_true: Any, p_yes: Any, threshold: float = 0.5, by: Any = Non
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "group"
     return table
-
-
-def threshold_sweep(y_true: Any, p_yes: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> pd.DataFrame:
-    """Accuracy, kappa and predicted yes-rate of the verdict `p >= t` for each threshold t.
-
-    Columns: threshold, n, accuracy, kappa, yes_rate. Missing P(yes) values are left out.
-    """
-    y = _as_labels(y_true)
-    p = _as_probs(p_yes, y.size)
-    keep = ~np.isnan(p)
-    y, p = y[keep], p[keep]
-    rows = []
-    for t in thresholds:
-        pred = p >= t
-        rows.append({
-            "threshold": float(t), "n": int(y.size),
-            "accuracy": float((pred == y).mean()) if y.size else np.nan,
-            "kappa": cohen_kappa(y, pred),
-            "yes_rate": float(pred.mean()) if y.size else np.nan,
-        })
-    return pd.DataFrame(rows)
 
 
 def mode_frame(labels: pd.DataFrame, **judged: pd.DataFrame) -> pd.DataFrame:
@@ -388,11 +306,11 @@ def mode_agreement(frame: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     modes = [m for m in MODES if m in frame.columns]
     if not modes:
         raise CalibrationError(f"mode_agreement: frame needs at least one of the columns {list(MODES)}; has {list(frame.columns)}")
-    cols: dict[str, pd.Series] = {"label": pd.Series(_as_labels(frame["label"], "label"), dtype="boolean")}
+    cols: dict[str, pd.Series] = {"label": pd.Series(as_labels(frame["label"], "label"), dtype="boolean")}
     for m in modes:
         v = frame[m].reset_index(drop=True)
         if m == "soft":
-            p = _as_probs(v, len(frame))
+            p = as_probs(v, len(frame))
             cols[m] = pd.Series(np.where(np.isnan(p), None, p >= threshold), dtype="boolean")
         else:
             cols[m] = v.astype("boolean")
@@ -719,39 +637,6 @@ def save_summary(summary: Mapping[str, Any], words: str, folder: str | Path) -> 
     return out
 
 
-def kappa_ci(
-    y_true: Any, y_pred: Any, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
-) -> tuple[float, float, float]:
-    """Cohen's kappa with a paired bootstrap interval over (label, verdict) pairs: (kappa, low, high).
-
-    Pairs are resampled independently (questions about one text are treated as independent, which
-    makes the interval somewhat narrow). Fewer than 2 pairs or a constant kappa: (k, k, k).
-    """
-    from scipy import stats as sps
-
-    y = _as_labels(y_true)
-    pred = _as_labels(y_pred, "y_pred")
-    if pred.size != y.size:
-        raise CalibrationError(f"kappa_ci: y_pred has {pred.size} values, y_true has {y.size}")
-    k = cohen_kappa(y, pred)
-    if y.size < 2 or np.isnan(k):
-        return k, k, k
-    res = sps.bootstrap((y, pred), cohen_kappa, paired=True, vectorized=False, n_resamples=n_resamples,
-                        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return (k, k, k) if np.isnan(low) or np.isnan(high) else (k, low, high)
-
-
-def write_table(df: pd.DataFrame, stem_path: str | Path, index: bool = True, floatfmt: str = ".3f") -> dict[str, Path]:
-    """Write `<stem>.csv` (raw numbers) and `<stem>.md` (`DataFrame.to_markdown`); returns both paths."""
-    stem = Path(stem_path)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md")}
-    df.to_csv(out["csv"], index=index)
-    out["md"].write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n", encoding="utf-8")
-    return out
-
-
 def calibration_summary(
     long: pd.DataFrame,
     agreement: pd.DataFrame,
@@ -769,8 +654,8 @@ def calibration_summary(
     `mode_agreement` output; `length`: `run_length_probe` output; `relevance`: `run_relevance_probe`
     output. Intervals are bootstrap percentile intervals (`lib.stats.bootstrap_ci`, `kappa_ci`).
     """
-    y = _as_labels(long["label"], "label")
-    p = _as_probs(long["p_yes"], y.size)
+    y = as_labels(long["label"], "label")
+    p = as_probs(long["p_yes"], y.size)
     seen = ~np.isnan(p)
     correct = (p[seen] >= threshold) == y[seen]
     acc = bootstrap_ci(correct.astype(float), n_resamples=n_resamples, seed=seed)

@@ -63,18 +63,14 @@ class RemoteRewards:
         last = ""
         for attempt in range(self.retries + 1):
             try:
-                resp = self._http().post(self.url + path, json=body)
+                answer, last = self._answer(path, self._http().post(self.url + path, json=body))
             except httpx.TransportError as exc:  # connect, read, timeout
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 400:
-                    return resp.json()
-                last = f"HTTP {resp.status_code}: {_reason(resp)}"
-                if resp.status_code < 500:
-                    raise RemoteRewardError(f"{self.url}{path}: {last}")
+                answer, last = None, f"{type(exc).__name__}: {exc}"
+            if answer is not None:
+                return answer
             if attempt < self.retries:
                 time.sleep(self.backoff * 2 ** attempt)
-        raise RemoteRewardError(f"{self.url}{path}: failed after {self.retries + 1} tries: {last}")
+        raise self._gave_up(path, last)
 
     async def apost(self, path: str, body: dict) -> dict:
         """`post` for asyncio callers (verl's async reward loop)."""
@@ -84,18 +80,26 @@ class RemoteRewards:
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
             for attempt in range(self.retries + 1):
                 try:
-                    resp = await client.post(self.url + path, json=body)
+                    answer, last = self._answer(path, await client.post(self.url + path, json=body))
                 except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                else:
-                    if resp.status_code < 400:
-                        return resp.json()
-                    last = f"HTTP {resp.status_code}: {_reason(resp)}"
-                    if resp.status_code < 500:
-                        raise RemoteRewardError(f"{self.url}{path}: {last}")
+                    answer, last = None, f"{type(exc).__name__}: {exc}"
+                if answer is not None:
+                    return answer
                 if attempt < self.retries:
                     await asyncio.sleep(self.backoff * 2 ** attempt)
-        raise RemoteRewardError(f"{self.url}{path}: failed after {self.retries + 1} tries: {last}")
+        raise self._gave_up(path, last)
+
+    def _answer(self, path: str, resp) -> tuple[dict | None, str]:
+        """(the decoded answer, "") for a success; (None, the reason) for a 5xx, which is retried; a 4xx raises at once."""
+        if resp.status_code < 400:
+            return resp.json(), ""
+        last = f"HTTP {resp.status_code}: {_reason(resp)}"
+        if resp.status_code < 500:
+            raise RemoteRewardError(f"{self.url}{path}: {last}")
+        return None, last
+
+    def _gave_up(self, path: str, last: str) -> RemoteRewardError:
+        return RemoteRewardError(f"{self.url}{path}: failed after {self.retries + 1} tries: {last}")
 
     def health(self) -> dict:
         import httpx

@@ -34,6 +34,7 @@ import pandas as pd
 
 from lib import rewards as rewards_mod
 from lib.data import read_jsonl
+from lib.stats import bootstrap_interval
 
 LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
@@ -415,7 +416,7 @@ def first_last_comparison(
 ) -> dict:
     """Mean of `metric` over the first `k` vs the last `k` logged steps, with a bootstrap interval.
 
-    The difference (last - first) gets a two-sample percentile bootstrap interval (scipy, fixed seed).
+    The difference (last - first) gets a two-sample percentile bootstrap interval (`lib.stats.bootstrap_interval`, fixed seed).
     With fewer than 2k logged steps, k shrinks to half of them; with fewer than 2 values per side
     there is no interval (None: the result is JSON-safe) and the verdict is "too few steps". Otherwise the verdict is "rises" when
     the interval lies above 0, "falls" when below, else "no clear change".
@@ -424,8 +425,6 @@ def first_last_comparison(
     >>> r["verdict"], round(r["diff"], 2)
     ('rises', 1.5)
     """
-    from scipy import stats
-
     if k < 1:
         raise TrainLogError(f"first_last_comparison: k must be >= 1, got {k}")
     df = read_log(log)
@@ -451,9 +450,8 @@ def first_last_comparison(
     if np.ptp(first) == 0 and np.ptp(last) == 0:
         lo = hi = out["diff"]  # every resample gives the same difference
     else:
-        res = stats.bootstrap((last, first), _diff_of_means, n_resamples=n_resamples, confidence_level=confidence,
-                              method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        lo, hi = bootstrap_interval((last, first), _diff_of_means, n_resamples=n_resamples, seed=seed,
+                                    confidence=confidence, vectorized=True)
     out.update(diff_lo=lo, diff_hi=hi)
     out["verdict"] = "rises" if lo > 0 else "falls" if hi < 0 else "no clear change"
     return out
