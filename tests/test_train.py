@@ -178,7 +178,7 @@ def test_vllm_keywords_exist():
     llm_ok = _params(LLM.__init__)[0] | {f.name for f in dataclasses.fields(EngineArgs)}  # LLM passes **kwargs on
     sp_ok, _ = _params(SamplingParams)
     n_llm = n_sp = 0
-    for src in sorted(paths.LIB_DIR.glob("*.py")):
+    for src in sorted(paths.LIB_DIR.rglob("*.py")):
         for keys in call_keywords(src, "LLM"):
             n_llm += 1
             assert keys <= llm_ok, f"{src.name}: not vllm.LLM arguments: {sorted(keys - llm_ok)}"
