@@ -3,6 +3,7 @@
     creative-grpo run --profile smoke [--run-id ID] [--set train.max_steps=5 ...] [--stages 00,01]
     creative-grpo run --resume RUN_ID              # run what did not finish ok in that run
     creative-grpo stage RUN_ID 03                  # re-execute one stage of a run
+    creative-grpo new --profile cpu [--set ...]    # an interactive run: notebooks opened with RUN_DIR "" continue it
     creative-grpo profiles | show-profile NAME | models
     creative-grpo infer --entity 椰子水 [--model NAME] [--adapter PATH_OR_RUN_ID]
     creative-grpo serve --profile cpu [--host 127.0.0.1 --port 8000 --token T]   # the reward server (lib.serve)
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="re-execute one stage of an existing run (the previous copy is kept)")
     p.add_argument("run_id", metavar="RUN_ID", help="run id (under outputs/runs/) or run directory")
     p.add_argument("stage", metavar="STAGE", help='stage number ("03") or name ("03_grpo_training")')
+
+    p = sub.add_parser("new", help="create an interactive run that notebooks opened in JupyterLab continue")
+    p.add_argument("--profile", default="smoke", help="profile name or YAML path (set the same PROFILE in the notebooks)")
+    p.add_argument("--run-id", help="name of the run directory (default: <utc-time>-<profile>-interactive)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
+                   help="override a profile parameter (value parsed as YAML); repeatable")
 
     sub.add_parser("profiles", help="list the profiles")
     p = sub.add_parser("show-profile", help="print a resolved profile as YAML")
@@ -76,6 +83,14 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from lib.pipeline import run_stage
 
     print(run_stage(args.run_id, args.stage))
+    return 0
+
+
+def _cmd_new(args: argparse.Namespace) -> int:
+    from lib.profiles import parse_overrides
+    from lib.run import new_interactive_run
+
+    print(new_interactive_run(args.profile, parse_overrides(args.overrides), args.run_id))
     return 0
 
 
@@ -128,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
+_COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "new": _cmd_new, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
              "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve}
 
 

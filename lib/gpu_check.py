@@ -294,7 +294,9 @@ def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
     cache = GenerationCache(ctx.stage("eval") / "generations.jsonl")
     memory = {"start": gpu_memory()}
     t0 = time.perf_counter()
-    completions = generation.generate_for_models(models, test, profile.eval, cache, ctx.dir)
+    completions = generation.generate_for_models(models, test, profile.eval, cache, ctx.dir,
+                                                 backend=profile.eval.generation_backend,
+                                                 gpu_memory_utilization=profile.eval.gpu_memory_utilization)
     generation_s = time.perf_counter() - t0
     memory["after_generation"] = gpu_memory()
     judge = judge_engine.build_judge(profile.judge, seed=profile.seed)

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
-from lib.run import RunError, create_run_dir, new_run_id
+from lib.run import PROGRESS_PREFIX, RunError, create_run_dir, new_run_id
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
@@ -185,6 +185,23 @@ class _Log:
         tqdm.write(message, file=sys.stderr if err else sys.stdout)
 
 
+class _ProgressEcho:
+    """papermill's `stdout_file`: the lines a notebook prints with `lib.run.PROGRESS_PREFIX` (e.g. one per training
+    step) go to the terminal and `pipeline.log`; the rest of its output stays in the executed notebook."""
+
+    def __init__(self, log: _Log, stage: str):
+        self.log, self.stage, self._partial = log, stage, ""
+
+    def write(self, text: str) -> None:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.startswith(PROGRESS_PREFIX):
+                self.log(f"{self.stage}: {line[len(PROGRESS_PREFIX):]}")
+
+    def flush(self) -> None:
+        pass
+
+
 def _resolve_run(run_id_or_path: str | Path) -> Path:
     p = Path(run_id_or_path)
     if p.is_dir():
@@ -228,6 +245,7 @@ def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log:
             str(notebook), str(out),
             parameters={"RUN_DIR": str(run_dir), "PROFILE": profile_name},
             kernel_name=kernel, progress_bar=True, cwd=str(notebook.parent), log_output=False,
+            stdout_file=_ProgressEcho(log, notebook.stem),
         )
         entry["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure of a notebook is recorded, then stops the run

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lib import paths
 
@@ -29,6 +29,7 @@ class DataConfig(_Strict):
     expand_with_model: bool = False  # ask the policy model for more entities (slow on CPU)
     expand_per_domain: int = Field(5, ge=0)  # new entities asked per domain when expanding
     external: str | None = None  # a prompt set in the original's format (parquet, datasets dir, hub id)
+    sample_max_new_tokens: int = Field(48, ge=1)  # notebook 00's sample completion (transformers on CPU: ~12 tokens/s)
 
 
 class RubricConfig(_Strict):
@@ -88,6 +89,20 @@ class TrainConfig(_Strict):
     unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge
     merge_final: bool = False  # also save a merged model (needed to serve the policy with vLLM)
     bf16: bool = False  # GPU: bf16 mixed precision; CPU: the policy's weights in bf16 (LoRA weights stay float32)
+    resume: bool = True  # continue from the run's last checkpoint; false refuses a run that already has checkpoints
+    first_last_k: int = Field(5, ge=1)  # logged steps averaged at each end to ask whether the format reward rose
+
+    @field_validator("reward_weights")
+    @classmethod
+    def _known_rewards(cls, weights: dict[str, float]) -> dict[str, float]:
+        from lib.rewards import REWARD_FUNCS  # lazy: lib.rewards is not needed to read a profile otherwise
+
+        unknown = [n for n in weights if n not in REWARD_FUNCS]
+        if unknown:
+            raise ValueError(f"unknown reward {unknown[0]!r}; known: {', '.join(REWARD_FUNCS)}")
+        if not weights:
+            raise ValueError("name at least one reward, e.g. {format: 1.0}")
+        return weights
 
 
 class EvalModel(_Strict):
@@ -105,6 +120,9 @@ class EvalConfig(_Strict):
     seed: int = 42
     n_bootstrap: int = Field(1000, ge=10)
     heldout_judge: JudgeConfig | None = None  # None: the training judge's model with the held-out rubric
+    # generation of notebooks 04 and 05: vllm (in-process engine, fast) or transformers (machines without vLLM)
+    generation_backend: Literal["vllm", "transformers"] = "vllm"
+    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)  # GPU share of the generation engine (no judge is alive then)
 
 
 class CaseStudyConfig(_Strict):
@@ -129,6 +147,14 @@ class Profile(_Strict):
     case_studies: CaseStudyConfig = CaseStudyConfig()
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
     calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
+    calibration_pad_levels: list[int] = [0, 1, 2, 4, 8]  # filler sentences appended to each good answer in 02's length probe
+
+    @field_validator("calibration_pad_levels")
+    @classmethod
+    def _pad_levels(cls, levels: list[int]) -> list[int]:
+        if len(set(levels)) < 2 or min(levels) < 0 or len(set(levels)) != len(levels):
+            raise ValueError("needs two or more distinct non-negative numbers of filler sentences, e.g. [0, 8]")
+        return levels
 
     @model_validator(mode="after")
     def _standby_leaves_no_room_for_the_judge(self) -> "Profile":

@@ -221,7 +221,7 @@ def _score(section_name: str, section, mode: str, ents: list[str], reasons: list
     stats = STATS[section_name]
     for i in range(len(reasons)):
         js = judged.get(i, {})
-        score = 0.0 if reasons[i] else section_score(section, {k: j.indicator(mode) for k, j in js.items()})
+        score = _shortcut_or_score(reasons[i], section, {k: j.indicator(mode) for k, j in js.items()})
         n_flagged = sum(j.flagged for j in js.values())
         scores.append(score)
         details.append({
@@ -237,6 +237,27 @@ def _score(section_name: str, section, mode: str, ents: list[str], reasons: list
         stats["truncated"] += sum(j.truncated for j in js.values())
     LAST_DETAILS[section_name] = details
     return scores
+
+
+def _shortcut_or_score(reason: str | None, section, indicators: dict[str, float]) -> float:
+    return 0.0 if reason else section_score(section, indicators)
+
+
+def section_text_score(section, text: str, indicators: dict[str, float]) -> dict:
+    """What the section's reward gives `text` (a think or an answer part) when the judge says `indicators`.
+
+    A shortcut (a think under 20 characters or still holding the placeholder, an empty answer) scores 0
+    without asking the judge, as in training; else `lib.rubric.section_score`. Returns {"shortcut", "score"}.
+
+    >>> from lib.rubric import load_rubric
+    >>> think = load_rubric()["think"]
+    >>> section_text_score(think, "短", {it.key: 1.0 for it in think.items})
+    {'shortcut': 'too_short', 'score': 0.0}
+    >>> section_text_score(think, "我" * 20, {it.key: 1.0 for it in think.items})
+    {'shortcut': None, 'score': 1.0}
+    """
+    reason = SHORTCUT[section.name](text)
+    return {"shortcut": reason, "score": _shortcut_or_score(reason, section, indicators)}
 
 
 def _answer_shortcut(answer: str) -> str | None:

@@ -378,7 +378,8 @@ def _labels(**changes) -> dict:
         ('{"id": "x2", "section": ', False, r"calib\.jsonl:2: bad JSON"),
         ('["a list"]', False, r"calib\.jsonl:2: expected a JSON object"),
         (_with(section="reply"), False, r"calib\.jsonl:2: field 'section': unknown section 'reply'"),
-        (_with(labels=_labels(humor=None)), True, r"calib\.jsonl:2: field 'labels': missing key\(s\) \['humor'\]"),
+        (_with(labels=_labels(humor=None)), True, r"calib\.jsonl:2: field 'labels': missing key\(s\) \['humor'\] .*a new or "
+                                                  r"renamed rubric item needs a true/false label on every 'answer' line"),
         (_with(labels=_labels(funny=True)), True, r"calib\.jsonl:2: field 'labels': unknown key\(s\) \['funny'\]"),
         (_with(labels=_labels(humor=None)), False, r"calib\.jsonl:2: field 'labels': missing key\(s\) \['humor'\] \(expected those of line 1"),
         (_with(labels=_labels(humor=1)), False, r"calib\.jsonl:2: field 'labels\.humor': expected true or false, got 1"),

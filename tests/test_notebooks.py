@@ -9,6 +9,7 @@ import pytest
 from lib import paths
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb"))
+DISPLAY_KNOBS = {"EXAMPLE_ENTITY"}  # 01: the product of its hand-written examples (changes no result of the run)
 
 
 def test_there_are_notebooks():
@@ -62,9 +63,25 @@ def test_notebook_structure(path):
     assert params[0].cell_type == "code"
     names = literal_assignments(params[0].source)
     assert {"RUN_DIR", "PROFILE"} <= set(names), f"{path.name}: parameters cell lacks RUN_DIR/PROFILE"
+    # anything that changes a result or a resource belongs in the profile (so `--set` reaches it)
+    assert set(names) <= {"RUN_DIR", "PROFILE", *DISPLAY_KNOBS}, f"{path.name}: parameters {set(names) - {'RUN_DIR', 'PROFILE'}}"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
 def test_notebooks_are_named_by_stage():
     for p in NOTEBOOKS:
         assert p.name[:2].isdigit() and p.name[2] == "_" and p.stem == p.stem.lower(), p.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_injects_the_run_after_the_parameters_cell(path):
+    """The headless path (lib.pipeline) on the real notebooks, short of executing them (the smoke test runs them in
+    JupyterLab's way, with RUN_DIR empty)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = parameterize_notebook(load_notebook_node(str(path)), {"RUN_DIR": "/runs/x", "PROFILE": "cpu"})
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    at = next(i for i, t in enumerate(tags) if "injected-parameters" in t)
+    assert "parameters" in tags[at - 1]
+    assert 'RUN_DIR = "/runs/x"' in nb.cells[at].source and 'PROFILE = "cpu"' in nb.cells[at].source

@@ -90,11 +90,16 @@ def test_kernel_runs_this_interpreter():
     assert argv0 in ("python", "python3") or Path(argv0).parent == Path(sys.executable).parent
 
 
-def test_run_in_order_manifest_and_skips(sandbox):
+def test_run_in_order_manifest_and_skips(sandbox, capsys):
+    from lib.run import PROGRESS_PREFIX
+
     nb_dir, runs = sandbox
     _notebook(nb_dir / "01_rubric_design.ipynb", _log_stage("01"))
-    _notebook(nb_dir / "00_build_data.ipynb", _log_stage("00"))
+    # a training-like stage: its progress lines reach the terminal and pipeline.log, its other output does not
+    _notebook(nb_dir / "00_build_data.ipynb", _log_stage("00") + f"\nfor i in (1, 2):\n    print('{PROGRESS_PREFIX}train step ' + str(i))")
     run_dir = run_pipeline("smoke", run_id="r-ok", overrides=["train.max_steps=3"])
+    out = capsys.readouterr().out
+    assert "00_build_data: train step 1" in out and "00_build_data: train step 2" in out and "done" not in out
 
     assert run_dir == runs / "r-ok"
     assert (run_dir / "order.txt").read_text().split("\n")[:2] == ["00 smoke", "01 smoke"]
@@ -115,10 +120,11 @@ def test_run_in_order_manifest_and_skips(sandbox):
         # papermill injected our parameters into the executed copy, and the cells ran
         injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and f'RUN_DIR = "{run_dir}"' in injected[0].source
-        assert any(o.get("text") == "done\n" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+        assert any(o.get("text", "").startswith("done\n") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert m["report"] == "report.html" and (run_dir / "report.html").exists()
     log = (run_dir / "pipeline.log").read_text()
     assert "00_build_data: ok" in log and "01_rubric_design: ok" in log
+    assert "00_build_data: train step 2" in log and "done" not in log
     assert not nbformat.read(nb_dir / "00_build_data.ipynb", as_version=4).cells[2].outputs  # source stays clean
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and os.environ["HF_HUB_OFFLINE"] == "1"
     assert m["env"]["TOKENIZERS_PARALLELISM"] == "false"
@@ -272,3 +278,4 @@ def test_interrupt_leaves_a_truthful_manifest(sandbox, monkeypatch):
         run_pipeline("smoke", run_id="r-int")
     m = _manifest(runs / "r-int")
     assert m["status"] == "failed" and _by_name(m)["00_build_data"]["error"] == "interrupted (KeyboardInterrupt)"
+

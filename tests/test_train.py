@@ -221,7 +221,12 @@ def test_reward_functions_follow_profile_order():
 
 
 def test_unknown_reward_names_it():
-    p = load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1.0, "fromat": 1.0}}})
+    from lib.profiles import ProfileError
+
+    with pytest.raises(ProfileError, match=r"train\.reward_weights: .*unknown reward 'fromat'; known: format, think, answer"):
+        load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1.0, "fromat": 1.0}}})
+    p = load_profile("smoke")
+    p.train.reward_weights = {"format": 1.0, "fromat": 1.0}  # assignment is not validated: the trainer checks again
     with pytest.raises(TrainError, match="'fromat'"):
         grpo.reward_functions(p)
     p = load_profile("smoke")
@@ -342,7 +347,7 @@ class _StatsJudge:
         self.stats = SimpleNamespace(seconds=0.0, requests=0)
 
 
-def test_logger_writes_jsonl_csv_and_samples(tmp_path):
+def test_logger_writes_jsonl_csv_and_samples(tmp_path, capsys):
     judge = _StatsJudge()
     rec = RewardRecorder()
     fmt = rec.wrap("format", rewards.format_reward)
@@ -365,6 +370,8 @@ def test_logger_writes_jsonl_csv_and_samples(tmp_path):
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert [s["step"] for s in samples] == [1, 2, 3] and samples[0]["rewards"]["format"] > 0
     assert json.loads((tmp_path / "train_summary.json").read_text())["train_runtime"] == 9.0
+    progress = capsys.readouterr().out.splitlines()  # one line per step for the terminal (not the summary)
+    assert [line.split(":")[0] for line in progress] == [f"[progress] train step {i}" for i in (1, 2, 3)]
 
 
 def test_logger_resume_skips_written_steps_and_repairs_a_cut_line(tmp_path):

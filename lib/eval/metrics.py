@@ -77,8 +77,8 @@ def sentence_bleu_chars(hypothesis: str, references: Sequence[str], max_n: int =
 def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
     """Self-BLEU (Zhu et al., 2018): the mean over texts of each one's BLEU against all the others.
 
-    Higher means the texts repeat each other (less diverse). sacrebleu and nltk are not installed,
-    so this is a compact sentence-BLEU: character n-grams (whitespace removed), clipped counts
+    Higher means the texts repeat each other (less diverse). No BLEU package is a dependency (one function
+    does not need one), so this is a compact sentence-BLEU: character n-grams (whitespace removed), clipped counts
     against the max count over references, geometric mean of p_1..p_4 with add-one smoothing for
     n >= 2 (Lin & Och, 2004) and none for unigrams (no shared character: BLEU 0), brevity penalty
     against the closest reference length. Empty texts are left out; NaN with fewer than 2 texts.
@@ -302,8 +302,8 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, index: bool = True) -> str:
-    """A GitHub pipe table of `df`'s cells as strings (`tabulate` is not installed for
-    pandas.to_markdown); `|` in cells is escaped."""
+    """A GitHub pipe table of `df`'s cells as strings, as given (pandas.to_markdown, through tabulate,
+    re-formats number-like strings: "1.000" becomes "1"); `|` in cells is escaped."""
     def cell(x: Any) -> str:
         return str(x).replace("|", r"\|").replace("\n", " ")
 

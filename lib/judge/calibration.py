@@ -124,7 +124,8 @@ def load_calibration_set(
         if rubric_keys is not None:
             if section not in rubric_keys:
                 raise CalibrationError(f"{where}: field 'section': {section!r} is not in the rubric's sections {sorted(rubric_keys)}")
-            _check_key_set(keys, list(rubric_keys[section]), where, f"the rubric's {section!r} items")
+            _check_key_set(keys, list(rubric_keys[section]), where, f"the rubric's {section!r} items; a new or renamed "
+                           f"rubric item needs a true/false label on every {section!r} line of this file (lib/data/CALIBRATION.md)")
         elif section in first_keys:
             ref, ref_line = first_keys[section]
             _check_key_set(keys, ref, where, f"line {ref_line} (first {section!r} line)")

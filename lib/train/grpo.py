@@ -510,8 +510,9 @@ def train(profile: Profile, run_ctx: "RunContext", judge: Any = None, resume: bo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """`python -m lib.train --run-dir RUN [--profile NAME] [--no-resume]`: the training stage without the notebook."""
+    """`python -m lib.train --run-dir RUN [--profile NAME] [--no-resume] [--set K=V ...]`: the training stage without the notebook."""
     from lib.judge.engine import build_judge
+    from lib.profiles import parse_overrides
     from lib.rubric import load_rubric
     from lib.run import open_run
 
@@ -519,8 +520,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--run-dir", required=True, help="run directory with the data stage done")
     ap.add_argument("--profile", default="smoke", help="used only when the run has no profile.yaml")
     ap.add_argument("--no-resume", action="store_true", help="refuse to continue existing checkpoints")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
+                    help="override a profile parameter (written into the run's profile.yaml); repeatable")
     a = ap.parse_args(argv)
-    ctx = open_run(a.run_dir, a.profile)
+    ctx = open_run(a.run_dir, a.profile, overrides=parse_overrides(a.overrides))
     check_processes(ctx.profile)  # before any engine starts
     prepare_backend(ctx.profile)
     judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed, **judge_engine_kwargs(ctx.profile))

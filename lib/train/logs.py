@@ -282,6 +282,7 @@ class TrainingLogger:
         batches = self.recorder.drain() if self.recorder else []
         if step > self.last_logged:
             self.write_record(record)
+            print(progress_line(record, getattr(state, "max_steps", None)), flush=True)
         if step > self.last_sampled and batches and self.n_samples > 0:
             self.write_samples(sample_rows(batches[-1], step, self.n_samples))
 
@@ -331,6 +332,27 @@ PANELS: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("zero_std_share", "groups with zero reward spread", "frac_reward_zero_std", None, "share"),
     ("judge_share", "judge share of step time", "judge_share", None, "share"),
 )
+
+
+def progress_line(record: Mapping, max_steps: int | None = None) -> str:
+    """One compact line per logged step (the notebook shows it; `lib.cli run` echoes it to the terminal).
+
+    >>> progress_line({"step": 3, "reward": 0.8125, "rewards/format_reward/mean": 0.75, "step_seconds": 48.21,
+    ...                "rollout_seconds": 10.1, "judge_seconds": 7.0}, 14)
+    '[progress] train step 3/14: reward 0.812 (format 0.750), 48.2 s (rollout 10.1 s, judge 7.0 s)'
+    """
+    from lib.run import PROGRESS_PREFIX
+
+    of = f"/{max_steps}" if max_steps and max_steps > 0 else ""
+    parts = [f"{PROGRESS_PREFIX}train step {record['step']}{of}:"]
+    if record.get("reward") is not None:
+        per = [f"{k.split('/')[1].removesuffix('_quality_reward').removesuffix('_reward')} {v:.3f}"
+               for k, v in record.items() if k.startswith("rewards/") and k.endswith("/mean") and v is not None]
+        parts.append(f"reward {record['reward']:.3f}" + (f" ({', '.join(per)})" if per else "") + ",")
+    split = [f"{name} {record[f'{name}_seconds']:.1f} s" for name in ("rollout", "judge")
+             if record.get(f"{name}_seconds") is not None]
+    parts.append(f"{record.get('step_seconds') or 0:.1f} s" + (f" ({', '.join(split)})" if split else ""))
+    return " ".join(parts)
 
 
 def reward_metrics(df: pd.DataFrame) -> list[str]:
