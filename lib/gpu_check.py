@@ -18,8 +18,9 @@ The script runs each stage in its own process, so every stage starts on an empty
   them (judge first, then the policy): step time, judge share, reward means, the share of groups without reward
   spread (all of them: identical rollouts), free GPU memory after each engine.
 - eval: the policy before and after training (the profile's eval models on its policy) on 5 test prompts, judged
-  with the training judge. The two generation engines start one after the other, each asking for
-  most of the card: the second starts only if the first gave its memory back.
+  with the training judge, then the held-out judge (notebook 04's score tables in the run's eval/). The two
+  generation engines start one after the other, each asking for most of the card: the second starts only if the
+  first gave its memory back.
 - bench: `python -m lib.bench judge` with the profile's judge, when lib.bench accepts `--profile`; otherwise skipped.
 """
 from __future__ import annotations
@@ -115,8 +116,9 @@ def eval_models(profile: Profile) -> list:
 
 def needed_models(profile: Profile) -> list[str]:
     names = [profile.policy_model] + [m.model for m in eval_models(profile)]
-    if profile.judge.backend != "openai":
-        names.append(profile.judge.model)
+    for judge in (profile.judge, profile.eval.heldout_judge):  # the eval stage asks the held-out judge too
+        if judge is not None and judge.backend != "openai":
+            names.append(judge.model)
     return list(dict.fromkeys(names))
 
 
@@ -281,33 +283,44 @@ def train_stage(ctx) -> dict[str, Any]:
 
 
 def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
-    """`eval_models` on the first `n_prompts` test prompts (generation engines one after the other), judged."""
-    from lib.eval import generation, scoring
+    """`eval_models` on the first `n_prompts` test prompts (generation engines one after the other), scored as
+    notebook 04 scores them: the training judge, then the held-out judge (`scoring.heldout_judge`: its own engine
+    only after the training judge's is closed); both score tables saved in the run's eval/ (`scores_*.csv`)."""
+    from lib.eval import generation, metrics, scoring
     from lib.data import load_split
     from lib.eval.generation import GenerationCache
     from lib.rubric import load_rubric
 
-    profile = ctx.profile
+    profile, cfg = ctx.profile, ctx.profile.eval
     models = eval_models(profile)
     _, test = load_split(ctx.find("data", "test.parquet").parent)
     test = test.head(n_prompts).reset_index(drop=True)
+    entities = list(test["entity"])
     cache = GenerationCache(ctx.stage("eval") / "generations.jsonl")
     memory = {"start": gpu_memory()}
     t0 = time.perf_counter()
-    completions = generation.generate_for_models(models, test, profile.eval, cache, ctx.dir,
-                                                 backend=profile.eval.generation_backend,
-                                                 gpu_memory_utilization=profile.eval.gpu_memory_utilization)
+    completions = generation.generate_for_models(models, test, cfg, cache, ctx.dir, backend=cfg.generation_backend,
+                                                 gpu_memory_utilization=cfg.gpu_memory_utilization)
     generation_s = time.perf_counter() - t0
     memory["after_generation"] = gpu_memory()
-    judge = judge_engine.build_judge(profile.judge, seed=profile.seed)
+    judge, heldout = judge_engine.build_judge(profile.judge, seed=profile.seed), None
     try:
-        per_item, _ = scoring.score_completions(completions, list(test["entity"]), judge,
-                                                     load_rubric(profile.rubric.path))
+        train_items, _ = scoring.score_completions(completions, entities, judge, load_rubric(profile.rubric.path))
+        heldout, _ = scoring.heldout_judge(profile, judge)
+        heldout_items, _ = scoring.score_completions(completions, entities, heldout,
+                                                     load_rubric(profile.rubric.heldout_path or "heldout"), "heldout")
     finally:
-        judge.close()
-    means = per_item.groupby("model", sort=False)[["format", "think", "answer"]].mean().round(3)
+        for j in (heldout, judge):  # closing twice is harmless (a shared engine is the same backend)
+            if j is not None:
+                j.close()
+    tables = {"train": metrics.score_table(train_items, n_resamples=cfg.n_bootstrap, seed=cfg.seed),
+              "heldout": metrics.score_table(heldout_items, metrics=("think", "answer"), n_resamples=cfg.n_bootstrap,
+                                             seed=cfg.seed)}
+    for name, table in tables.items():
+        metrics.save_table(table, ctx.stage("eval") / f"scores_{name}")
     out = {"prompts": len(test), "models": [m.label for m in models], "generation_s": round(generation_s, 1),
-           "means": means.to_dict(orient="index")}
+           "means": {name: t[metrics.interval_columns(t)].round(3).to_dict(orient="index")
+                     for name, t in tables.items()}}
     if memory["start"] is not None:
         out["free_gib"] = {k: v["free_gib"] for k, v in memory.items() if v}
     return out

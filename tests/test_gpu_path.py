@@ -267,7 +267,8 @@ def test_preflight_names_every_missing_piece_at_once():
     assert msg.startswith("no CUDA device") and "\n" not in msg
     if importlib.util.find_spec("unsloth") is None:
         assert "unsloth" in msg
-    assert gpu_check.needed_models(load_profile("gpu")) == ["qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct-awq"]
+    assert gpu_check.needed_models(load_profile("gpu")) == ["qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct-awq",
+                                                            "qwen2.5-7b-instruct"]  # the held-out judge
 
 
 def test_script_stops_at_the_first_failing_stage_and_names_it():
@@ -365,7 +366,8 @@ def test_closed_engine_gives_its_memory_to_the_next():
 
 def test_tiny_check_trains_through_our_path_here(monkeypatch, tmp_path, capsys):
     """lib.gpu_tiny_check on this machine (CUDA when there is one): one GRPO step of a random Qwen2 policy with the
-    tiny BPE tokenizer of tests.train_helpers, judged by a random Qwen2 on the transformers backend; every check passes."""
+    tiny BPE tokenizer of tests.train_helpers, judged by a random Qwen2 on the transformers backend, then the
+    evaluation (transformers generation of the base and the adapter, training and held-out judge); every check passes."""
     from lib import gpu_tiny_check
     from tests.train_helpers import build_tiny_policy
 
@@ -379,6 +381,15 @@ def test_tiny_check_trains_through_our_path_here(monkeypatch, tmp_path, capsys):
     expected = {"trl_cuda_logprob_kernel"} if models.cuda_available() else {"cpu_logprob_twin"}
     assert expected <= set(out["checks"]) and {"policy_on_device", "loss_finite", "reward_columns"} <= set(out["checks"])
     assert cpu_logprobs._torch_chunked_logprob.__name__ == "_torch_chunked_logprob"  # the probe restored what it wrapped
-    assert load_profile(tmp_path / "runs" / "tiny" / "profile.yaml").judge.backend == "transformers"
+    profile = load_profile(tmp_path / "runs" / "tiny" / "profile.yaml")
+    assert profile.judge.backend == "transformers" and profile.eval.generation_backend == "transformers"
+    eval_checks = {"eval_generation_on_device", "eval_base_and_adapter", "eval_judges_on_device", "eval_tables"}
+    assert eval_checks <= set(out["checks"])
+    assert out["eval"]["prompts"] == 4 and out["eval"]["models"] == ["base", "grpo"]
+    assert set(out["eval_judges"]) == {"judge", "heldout_judge"}  # the held-out judge had its own engine
+    assert sum(out["eval_generated"].values()) == 8
+    assert set(out["eval"]["means"]["train"]["grpo"]) == {"format", "think", "answer"}
+    assert set(out["eval"]["means"]["heldout"]["base"]) == {"think", "answer"}
+    assert generation.hf_generate.__name__ == "hf_generate"
     with pytest.raises(gpu_check.GPUCheckError, match="--steps"):
         gpu_tiny_check.run(str(tokenizer), steps=0)
