@@ -140,6 +140,9 @@ def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int
         stats = judge.stats
 
         def in_process(comps: list[str], ents: list[str]) -> None:
+            # the same work as the server's batches: only the asked rewards' sections are judged (the scorer's
+            # profile may name think and answer, which would judge both whichever reward is called)
+            rewards_mod.judge_together(rewards)
             for name in rewards:
                 rewards_mod.REWARD_FUNCS[name](comps, entity=ents, judge=judge, rubric=rubric)
 
