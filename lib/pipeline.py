@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -187,19 +188,76 @@ class _Log:
 
 class _ProgressEcho:
     """papermill's `stdout_file`: the lines a notebook prints with `lib.run.PROGRESS_PREFIX` (e.g. one per training
-    step) go to the terminal and `pipeline.log`; the rest of its output stays in the executed notebook."""
+    step) go to the terminal and `pipeline.log`; the rest of its output stays in the executed notebook.
+    `after_s`: the estimated seconds of the stages after this one; a line that says the training time left
+    (`training left ~X min`) gets the whole run's time left appended."""
 
-    def __init__(self, log: _Log, stage: str):
-        self.log, self.stage, self._partial = log, stage, ""
+    def __init__(self, log: _Log, stage: str, after_s: float | None = None):
+        self.log, self.stage, self._partial, self.after_s = log, stage, "", after_s
 
     def write(self, text: str) -> None:
         *lines, self._partial = (self._partial + text).split("\n")
         for line in lines:
             if line.startswith(PROGRESS_PREFIX):
-                self.log(f"{self.stage}: {line[len(PROGRESS_PREFIX):]}")
+                line = line[len(PROGRESS_PREFIX):]
+                m = re.search(r"training left ~([0-9.]+) min", line)
+                if m and self.after_s is not None:
+                    line += f", run left ~{float(m.group(1)) + self.after_s / 60:.1f} min"
+                self.log(f"{self.stage}: {line}")
 
     def flush(self) -> None:
         pass
+
+
+def size_for_machine(prof: Profile, facts: dict | None = None) -> tuple[Profile, dict]:
+    """The profile sized for this machine (lib.estimate.choose_sizing) and the record of why, with the estimate."""
+    from lib.estimate import choose_sizing, estimate_run
+    from lib.hardware import machine_facts, profile_precisions
+
+    facts = facts or machine_facts()
+
+    def estimate_of(p: Profile) -> dict:
+        prec = profile_precisions(p)
+        dtypes = {"02": prec["judge"].dtype, "03": prec["train"].dtype, "04": prec["eval"].dtype}
+        cached = any((paths.CACHE_DIR / "models").glob(f"{p.policy_model}-*"))
+        return estimate_run(p, facts, dtypes, model_cached=cached)
+
+    return choose_sizing(prof, estimate_of)
+
+
+def machine_report(prof: Profile, sizing: dict | None) -> dict:
+    """The facts, precisions and first lines a run records and prints about the machine it runs on."""
+    from lib.estimate import format_estimate
+    from lib.hardware import machine_facts, profile_precisions
+
+    facts = machine_facts()
+    prec = profile_precisions(prof)
+    probe = facts["matmul_probe"]
+    lines = [f"machine: CPU class {facts['cpu_class']} (flags: {' '.join(facts['cpu_flags']) or 'none'}; torch "
+             f"{facts['torch_cpu_capability']}), {facts['cpus']} cores; matmul probe float32 {probe['float32_gflops']:.0f} "
+             f"GFLOP/s, bf16 {probe['bfloat16_gflops']:.0f} GFLOP/s",
+             "precision: " + "; ".join(f"{k} {p.dtype} ({p.reason})" for k, p in prec.items())]
+    if sizing:
+        lines.append(f"sizing: {sizing['chosen']} ({sizing['why']})")
+        lines.append(f"estimate: {format_estimate(sizing['estimate'])} on this machine")
+    return {"facts": facts, "precision": {k: p.as_dict() for k, p in prec.items()}, "lines": lines}
+
+
+def _seconds_after(manifest: dict, stage: str, names: list[str]) -> float | None:
+    """Estimated seconds of the stages after `stage` (None without an estimate)."""
+    est = ((manifest.get("sizing") or {}).get("estimate") or {}).get("stages")
+    if not est:
+        return None
+    later = names[names.index(stage) + 1:]
+    return sum(est.get(n[:2], 0.0) for n in later)
+
+
+def estimate_check(estimate: dict, entries: Iterable[dict]) -> dict:
+    """lib.estimate.compare of the run's estimate with the seconds of its stages that ran ok."""
+    from lib.estimate import compare
+
+    actual = {e["name"][:2]: e["seconds"] for e in entries if e.get("status") == "ok" and "seconds" in e}
+    return compare(estimate, actual)
 
 
 def _resolve_run(run_id_or_path: str | Path) -> Path:
@@ -230,7 +288,7 @@ def _keep_previous(executed: Path) -> Path | None:
 # Execution
 # ----------------------------------------------------------------------------------------------
 
-def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log: _Log) -> dict:
+def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log: _Log, after_s: float | None = None) -> dict:
     """Execute one notebook into `<run>/notebooks/`; returns its manifest entry (never raises for a cell error)."""
     import papermill
 
@@ -245,7 +303,7 @@ def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log:
             str(notebook), str(out),
             parameters={"RUN_DIR": str(run_dir), "PROFILE": profile_name},
             kernel_name=kernel, progress_bar=True, cwd=str(notebook.parent), log_output=False,
-            stdout_file=_ProgressEcho(log, notebook.stem),
+            stdout_file=_ProgressEcho(log, notebook.stem, after_s),
         )
         entry["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure of a notebook is recorded, then stops the run
@@ -322,12 +380,15 @@ def run_pipeline(
         manifest.setdefault("resumed_at", []).append(_now())
     else:
         prof: Profile = load_profile(profile, overrides=parse_overrides(overrides))
+        prof, sizing = size_for_machine(prof)
         run_dir = create_run_dir(prof, run_id or new_run_id(prof.name))
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),
-                    "overrides": overrides}
+                    "overrides": overrides, "sizing": sizing}
 
     log = _Log(run_dir)
+    machine = machine_report(prof, manifest.get("sizing"))
+    manifest["machine"], manifest["precision"] = machine["facts"], machine["precision"]
     sha, dirty = git_state()
     manifest.update({
         "status": "running", "started_at": manifest.get("started_at") or _now(), "ended_at": None,
@@ -347,6 +408,8 @@ def run_pipeline(
     manifest["reruns"] = manifest.pop("reruns", [])  # after the notebooks when read top to bottom
     write_manifest(run_dir, manifest)
     log(f"run {run_dir.name}: profile {prof.name}, kernel {kernel}, {run_dir}")
+    for line in machine["lines"]:
+        log(line)
 
     from tqdm import tqdm
 
@@ -367,7 +430,7 @@ def run_pipeline(
             prev = _keep_previous(run_dir / "notebooks" / nb.name)
             entry.update(status="running", started_at=_now())
             write_manifest(run_dir, manifest)  # a crash mid-notebook leaves "running" on it
-            result = _execute(nb, run_dir, prof.name, kernel, log)
+            result = _execute(nb, run_dir, prof.name, kernel, log, after_s=_seconds_after(manifest, name, names))
             entry.clear()
             entry.update(result)
             if prev is not None:
@@ -387,6 +450,12 @@ def run_pipeline(
 
     manifest["status"] = _overall(entries)
     manifest["ended_at"] = _now()
+    if (manifest.get("sizing") or {}).get("estimate"):
+        check = estimate_check(manifest["sizing"]["estimate"], entries)
+        manifest["estimate_vs_actual"] = check
+        if check["error"] is not None:
+            log(f"time: estimated {check['estimate_s'] / 60:.1f} min for the stages run, took {check['actual_s'] / 60:.1f} min "
+                f"({check['error']:+.0%})")
     _build_report(run_dir, manifest, log)
     write_manifest(run_dir, manifest)
     if failure is not None:

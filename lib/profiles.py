@@ -52,6 +52,9 @@ class JudgeConfig(_Strict):
     base_url: str | None = None  # openai backend: a `vllm serve` endpoint, e.g. http://127.0.0.1:8000/v1
     batch_size: int = Field(256, ge=1)  # transformers backend batch size
     log_items: bool = True  # keep every judged (question, P(yes), verdict)
+    # auto: bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), else
+    # float32 (lib.hardware); this engine also writes the `vllm_lora` rollouts. Explicit float32 / bfloat16 win.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class TrainConfig(_Strict):
@@ -88,7 +91,9 @@ class TrainConfig(_Strict):
     vllm_server_base_url: str | None = None  # rollout_engine vllm_server: e.g. http://127.0.0.1:8000
     unsloth_standby: bool = False  # Unsloth's standby raises its memory share; off keeps room for the judge
     merge_final: bool = False  # also save a merged model (needed to serve the policy with vLLM)
-    bf16: bool = False  # GPU: bf16 mixed precision; CPU: the policy's weights in bf16 (LoRA weights stay float32)
+    # the policy's base weights (LoRA weights and optimizer state stay float32); on CUDA bfloat16 also turns on TRL's
+    # bf16 mixed precision. auto: bfloat16 where the device computes it natively, else float32 (lib.hardware).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     resume: bool = True  # continue from the run's last checkpoint; false refuses a run that already has checkpoints
     first_last_k: int = Field(5, ge=1)  # logged steps averaged at each end to ask whether the format reward rose
 
@@ -123,6 +128,9 @@ class EvalConfig(_Strict):
     # generation of notebooks 04 and 05: vllm (in-process engine, fast) or transformers (machines without vLLM)
     generation_backend: Literal["vllm", "transformers"] = "vllm"
     gpu_memory_utilization: float = Field(0.8, gt=0, le=1)  # GPU share of the generation engine (no judge is alive then)
+    # the generation engines' dtype (one for every row of the table). auto: float32 when a row has a LoRA adapter (merged
+    # into bf16 weights, a small LoRA delta is rounded away), else the hardware's rule (lib.hardware.eval_precision)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class CaseStudyConfig(_Strict):
@@ -131,6 +139,13 @@ class CaseStudyConfig(_Strict):
     # first: the first `n` test entities; format_learned: first those whose format score went from 0 (before RL)
     # to above 0 (after) in notebook 04, then the first test entities
     select: Literal["first", "format_learned"] = "first"
+
+
+class SizingConfig(_Strict):
+    # `make run` prints its estimate first (lib.estimate); when the full sizing's estimate on this machine exceeds the
+    # budget, the run takes `reduced` (overrides merged into this profile, as `--set` would) and says so.
+    budget_minutes: float | None = Field(None, gt=0)  # None: always the full sizing
+    reduced: dict = {}  # e.g. {train: {max_steps: 12}}: a smaller job for slower machines (same keys as the profile)
 
 
 class Profile(_Strict):
@@ -145,6 +160,7 @@ class Profile(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     case_studies: CaseStudyConfig = CaseStudyConfig()
+    sizing: SizingConfig = SizingConfig()
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
     calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
     calibration_pad_levels: list[int] = [0, 1, 2, 4, 8]  # filler sentences appended to each good answer in 02's length probe
@@ -155,6 +171,17 @@ class Profile(_Strict):
         if len(set(levels)) < 2 or min(levels) < 0 or len(set(levels)) != len(levels):
             raise ValueError("needs two or more distinct non-negative numbers of filler sentences, e.g. [0, 8]")
         return levels
+
+    @model_validator(mode="after")
+    def _reduced_sizing_is_a_profile(self) -> "Profile":
+        if self.sizing.reduced:
+            try:
+                Profile.model_validate(deep_merge(self.model_dump(exclude={"sizing"}), self.sizing.reduced))
+            except ValidationError as err:
+                e = err.errors()[0]
+                where = ".".join(str(x) for x in e["loc"])
+                raise ValueError(f"sizing.reduced: {where}: {e['msg']}") from None
+        return self
 
     @model_validator(mode="after")
     def _standby_leaves_no_room_for_the_judge(self) -> "Profile":

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from lib import paths
+from lib.hardware import eval_precision
 from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available, load_tokenizer, resolve_model,
                         stop_token_ids)
 
@@ -356,6 +357,8 @@ def generate_for_models(
     if not models:
         raise GenerationError("eval.models is empty: name at least one model in the profile's eval section")
     sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    if dtype is None and backend == "vllm":
+        dtype = eval_precision(cfg.dtype, "cuda" if cuda_available() else "cpu", any(m.adapter for m in models)).dtype
     out = {}
     for m in models:
         out[m.label] = generate(m.model, resolve_adapter(m.adapter, run_dir), list(test["prompt"]), sampling, cfg.seed,
@@ -369,8 +372,9 @@ def generate_for_models(
 # ----------------------------------------------------------------------------------------------
 
 def serving_dtype() -> str:
-    """The vLLM dtype for evaluation: float32 on CPU (as the CPU profiles train), the model's own ("auto") on GPU."""
-    return "auto" if cuda_available() else "float32"
+    """The vLLM dtype of a generation that names none: float32 on either device (lib.hardware.eval_precision: a
+    merged LoRA must not be rounded to bf16); `generate_for_models` passes the profile's `eval.dtype`."""
+    return "float32"
 
 
 def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache_dir: Path | None = None) -> Path:
@@ -463,11 +467,13 @@ class VLLMGenerator:
 
 
 def load_for_generation(model: str, adapter: str | Path | None = None):
-    """(model, tokenizer) with transformers, the adapter merged in; float32 on CPU, bf16 on GPU."""
+    """(model, tokenizer) with transformers, the adapter merged in; float32 on CPU, and on GPU whenever an adapter is
+    merged (bf16 would round a small LoRA delta away), else bf16 there."""
     from lib.models import load_causal_lm
 
     cuda = cuda_available()
-    lm, tok = load_causal_lm(model, dtype="bfloat16" if cuda else "float32", device="cuda" if cuda else "cpu")
+    dtype = "bfloat16" if cuda and adapter is None else "float32"
+    lm, tok = load_causal_lm(model, dtype=dtype, device="cuda" if cuda else "cpu")
     if adapter is not None:
         from peft import PeftModel
 

