@@ -9,12 +9,13 @@ sequences, tokens, texts) and by this machine's speed in the stage's dtype relat
 (the `lib.hardware.matmul_probe` GFLOP/s). A stage measured in bf16 but run in float32 costs FP32_OVER_BF16 times
 more on the reference machine. The estimate is only as good as those constants: every run records its estimate
 beside its actual stage times (`manifest.json` "estimate"), so the error is visible.
-Leaf module: imports only lib.profiles (for the type) and computes nothing heavy.
+Imports lib.paths, lib.profiles and lib.hardware only (the probe is the one measurement: about a second).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from lib import paths
 from lib.profiles import Profile, deep_merge
 
 # The reference: cold `make run`, `cpu` profile, git d869cc3, 2 cores, CPU class avx512_bf16 (2026-11-27).
@@ -23,8 +24,11 @@ REFERENCE = {
     "probe_gflops": {"float32": 185.0, "bfloat16": 910.0},  # lib.hardware.matmul_probe on that class (mean of 3)
     "stage_seconds": {"00": 69.0, "01": 4.0, "02": 169.0, "03": 1194.0, "04": 349.0, "05": 9.0},
     "stage_dtype": {"00": "float32", "01": None, "02": "bfloat16", "03": "bfloat16", "04": "float32", "05": None},
-    "work": {"steps": 24, "sequences_per_step": 16, "tokens_per_sequence": 250 + 128, "calibration_texts": 86,
-             "eval_sequences": 100, "eval_new_tokens": 256},
+    "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 16 * (250 + 128),
+             "calibration_texts": 86, "eval_sequences": 100, "eval_new_tokens": 256},
+    # of a training step's time in that run: rollouts 24% and judge 14.5% (scale with the completions), the rest is
+    # the policy's log-probs, backward and optimizer (scales with the tokens it computes)
+    "generation_share": 0.385,
 }
 # float32 / bf16 seconds of the same work on the reference machine, measured there: a LoRA forward+backward of the
 # 0.5B policy 62 s / 39 s (1.59), the judge's vLLM prefill 9.1 s / 5.0 s (1.82).
@@ -36,14 +40,36 @@ PROMPT_TOKENS = 250  # a training prompt of the original's format, with the chat
 STAGE_NAMES = {"00": "data", "01": "rubric", "02": "calibration", "03": "training", "04": "evaluation", "05": "case studies"}
 
 
+def gradient_tokens_per_step(profile: Profile) -> float:
+    """Tokens the policy's forward+backward computes per step: prompt and completion of every sequence, or with
+    `train.shared_prompt` each micro-batch's distinct prompts once (TRL shuffles a step's sequences into micro-batches)
+    plus every completion.
+
+    >>> from lib.profiles import load_profile
+    >>> gradient_tokens_per_step(load_profile("cpu", {"train": {"shared_prompt": False, "per_device_train_batch_size": 2,
+    ...                                                          "gradient_accumulation_steps": 8}}))
+    6048
+    >>> gradient_tokens_per_step(load_profile("cpu"))  # 2 micro-batches x 2 prompts x 250 + 16 x 128
+    3048
+    """
+    t = profile.train
+    seqs = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if not t.shared_prompt:
+        return seqs * (PROMPT_TOKENS + t.max_completion_length)
+    prompts_per_step = max(seqs // t.num_generations, 1)
+    distinct = min(prompts_per_step, t.per_device_train_batch_size)
+    return t.gradient_accumulation_steps * distinct * PROMPT_TOKENS + seqs * t.max_completion_length
+
+
 def _work(profile: Profile) -> dict[str, float]:
     t, e = profile.train, profile.eval
     steps = t.max_steps if t.max_steps > 0 else REFERENCE["work"]["steps"]  # epochs: not known before the data stage
     cal = REFERENCE["work"]["calibration_texts"]
     if profile.calibration_max_texts is not None:
         cal = min(cal, 2 * profile.calibration_max_texts)  # the cap is per section (answer, think)
-    return {"steps": steps, "sequences_per_step": t.per_device_train_batch_size * t.gradient_accumulation_steps,
-            "tokens_per_sequence": PROMPT_TOKENS + t.max_completion_length, "calibration_texts": cal,
+    seqs = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    return {"steps": steps, "completion_tokens_per_step": seqs * t.max_completion_length,
+            "gradient_tokens_per_step": gradient_tokens_per_step(profile), "calibration_texts": cal,
             "eval_sequences": e.n_prompts * max(len(e.models), 1), "eval_new_tokens": e.max_new_tokens}
 
 
@@ -65,7 +91,9 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
     `dtypes`: the dtype each stage runs in ("02" judge, "03" policy, "04" evaluation), from lib.hardware.
     >>> from lib.profiles import load_profile
     >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 185.0, "bfloat16_gflops": 910.0}}
-    >>> est = estimate_run(load_profile("cpu"), ref, {"02": "bfloat16", "03": "bfloat16", "04": "float32"}, model_cached=False)
+    >>> as_then = {"train": {"shared_prompt": False, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8}}
+    >>> est = estimate_run(load_profile("cpu", as_then), ref, {"02": "bfloat16", "03": "bfloat16", "04": "float32"},
+    ...                    model_cached=False)
     >>> round(est["total_s"])  # the reference run itself: 1,794 s
     1794
     """
@@ -75,8 +103,9 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
     scale = {
         "00": 1.0, "01": 1.0, "05": 1.0,
         "02": w["calibration_texts"] / rw["calibration_texts"],
-        "03": (w["steps"] * w["sequences_per_step"] * w["tokens_per_sequence"])
-              / (rw["steps"] * rw["sequences_per_step"] * rw["tokens_per_sequence"]),
+        "03": w["steps"] / rw["steps"] * (
+            REFERENCE["generation_share"] * w["completion_tokens_per_step"] / rw["completion_tokens_per_step"]
+            + (1 - REFERENCE["generation_share"]) * w["gradient_tokens_per_step"] / rw["gradient_tokens_per_step"]),
         "04": (w["eval_sequences"] * w["eval_new_tokens"]) / (rw["eval_sequences"] * rw["eval_new_tokens"]),
     }
     out = {}
@@ -137,3 +166,18 @@ def compare(est: dict[str, Any], actual: dict[str, float]) -> dict[str, Any]:
     a_total = sum(actual[s] for s in done)
     return {"stages": stages, "estimate_s": round(e_total, 1), "actual_s": round(a_total, 1),
             "error": round((a_total - e_total) / e_total, 3) if e_total else None}
+
+
+def size_for_machine(prof: Profile, facts: dict | None = None) -> tuple[Profile, dict]:
+    """The profile sized for this machine (lib.estimate.choose_sizing) and the record of why, with the estimate."""
+    from lib.hardware import machine_facts, profile_precisions
+
+    facts = facts or machine_facts()
+
+    def estimate_of(p: Profile) -> dict:
+        prec = profile_precisions(p)
+        dtypes = {"02": prec["judge"].dtype, "03": prec["train"].dtype, "04": prec["eval"].dtype}
+        cached = any((paths.CACHE_DIR / "models").glob(f"{p.policy_model}-*"))
+        return estimate_run(p, facts, dtypes, model_cached=cached)
+
+    return choose_sizing(prof, estimate_of)

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
+from lib.estimate import size_for_machine
 from lib.run import PROGRESS_PREFIX, RunError, create_run_dir, new_run_id
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
@@ -209,22 +210,6 @@ class _ProgressEcho:
         pass
 
 
-def size_for_machine(prof: Profile, facts: dict | None = None) -> tuple[Profile, dict]:
-    """The profile sized for this machine (lib.estimate.choose_sizing) and the record of why, with the estimate."""
-    from lib.estimate import choose_sizing, estimate_run
-    from lib.hardware import machine_facts, profile_precisions
-
-    facts = facts or machine_facts()
-
-    def estimate_of(p: Profile) -> dict:
-        prec = profile_precisions(p)
-        dtypes = {"02": prec["judge"].dtype, "03": prec["train"].dtype, "04": prec["eval"].dtype}
-        cached = any((paths.CACHE_DIR / "models").glob(f"{p.policy_model}-*"))
-        return estimate_run(p, facts, dtypes, model_cached=cached)
-
-    return choose_sizing(prof, estimate_of)
-
-
 def machine_report(prof: Profile, sizing: dict | None) -> dict:
     """The facts, precisions and first lines a run records and prints about the machine it runs on."""
     from lib.estimate import format_estimate
@@ -380,7 +365,7 @@ def run_pipeline(
         manifest.setdefault("resumed_at", []).append(_now())
     else:
         prof: Profile = load_profile(profile, overrides=parse_overrides(overrides))
-        prof, sizing = size_for_machine(prof)
+        prof, sizing = size_for_machine(prof)  # the reduced sizing where the full one overruns the budget here
         run_dir = create_run_dir(prof, run_id or new_run_id(prof.name))
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),

@@ -94,6 +94,9 @@ class TrainConfig(_Strict):
     # the policy's base weights (LoRA weights and optimizer state stay float32); on CUDA bfloat16 also turns on TRL's
     # bf16 mixed precision. auto: bfloat16 where the device computes it natively, else float32 (lib.hardware).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # trl backend: each micro-batch computes a prompt once for all its completions (lib.train.shared_prompt); pays off
+    # when a micro-batch holds several completions of a prompt (per_device_train_batch_size >= num_generations / 2)
+    shared_prompt: bool = False
     resume: bool = True  # continue from the run's last checkpoint; false refuses a run that already has checkpoints
     first_last_k: int = Field(5, ge=1)  # logged steps averaged at each end to ask whether the format reward rose
 

@@ -95,15 +95,22 @@ def create_run_dir(profile: Profile, run_id: str | None = None, interactive: boo
 
 
 def new_interactive_run(profile: str | Path = "smoke", overrides: dict | None = None, run_id: str | None = None) -> Path:
-    """A fresh interactive run of `profile` (what `python -m lib.cli new` makes); notebooks then continue it."""
-    prof = load_profile(profile, overrides=overrides)
+    """A fresh interactive run of `profile` (what `python -m lib.cli new` makes); notebooks then continue it.
+    Sized for this machine as a headless run is (lib.estimate.size_for_machine); the choice goes into its manifest."""
+    from lib.estimate import size_for_machine
+
+    prof, sizing = size_for_machine(load_profile(profile, overrides=overrides))
     if run_id is None:
         run_id = base = new_run_id(prof.name) + "-interactive"
         n = 1
         while (paths.RUNS_DIR / run_id).exists():  # two new runs within one second
             n += 1
             run_id = f"{base}-{n}"
-    return create_run_dir(prof, run_id, interactive=True)
+    run_dir = create_run_dir(prof, run_id, interactive=True)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "sizing": sizing}, indent=2, default=str), encoding="utf-8")
+    print(f"sizing: {sizing['chosen']} ({sizing['why']})")
+    return run_dir
 
 
 def newest_interactive_run(profile_name: str) -> Path | None:

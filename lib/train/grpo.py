@@ -33,6 +33,7 @@ from lib import rewards as rewards_mod
 from lib.hardware import Precision, resolve_dtype
 from lib.profiles import Profile, TrainConfig
 from lib.train.cpu_logprobs import install_cpu_logprobs
+from lib.train.shared_prompt import install_shared_prompt_logps
 from lib.train.logs import LOG_JSONL, RewardRecorder, TrainingLogger, training_summary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -243,7 +244,8 @@ _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset fil
               "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
               "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
               "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)",
-              "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url"}
+              "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url",
+              "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
@@ -427,6 +429,8 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     )
     if profile.train.backend == "unsloth":
         check_unsloth_trainer(trainer, model)
+    elif profile.train.shared_prompt:
+        install_shared_prompt_logps(trainer)
     return trainer
 
 
