@@ -90,7 +90,11 @@ def _cmd_new(args: argparse.Namespace) -> int:
     from lib.profiles import parse_overrides
     from lib.run import new_interactive_run
 
-    print(new_interactive_run(args.profile, parse_overrides(args.overrides), args.run_id))
+    run_dir = new_interactive_run(args.profile, parse_overrides(args.overrides), args.run_id)
+    sizing = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("sizing") or {}
+    if sizing:  # stdout is the run directory alone (scripts read it); the sizing goes to stderr
+        print(f"sizing: {sizing['chosen']} ({sizing['why']})", file=sys.stderr)
+    print(run_dir)
     return 0
 
 

@@ -109,7 +109,6 @@ def new_interactive_run(profile: str | Path = "smoke", overrides: dict | None = 
     run_dir = create_run_dir(prof, run_id, interactive=True)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     (run_dir / "manifest.json").write_text(json.dumps({**manifest, "sizing": sizing}, indent=2, default=str), encoding="utf-8")
-    print(f"sizing: {sizing['chosen']} ({sizing['why']})")
     return run_dir
 
 

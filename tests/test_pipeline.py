@@ -279,3 +279,44 @@ def test_interrupt_leaves_a_truthful_manifest(sandbox, monkeypatch):
     m = _manifest(runs / "r-int")
     assert m["status"] == "failed" and _by_name(m)["00_build_data"]["error"] == "interrupted (KeyboardInterrupt)"
 
+
+
+def test_run_records_machine_precision_sizing_and_estimate_vs_actual(sandbox, capsys):
+    from lib.hardware import cpu_class
+    from lib.run import PROGRESS_PREFIX
+
+    nb_dir, _ = sandbox
+    _notebook(nb_dir / "00_build_data.ipynb", _log_stage("00"))
+    _notebook(nb_dir / "03_grpo_training.ipynb",
+              f"print('{PROGRESS_PREFIX}train step 1/4: reward 0.5, 10.0 s, training left ~0.5 min')")
+    _notebook(nb_dir / "04_evaluation.ipynb", _log_stage("04"))
+    run_dir = run_pipeline("cpu", run_id="r-sized", overrides=["sizing.budget_minutes=0.01"])
+    out = capsys.readouterr().out
+    m = _manifest(run_dir)
+    assert m["machine"]["cpu_class"] == cpu_class() and m["machine"]["matmul_probe"]["float32_gflops"] > 0
+    assert set(m["precision"]) == {"judge", "train", "eval"} and m["precision"]["eval"]["dtype"] == "float32"
+    # the full cpu job cannot fit 0.6 s: the reduced sizing was chosen, written into the run's profile, and said
+    assert m["sizing"]["chosen"] == "reduced" and "budget" in m["sizing"]["why"]
+    assert "max_steps: 18" in (run_dir / "profile.yaml").read_text()
+    first = out.splitlines()[:8]
+    assert any(l.startswith("machine: CPU class ") for l in first) and any(l.startswith("precision: judge ") for l in first)
+    assert any(l.startswith("sizing: reduced (") for l in first) and any(l.startswith("estimate: ~") for l in first)
+    # a training line gets the whole run's time left: its own plus the estimate of the stages after it (04, 05)
+    later = m["sizing"]["estimate"]["stages"]["04"] + m["sizing"]["estimate"]["stages"]["05"]
+    assert f"training left ~0.5 min, run left ~{0.5 + later / 60:.1f} min" in out
+    check = m["estimate_vs_actual"]
+    assert set(check["stages"]) == {"00", "01", "02", "03", "04", "05"}
+    assert check["actual_s"] == pytest.approx(sum(e["seconds"] for e in m["notebooks"]), abs=0.2)
+    assert check["error"] is not None and "time: estimated" in out
+
+
+def test_sizing_keeps_the_full_job_within_the_budget():
+    from lib.estimate import choose_sizing
+
+    prof = load_profile("cpu")
+    fits, rec = choose_sizing(prof, lambda p: {"total_s": 60.0 * 30, "stages": {}})
+    assert fits is prof and rec["chosen"] == "full" and "within the 40-minute budget" in rec["why"]
+    est = {"cpu": 60.0 * 60}
+    reduced, rec = choose_sizing(prof, lambda p: {"total_s": est["cpu"] if p.train.max_steps == 24 else 1500.0, "stages": {}})
+    assert rec["chosen"] == "reduced" and reduced.train.max_steps == 18 and reduced.eval.n_prompts == 30
+    assert reduced.train.learning_rate == 1e-4 and reduced.train.per_device_train_batch_size == 8
