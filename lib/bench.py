@@ -1,6 +1,8 @@
 """Benchmarks (commands, not tests): how fast the judge is, measured the same way for each way of running it.
 
     python -m lib.bench judge [--json PATH] [--profile NAME] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
+    python -m lib.bench step [--json PATH] [--steps 3] [--setups ours,original]   (lib/bench_step.py)
+    python -m lib.bench serve ... (lib/serve/bench.py); python -m lib.bench precision ... (lib/train/precision.py)
 
 `judge` judges the same N calibration completions (N answers and N think sections, every question of the
 default rubric: 20 per completion) with the same model, one mode after the other in one process. The judge is
@@ -396,13 +398,13 @@ def report(model: str, n_texts: int, modes: dict[str, dict | None], errors: dict
     }
 
 
-def default_json_path(now: datetime | None = None) -> Path:
-    """outputs/bench/judge-<UTC timestamp>.json; a suffix -1, -2, ... when that name is taken."""
+def default_json_path(now: datetime | None = None, stem: str = "judge") -> Path:
+    """outputs/bench/<stem>-<UTC timestamp>.json; a suffix -1, -2, ... when that name is taken."""
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    p = BENCH_DIR / f"judge-{stamp}.json"
+    p = BENCH_DIR / f"{stem}-{stamp}.json"
     i = 1
     while p.exists():
-        p = BENCH_DIR / f"judge-{stamp}-{i}.json"
+        p = BENCH_DIR / f"{stem}-{stamp}-{i}.json"
         i += 1
     return p
 
@@ -491,13 +493,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
 
     add_serve_parser(sub)
+    from lib.bench_step import add_step_parser  # `step`: seconds per GRPO step, ours vs the original's setup
+
+    add_step_parser(sub)
     p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (lib/train/precision.py)")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/precision.json)")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name or local path")
     p.add_argument("--sequences", type=int, default=4, help="calibration answers in the fixed batch (default 4)")
     p.add_argument("--steps", type=int, default=2, help="optimizer steps after the first gradient (default 2)")
     args = parser.parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "step"):
         return args.run(args)
     if args.command == "precision":
         from lib.train import precision

@@ -193,3 +193,122 @@ def test_serve_command():
     cmd = bench.serve_command("/models/x", 8123, gpu, cuda=True)
     assert cmd[cmd.index("--max-model-len") + 1] == str(gpu.max_model_len) and "--enforce-eager" not in cmd
     assert cmd[cmd.index("--gpu-memory-utilization") + 1] == str(gpu.gpu_memory_utilization)
+
+
+# ------------------------------------------------------------------------------------------------ `step`
+
+from lib import bench_step  # noqa: E402
+
+
+def _rows(*steps):
+    return [{"step": s, "step_seconds": t, "rollout_seconds": r, "judge_seconds": j, "gradient_seconds": t - r - j,
+             "judge_requests": 100.0, "completions/mean_length": 110.0} for s, t, r, j in steps]
+
+
+def test_step_aggregate_discards_the_warmup_step():
+    rows = _rows((1, 90.0, 60.0, 10.0), (2, 40.0, 10.0, 6.0), (3, 50.0, 12.0, 8.0))
+    a = bench_step.aggregate(rows)
+    assert a["discarded_steps"] == [1] and a["measured_steps"] == [2, 3] and a["n_measured"] == 2
+    assert a["step_seconds"] == pytest.approx(45.0)
+    assert a["rollout_seconds"] == pytest.approx(11.0) and a["judge_seconds"] == pytest.approx(7.0)
+    assert a["gradient_seconds"] == pytest.approx(27.0)
+    assert a["warmup_step_seconds"] == pytest.approx(90.0)
+    assert a["reward"] is None  # not logged: None, not 0
+    # order and a repeated step (a resumed log) do not matter: the first row of a step counts
+    assert bench_step.aggregate(list(reversed(rows)) + _rows((2, 999.0, 0.0, 0.0)))["step_seconds"] == pytest.approx(45.0)
+    with pytest.raises(bench.BenchError, match="no step left"):
+        bench_step.aggregate(rows[:1])
+    assert bench_step.aggregate(rows, warmup=0)["n_measured"] == 3
+
+
+def test_step_aggregate_skips_missing_parts():
+    rows = [{"step": 1, "step_seconds": 5.0}, {"step": 2, "step_seconds": 4.0, "judge_seconds": float("nan")},
+            {"step": 3, "step_seconds": 6.0, "judge_seconds": 2.0}]
+    a = bench_step.aggregate(rows)
+    assert a["step_seconds"] == pytest.approx(5.0) and a["judge_seconds"] == pytest.approx(2.0)
+    assert a["rollout_seconds"] is None
+
+
+def test_step_ratio_is_original_over_ours():
+    ours = bench_step.aggregate(_rows((1, 100.0, 50.0, 10.0), (2, 40.0, 10.0, 6.0), (3, 40.0, 10.0, 6.0)))
+    orig = bench_step.aggregate(_rows((1, 500.0, 300.0, 30.0), (2, 200.0, 150.0, 20.0), (3, 160.0, 110.0, 20.0)))
+    r = bench_step.ratios(ours, orig)
+    assert r["step_seconds"] == pytest.approx(180.0 / 40.0)
+    assert r["rollout_seconds"] == pytest.approx(13.0) and r["judge_seconds"] == pytest.approx(20.0 / 6.0)
+    assert r["gradient_seconds"] == pytest.approx(30.0 / 24.0)
+    assert bench_step.ratios(None, orig)["step_seconds"] is None
+    assert bench_step.ratios(ours, None)["step_seconds"] is None
+    assert bench_step.ratios({"step_seconds": 0.0}, orig)["step_seconds"] is None
+
+
+def test_step_report_layout_and_table(monkeypatch):
+    ours = {"mean": bench_step.aggregate(_rows((1, 90.0, 60.0, 10.0), (2, 40.0, 10.0, 6.0)))}
+    orig = {"mean": bench_step.aggregate(_rows((1, 300.0, 200.0, 30.0), (2, 160.0, 110.0, 20.0)))}
+    rep = bench_step.report("cpu", 2, {"format": 1.0}, {"ours": ours, "original": orig}, {}, {"policy_model": "m"})
+    assert rep["benchmark"] == "step" and rep["warmup_steps_discarded"] == 1 and "discarded" in rep["means_note"]
+    assert rep["ratio"] == pytest.approx(4.0) and rep["goal"] == {"ratio_at_least": 3.0, "met": True}
+    assert rep["machine"]["cpu_class"] in bench_step.CPU_FLAGS + ("baseline",)
+    json.dumps(rep)  # JSON-safe
+    lines = bench_step.format_lines(rep)
+    assert any(line.strip().startswith("original/ours") and "4.00x" in line for line in lines)
+    failed = bench_step.report("cpu", 2, {}, {"ours": ours, "original": None}, {"original": "BenchError: boom"})
+    assert failed["ratio"] is None and failed["goal"]["met"] is None
+    assert any("failed: BenchError: boom" in line for line in bench_step.format_lines(failed))
+
+
+def test_step_cpu_flags_and_class():
+    info = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\nbugs\t\t: avx2x\n"
+    assert bench_step.cpu_flags(info) == ["avx2", "avx512_bf16", "avx512f"]
+    assert bench_step.cpu_class(bench_step.cpu_flags(info)) == "avx512_bf16"
+    assert bench_step.cpu_class(["avx2", "amx_bf16"]) == "amx_bf16"
+    assert bench_step.cpu_flags("flags : sse4_2") == [] and bench_step.cpu_class([]) == "baseline"
+    assert isinstance(bench_step.cpu_class(), str)  # this machine's
+
+
+def test_step_reward_weights_and_overrides():
+    cpu = load_profile("cpu")
+    w = bench_step.bench_reward_weights(cpu.train.reward_weights)
+    assert w == {"format": 1.0, "answer": 0.1, "think": 0.1}  # think added: both setups judge think and answer
+    assert bench_step.bench_reward_weights({"format": 1.0, "think": 0.5, "answer": 0.2}) == {"format": 1.0, "think": 0.5, "answer": 0.2}
+    ours = load_profile("cpu", overrides=bench_step.setup_overrides("ours", 3, w))
+    assert ours.train.rollout_engine == "vllm_lora" and ours.judge.backend == "vllm" and ours.judge.mode == "soft"
+    assert ours.train.max_steps == 3 and ours.train.logging_steps == 1 and ours.train.reward_weights == w
+    orig = load_profile("cpu", overrides=bench_step.setup_overrides("original", 3, w, judge_model="/m/q",
+                                                                     base_url="http://127.0.0.1:9/v1"))
+    assert orig.train.rollout_engine == "hf" and orig.judge.backend == "openai" and orig.judge.mode == "seed"
+    assert orig.judge.base_url == "http://127.0.0.1:9/v1" and orig.judge.model == "/m/q"
+    # the shape is the profile's in both
+    for p in (ours, orig):
+        assert (p.train.num_generations, p.train.max_completion_length, p.train.lora_rank) == (8, 128, 16)
+        assert p.policy_model == cpu.policy_model
+    with pytest.raises(bench.BenchError, match="unknown setup"):
+        bench_step.setup_overrides("fast", 3, w)
+
+
+def test_step_cli_parses_and_refuses_bad_arguments(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(bench_step, "bench_step", lambda *a, **k: seen.update(args=a, kwargs=k) or {})
+    assert bench.main(["step", "--steps", "2", "--setups", "ours", "--json", str(tmp_path / "s.json")]) == 0
+    assert seen["args"] == (2, tmp_path / "s.json", ["ours"], "cpu") and seen["kwargs"] == {"keep_runs": False}
+    assert bench.main(["step"]) == 0 and seen["args"][0] == bench_step.DEFAULT_STEPS == 3
+    assert seen["args"][2] == ["ours", "original"]
+    monkeypatch.undo()
+    assert bench.main(["step", "--steps", "1"]) == 2  # the warm-up step would leave nothing
+    assert bench.main(["step", "--setups", "fast"]) == 2
+    (tmp_path / "taken.json").write_text("{}")
+    assert bench.main(["step", "--json", str(tmp_path / "taken.json")]) == 2  # never overwrites
+
+
+def test_step_default_json_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    p = bench.default_json_path(stem="step")
+    assert p.parent == tmp_path and p.name.startswith("step-") and p.suffix == ".json"
+    p.write_text("{}")
+    assert bench.default_json_path(stem="step") != p
+    assert bench.default_json_path().name.startswith("judge-")
+
+
+def test_step_child_command():
+    cmd = bench_step.child_command("original", 3, "cpu", bench_step.Path("/w"), bench_step.Path("/w/r.json"))
+    assert cmd[:3] == [sys.executable, "-m", "lib.bench_step"]
+    assert cmd[cmd.index("--child") + 1] == "original" and cmd[cmd.index("--steps") + 1] == "3"

@@ -135,3 +135,61 @@ def test_cpu_lora_ops_match_vllms_for_adapters_and_skip_no_lora_rows(dtype):
     out = torch.ones(7, 10, dtype=dt)
     rollouts.bgmv_expand(torch.randn(7, 4, dtype=dt), b, out, none, add_inputs=True)
     assert torch.all(out[[0, 2, 3, 4, 5, 6]] == 1) and torch.any(out[1] != 1)
+
+
+def test_generation_timer_times_trls_own_generation_call():
+    from lib.train.logs import TrainingLogger
+    from lib.train.rollouts import GenerationTimer, RolloutError
+
+    class FakeTrainer:
+        def _generate_single_turn(self, prompt_ids, *rest):
+            return [[1, 2, 3], [4]], None
+
+    trainer = FakeTrainer()
+    timer = GenerationTimer().attach(trainer)
+    assert trainer._generate_single_turn([[0], [0]], None, {}, 2) == ([[1, 2, 3], [4]], None)
+    assert timer.calls == 1 and timer.completion_tokens == 4 and timer.seconds > 0
+    with pytest.raises(RolloutError, match="_generate_single_turn"):
+        GenerationTimer().attach(object())
+    # the training log reads it as it reads LoRARollouts: rollout and gradient seconds per step
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        logger = TrainingLogger(d, rollouts=timer)
+        state = SimpleNamespace(global_step=0, epoch=0.0, max_steps=1, is_world_process_zero=True)
+        logger.on_train_begin(None, state, None)
+        timer.seconds += 0.5
+        state.global_step = 1
+        logger.on_log(None, state, None, logs={"loss": 0.1})
+        row = json.loads((Path(d) / "log.jsonl").read_text().splitlines()[0])
+        assert row["rollout_seconds"] == pytest.approx(0.5) and "gradient_seconds" in row
+
+
+def test_trl_backend_times_hf_rollouts(monkeypatch, tmp_path):
+    """build_trainer gives TRL's own generation a GenerationTimer (hf rollouts), the logger reads it."""
+    from lib import rewards
+    from lib.train.rollouts import GenerationTimer
+
+    made = {}
+
+    class FakeGRPOTrainer:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+
+        def _generate_single_turn(self, *a):
+            return [[1]], None
+
+    import trl
+
+    monkeypatch.setattr(trl, "GRPOTrainer", FakeGRPOTrainer)
+    monkeypatch.setattr(grpo, "load_train_dataset", lambda *a: None)
+    monkeypatch.setattr(grpo, "build_grpo_config", lambda *a: None)
+    monkeypatch.setattr(rewards, "_JUDGE", object())
+    profile = load_profile("smoke", overrides={"train": {"rollout_engine": "hf", "reward_weights": {"format": 1.0}}})
+    ctx = SimpleNamespace(stage=lambda name: tmp_path / name)
+    (tmp_path / "train").mkdir()
+    trainer = grpo.build_trainer(profile, ctx, judge=None, policy=(None, None, None))
+    logger = made["callbacks"][0]
+    assert isinstance(logger.rollouts, GenerationTimer) and made["rollout_func"] is None
+    trainer._generate_single_turn()
+    assert logger.rollouts.calls == 1

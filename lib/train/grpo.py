@@ -416,7 +416,13 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     recorder = RewardRecorder()
     reward_funcs, _ = wrapped_reward_functions(profile, recorder)
     rollouts = lora_rollouts(profile, judge, tokenizer, out) if profile.train.rollout_engine == "vllm_lora" else None
-    logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions, rollouts=rollouts)
+    timer = None
+    if rollouts is None and profile.train.backend == "trl":  # TRL generates itself: time its generation call
+        from lib.train.rollouts import GenerationTimer
+
+        timer = GenerationTimer()
+    logger = TrainingLogger(out, recorder=recorder, judge=judge, n_samples=profile.train.log_completions,
+                            rollouts=rollouts or timer)
     trainer = GRPOTrainer(
         rollout_func=rollouts,
         model=model,
@@ -427,6 +433,8 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
         callbacks=[logger],
         peft_config=peft_config,
     )
+    if timer is not None:
+        timer.attach(trainer)
     if profile.train.backend == "unsloth":
         check_unsloth_trainer(trainer, model)
     elif profile.train.shared_prompt:

@@ -5,7 +5,9 @@ Files in the run's `train/` folder (appended; a resumed run skips the steps alre
     log.jsonl / log.csv   one row per logged step: TRL's metrics as TRL names them (`rewards/<func>/mean`
                           and `/std`, `reward`, `reward_std`, `frac_reward_zero_std`, `kl`, `entropy`,
                           `completions/mean_length`, `completions/clipped_ratio`, `loss`, `learning_rate`,
-                          `grad_norm`) plus `step_seconds`, `judge_seconds` and `judge_share` (judge time / step time)
+                          `grad_norm`) plus `step_seconds`, `judge_seconds` and `judge_share` (judge time / step time),
+                          and, when the rollouts are timed (LoRARollouts, or lib.train.rollouts.GenerationTimer on
+                          TRL's own generation), `rollout_seconds`, `rollout_share` and `gradient_seconds`
     samples.jsonl         a few completions of every logged step with each reward, each judge question's
                           P(yes) and the section scores
 

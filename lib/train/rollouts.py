@@ -164,3 +164,39 @@ class LoRARollouts:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+class GenerationTimer:
+    """Times TRL's own rollouts (`train.rollout_engine: hf`, or TRL's vLLM) for the training log's time split.
+
+    `attach(trainer)` wraps the trainer's `_generate_single_turn` (TRL 1.15: the call that generates a generation
+    batch's completions, HF `generate` or TRL's vLLM) on that instance; `seconds`, `completion_tokens` and `calls`
+    are then the same totals `LoRARollouts` keeps, so `TrainingLogger(rollouts=...)` logs `rollout_seconds` and
+    `gradient_seconds` for either engine. Prompt tokenization (a few ms) stays outside, as it does for LoRARollouts.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.completion_tokens = 0
+        self.calls = 0
+
+    def attach(self, trainer) -> "GenerationTimer":
+        inner = getattr(trainer, "_generate_single_turn", None)
+        if inner is None:
+            raise RolloutError(f"{type(trainer).__name__} has no _generate_single_turn: this TRL version generates "
+                               "elsewhere; rollout time is not logged")
+        import functools
+
+        @functools.wraps(inner)
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+            completion_ids = out[0] if isinstance(out, tuple) else None
+            if completion_ids is not None:
+                self.completion_tokens += sum(len(c) for c in completion_ids)
+            return out
+
+        trainer._generate_single_turn = timed
+        return self
