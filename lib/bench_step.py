@@ -3,7 +3,7 @@
     python -m lib.bench step [--json PATH] [--steps 3] [--setups ours,original] [--profile cpu]
 
 A few GRPO steps of the profile's shape (default `cpu`: Qwen2.5-Coder-0.5B-Instruct policy and judge, 2 prompts x 8
-generations, <= 128 completion tokens, LoRA r16, bf16 weights), run both ways one after the other, each in its own
+generations, <= 128 completion tokens, LoRA r16, `dtype: auto`), run both ways one after the other, each in its own
 fresh process (what one way leaves behind, e.g. the thread settings an in-process vLLM engine makes, cannot touch
 the other), through the library's own path: a temporary run directory, the data stage as notebook 00 builds it
 (`lib.data`: deduplicated catalogue, the profile's split, `data.max_train` capped), `lib.judge.build_judge`,
@@ -65,45 +65,12 @@ JUDGED_REWARDS = ("think", "answer")
 SPLIT = ("rollout_seconds", "judge_seconds", "gradient_seconds")
 MEAN_KEYS = ("step_seconds", *SPLIT, "judge_requests", "completions/mean_length", "completions/clipped_ratio", "reward")
 GOAL_RATIO = 3.0  # issue 22: ours at least 3x faster per step
-CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # best first
 DESCRIPTIONS = {
     "ours": "rollouts: judge's in-process vLLM engine with the current LoRA (vllm_lora); judge: in-process vLLM, soft "
             "mode, one batch per step; gradient: TRL GRPOTrainer",
     "original": "rollouts: TRL's HF generate (hf); judge: local `vllm serve` over HTTP, seed mode (greedy 3 tokens, "
                 "batches of 6, must-have first); gradient: TRL GRPOTrainer",
 }
-
-
-# ------------------------------------------------------------------------------------------------ machine
-
-
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """Which of avx512_bf16, amx_bf16, avx512f, avx2 the CPU's `flags` lines name (sorted), as
-    `grep -o -w -E 'avx512_bf16|amx_bf16|avx512f|avx2' /proc/cpuinfo | sort -u` finds them.
-
-    >>> cpu_flags("flags\\t\\t: fpu avx2 avx512f avx512fp16\\nflags : avx2")
-    ['avx2', 'avx512f']
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return []
-    found: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.split(":", 1)[0].strip() == "flags" and ":" in line:
-            found.update(w for w in line.split(":", 1)[1].split() if w in CPU_FLAGS)
-    return sorted(found)
-
-
-def cpu_class(flags: Sequence[str] | None = None) -> str:
-    """The best of amx_bf16 > avx512_bf16 > avx512f > avx2 the CPU has ("baseline" for none): what bf16 costs here.
-
-    >>> cpu_class(["avx2", "avx512f"]), cpu_class([]), cpu_class(["avx512_bf16", "amx_bf16", "avx2"])
-    ('avx512f', 'baseline', 'amx_bf16')
-    """
-    flags = cpu_flags() if flags is None else flags
-    return next((f for f in CPU_FLAGS if f in flags), "baseline")
 
 
 # ------------------------------------------------------------------------------------------------ pure logic
@@ -202,7 +169,9 @@ def report(profile: str, steps: int, reward_weights: Mapping[str, float], setups
 
     means = {s: (setups.get(s) or {}).get("mean") for s in SETUPS}
     r = ratios(means["ours"], means["original"])
-    flags = cpu_flags()
+    from lib.hardware import machine_facts, profile_precisions
+
+    facts = machine_facts()
     vers = versions()
     for pkg in ("trl", "peft"):
         try:
@@ -220,7 +189,8 @@ def report(profile: str, steps: int, reward_weights: Mapping[str, float], setups
         "timing": "train/log.jsonl of each run (lib.train.logs.TrainingLogger): step_seconds, rollout_seconds, "
                   "judge_seconds; gradient_seconds = step - rollout - judge",
         "reward_weights": dict(reward_weights),
-        "machine": {**machine_info(), "cpu_class": cpu_class(flags), "cpu_flags": flags},
+        "machine": {**machine_info(), "cpu_class": facts["cpu_class"], "cpu_flags": facts["cpu_flags"],
+                    "matmul_probe": facts["matmul_probe"]},
         "versions": vers,
         "setups": {s: setups.get(s) for s in SETUPS},
         "ratio": r["step_seconds"], "ratios": r,
@@ -404,7 +374,8 @@ def bench_step(steps: int = DEFAULT_STEPS, json_path: Path | None = None, setups
     shape = {"policy_model": base.policy_model, "judge_model": base.judge.model,
              "prompts_per_step": t.per_device_train_batch_size * t.gradient_accumulation_steps // t.num_generations,
              "num_generations": t.num_generations, "max_completion_length": t.max_completion_length,
-             "lora_rank": t.lora_rank, "bf16": t.bf16, "device": base.device}
+             "lora_rank": t.lora_rank, "shared_prompt": t.shared_prompt,
+             "dtype": {k: v.dtype for k, v in profile_precisions(base).items()}, "device": base.device}
     results: dict[str, dict | None] = {}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:

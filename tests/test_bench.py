@@ -247,22 +247,13 @@ def test_step_report_layout_and_table(monkeypatch):
     rep = bench_step.report("cpu", 2, {"format": 1.0}, {"ours": ours, "original": orig}, {}, {"policy_model": "m"})
     assert rep["benchmark"] == "step" and rep["warmup_steps_discarded"] == 1 and "discarded" in rep["means_note"]
     assert rep["ratio"] == pytest.approx(4.0) and rep["goal"] == {"ratio_at_least": 3.0, "met": True}
-    assert rep["machine"]["cpu_class"] in bench_step.CPU_FLAGS + ("baseline",)
+    assert rep["machine"]["cpu_class"] in ("amx_bf16", "avx512_bf16", "avx512", "avx2", "other")
     json.dumps(rep)  # JSON-safe
     lines = bench_step.format_lines(rep)
     assert any(line.strip().startswith("original/ours") and "4.00x" in line for line in lines)
     failed = bench_step.report("cpu", 2, {}, {"ours": ours, "original": None}, {"original": "BenchError: boom"})
     assert failed["ratio"] is None and failed["goal"]["met"] is None
     assert any("failed: BenchError: boom" in line for line in bench_step.format_lines(failed))
-
-
-def test_step_cpu_flags_and_class():
-    info = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\nbugs\t\t: avx2x\n"
-    assert bench_step.cpu_flags(info) == ["avx2", "avx512_bf16", "avx512f"]
-    assert bench_step.cpu_class(bench_step.cpu_flags(info)) == "avx512_bf16"
-    assert bench_step.cpu_class(["avx2", "amx_bf16"]) == "amx_bf16"
-    assert bench_step.cpu_flags("flags : sse4_2") == [] and bench_step.cpu_class([]) == "baseline"
-    assert isinstance(bench_step.cpu_class(), str)  # this machine's
 
 
 def test_step_reward_weights_and_overrides():
