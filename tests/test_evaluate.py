@@ -259,3 +259,15 @@ def test_paired_gains_and_reported_rows():
     table = with_reported_rows(score_table(items, metrics=("format",), n_resamples=50))
     assert list(table.index[-2:]) == list(ORIGINAL_REPORTED) and table.loc[list(ORIGINAL_REPORTED)[1], "format"] == 0.97
     assert np.isnan(table.loc[list(ORIGINAL_REPORTED)[0], "format_lo"])
+
+
+def test_reported_rows_sit_in_their_own_block_with_the_caveat():
+    from lib.eval.metrics import ORIGINAL_REPORTED, REPORTED_CAVEAT, REPORTED_HEADER, with_reported_rows
+
+    table = with_reported_rows(score_table(_items(), n_resamples=50))
+    assert list(table.index) == ["base", "trained", REPORTED_HEADER, *ORIGINAL_REPORTED]
+    assert table.loc[REPORTED_HEADER, "caveat"] == REPORTED_CAVEAT and (table.loc[["base", "trained"], "caveat"] == "").all()
+    md = format_table_markdown(table).splitlines()
+    header_line = next(i for i, line in enumerate(md) if REPORTED_HEADER in line)
+    assert REPORTED_CAVEAT in md[header_line] and "test set" in REPORTED_CAVEAT and "judge" in REPORTED_CAVEAT
+    assert md[2].split("|")[2].strip() == str(int(table.loc["base", "n"]))  # our n stays an integer, not 8.000

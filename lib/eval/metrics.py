@@ -272,6 +272,8 @@ def interval_columns(table: pd.DataFrame) -> list[str]:
 
 
 def _fmt(x: Any, digits: int) -> str:
+    if x is pd.NA:
+        return "—"
     if isinstance(x, (bool, np.bool_)):
         return "yes" if x else "no"
     if isinstance(x, (int, np.integer)):
@@ -396,12 +398,22 @@ ORIGINAL_REPORTED = {
     "original: Qwen2.5-0.5B-Instruct (reported)": {"format": 0.41, "think": 0.11, "answer": 0.16},
     "original: Qwen2.5-0.5B-GRPO (reported)": {"format": 0.97, "think": 0.88, "answer": 0.42},
 }
+REPORTED_HEADER = "── the original's published numbers ──"
+REPORTED_CAVEAT = ("not comparable with the rows above: another test set (its 50 prompts), judge prompt and judge "
+                   "(Qwen2.5-7B-Instruct); format is rule-based but scored on other prompts")
 
 
 def with_reported_rows(table: pd.DataFrame, reported: Mapping[str, Mapping[str, float]] = ORIGINAL_REPORTED) -> pd.DataFrame:
-    """`table` (from `score_table`) with the original's reported rows appended (no n, no interval)."""
+    """`table` (from `score_table`) followed by the original's reported rows (no n, no interval) in a block of
+    their own: a header row `REPORTED_HEADER` and a `caveat` column that holds `REPORTED_CAVEAT` on it, so the
+    table itself says why the two blocks are not to be compared row by row."""
     extra = pd.DataFrame.from_dict({k: dict(v) for k, v in reported.items()}, orient="index")
-    out = pd.concat([table, extra.reindex(columns=[c for c in table.columns if c in extra.columns or c == "n"])])
+    extra = extra.reindex(columns=[c for c in table.columns if c in extra.columns or c == "n"])
+    header = pd.DataFrame({"caveat": [REPORTED_CAVEAT]}, index=[REPORTED_HEADER])
+    ours = table.assign(caveat="")
+    out = pd.concat([ours, header, extra.assign(caveat="")])
+    if "n" in out.columns:
+        out["n"] = out["n"].astype("Int64")  # the reported rows have no n: keep ours integers
     out.index.name = table.index.name
     return out
 
