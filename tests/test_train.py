@@ -475,6 +475,31 @@ def test_first_last_comparison_is_reproducible():
     assert first_last_comparison(df, k=4) == first_last_comparison(df, k=4)
 
 
+def test_first_last_interval_respects_autocorrelated_windows():
+    # each window is a smooth ramp (consecutive steps strongly dependent): a bootstrap of the steps as independent
+    # draws calls +0.04 a rise ([+0.004, +0.076]); the HAC interval does not
+    first, last = [0.50, 0.52, 0.54, 0.56, 0.58], [0.62, 0.60, 0.58, 0.56, 0.54]
+    rows = [{"step": i + 1, "m": v} for i, v in enumerate(first + [0.55] * 6 + last)]
+    r = first_last_comparison(rows, "m", k=5)
+    assert r["diff"] == pytest.approx(0.04) and r["diff_lo"] < 0 < r["diff_hi"] and r["verdict"] == "no clear change"
+    assert "HAC" in r["interval"] and "HAC" in logs.describe_comparison(r)
+
+
+def test_hac_variance_of_mean_by_hand():
+    from scipy import stats
+
+    x = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
+    e = x - 3.0  # -2 -1 1 0 2; gamma sums: lag 0: 10, lag 1: 2 - 1 + 0 + 0 = 1, lag 2: -2 + 0 + 2 = 0
+    assert logs.hac_variance_of_mean(x, lags=2) == pytest.approx((10 + 2 * (2 / 3) * 1 + 2 * (1 / 3) * 0) / 25)
+    assert logs.hac_variance_of_mean(x, lags=0) == pytest.approx(float(e @ e) / 25)
+    assert logs.hac_variance_of_mean([0.5, 0.5, 0.5]) == 0.0
+    # the interval is diff +- t(2k-2) * sqrt(sum of the windows' HAC variances)
+    rows = [{"step": i + 1, "m": v} for i, v in enumerate([1.0, 2.0, 4.0, 3.0, 5.0, 9.0, 9.5, 8.0, 9.0, 10.0])]
+    r = first_last_comparison(rows, "m", k=5)
+    se = np.sqrt(logs.hac_variance_of_mean(x) + logs.hac_variance_of_mean([9.0, 9.5, 8.0, 9.0, 10.0]))
+    assert r["diff_hi"] - r["diff"] == pytest.approx(stats.t.ppf(0.975, 8) * se)
+
+
 # --------------------------------------------------------------------------------- accelerate configs
 
 
