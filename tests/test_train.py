@@ -302,6 +302,33 @@ def test_torch_logprobs_match_a_plain_log_softmax(softcap):
     torch.testing.assert_close(g1, g2)
 
 
+def test_torch_logprobs_is_top1_counts_the_first_maximum_only():
+    import torch
+
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    weight = torch.tensor([[0.0, 1.0], [2.0, 0.0], [2.0, 0.0], [1.0, 0.0]])  # tokens 1 and 2 tie for the top logit
+    targets = torch.tensor([1, 2, 3])
+    *_, top1 = cpu_logprobs._torch_chunked_logprob(hidden, weight, None, targets, 1.0, 4096, outputs=("log_probs", "is_top1"))
+    assert top1.tolist() == [True, False, False]  # TRL: (target >= max) & (target > max before the target)
+
+
+def test_torch_logprobs_bf16_as_trl_forward():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 64, generator=g).bfloat16()
+    weight = (torch.randn(300, 64, generator=g) * 0.3).bfloat16()
+    targets = torch.randint(0, 300, (9,), generator=g)
+    lp, ent, *_ = cpu_logprobs._torch_chunked_logprob(hidden, weight, None, targets, 0.8, 4096, None, 1.0, ("log_probs", "entropy"))
+    assert lp.dtype == torch.float32 and ent.dtype == torch.float32
+    # TRL's forward: the GEMM tile in the compute dtype (bf16, `torch.mm(..., out=tile)`), then a float32 log-sum-exp
+    ref = torch.log_softmax(torch.mm(hidden, weight.t()).float() / 0.8, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(lp, ref, rtol=1e-6, atol=1e-6)
+    # within bf16 rounding of float32 logits
+    z32 = hidden.float() @ weight.float().t() / 0.8
+    torch.testing.assert_close(lp, torch.log_softmax(z32, -1).gather(-1, targets[:, None]).squeeze(-1), rtol=0, atol=0.05)
+
+
 def test_cpu_logprob_dispatch_is_installed_once():
     from trl.trainer import utils as trl_utils
 
