@@ -71,7 +71,8 @@ class FakeTokenizer:
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
         assert not tokenize and add_generation_prompt
-        return f"<u>{messages[0]['content']}</u><m>"
+        tag = {"user": "u", "system": "s"}[messages[0]["role"]]
+        return f"<{tag}>{messages[0]['content']}</{tag}><m>"
 
 
 class FakeBackend:
@@ -121,7 +122,7 @@ def engine(backend, mode="soft", **cfg) -> JudgeEngine:
 
 
 def question_of(prompt: str) -> str:
-    return prompt.split("问：", 1)[1].removesuffix("</u><m>")
+    return prompt.split("问：", 1)[1].removesuffix("</u><m>").removesuffix("</s><m>")
 
 
 # ----------------------------------------------------------------------------------------------- P(yes)
@@ -399,6 +400,27 @@ def test_seed_mode_must_have_first_then_plausible_of_passing_texts(section):
         else:
             assert set(r) == set(section.keys) and all(j.verdict and j.p_yes == 1.0 for j in r.values())
     assert judge.stats.requests == len(sent)
+
+
+def test_seed_mode_sends_the_template_as_a_lone_system_message(section):
+    backend = FakeBackend()
+    engine(backend, mode="seed").judge_section(section, ["可乐"], ["文案"])
+    sent = [p for _, batch in backend.calls for p in batch]
+    assert sent and all(p.startswith("<s>关于可乐：文案\n问：") and p.endswith("</s><m>") for p in sent)
+    soft = FakeBackend()
+    engine(soft, mode="soft").judge_section(section, ["可乐"], ["文案"])
+    assert all(p.startswith("<u>") for _, batch in soft.calls for p in batch)
+
+
+def test_seed_mode_falls_back_to_a_user_turn_where_a_lone_system_message_is_dropped(section):
+    class DropsSystem(FakeTokenizer):
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
+            text = "".join(f"<u>{m['content']}</u>" for m in messages if m["role"] != "system")
+            return text + "<m>"
+
+    backend = FakeBackend(tokenizer=DropsSystem())
+    engine(backend, mode="seed").judge_section(section, ["可乐"], ["文案"])
+    assert all(p.startswith("<u>关于可乐：文案") for _, batch in backend.calls for p in batch)
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs

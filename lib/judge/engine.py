@@ -8,7 +8,8 @@ Modes (`JudgeConfig.mode`):
 - soft: one prefill per question, `max_tokens=1` with top logprobs; the indicator is P(yes).
 - hard: the same numbers, indicator 1 when P(yes) >= threshold.
 - seed: the original CreativeTinyZero judge: greedy generation of up to 3 tokens, any text without 否 is yes,
-  must-have questions first and plausible ones only when all must-have passed, requests in batches of 6.
+  must-have questions first and plausible ones only when all must-have passed, requests in batches of 6, the
+  filled template sent as a lone system message (its rm_server.py: `[{"role": "system", "content": ...}]`).
 
 Speed: all questions of all texts of a call go to the engine together (`judge_sections`: several rubric
 sections, e.g. a training step's think and answer checklists, in one batch), identical prompts judged once,
@@ -68,6 +69,20 @@ def answer_token_ids(tokenizer, word: str) -> tuple[list[int], bool]:
     return [enc[0]], True
 
 
+def keeps_lone_system_turn(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a conversation of one system message with its text
+    (Qwen's does; Gemma 3's drops it, having no user turn to join it to; some templates raise)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    probe = "【判断】"
+    try:
+        rendered = tokenizer.apply_chat_template([{"role": "system", "content": probe}], tokenize=False,
+                                                 add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that refuses a lone system message (e.g. "roles must alternate")
+        return False
+    return isinstance(rendered, str) and probe in rendered
+
+
 def seed_verdict(text: str) -> bool:
     """The original's parsing: any answer without 否 counts as yes (including an empty or off-topic one)."""
     return NO_WORD not in text
@@ -124,6 +139,7 @@ class JudgeEngine:
         tok = backend.tokenizer
         if tok is None:
             raise JudgeError("the judge backend has no tokenizer; pass a local model path or registry name")
+        self.lone_system_turn = keeps_lone_system_turn(tok)  # seed mode sends one system message where it renders
         self.yes_ids, yes_multi = answer_token_ids(tok, YES_WORD)
         self.no_ids, no_multi = answer_token_ids(tok, NO_WORD)
         self.multi_token_answers = yes_multi or no_multi
@@ -134,11 +150,17 @@ class JudgeEngine:
         self.block = block if self.pad_id is not None else None
 
     # -- prompts
-    def chat(self, user_text: str) -> str:
+    def chat(self, text: str) -> str:
+        """The filled template as the backend gets it: a user turn in soft and hard mode; in seed mode what the
+        original's rm_server.py sent, the conversation `[{"role": "system", "content": text}]` alone (no user turn),
+        so no default system prompt is added (Qwen's chat template adds one before a lone user turn). A chat
+        template that drops a lone system message (Gemma 3's joins system text to the first user turn) gets the
+        text as a user turn, which is what that template makes of a system message."""
         tok = self.backend.tokenizer
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True)
-        return user_text
+        if not getattr(tok, "chat_template", None):
+            return text
+        role = "system" if self.mode == "seed" and self.lone_system_turn else "user"
+        return tok.apply_chat_template([{"role": role, "content": text}], tokenize=False, add_generation_prompt=True)
 
     def fit_text(self, section: RubricSection, entity: str, text: str) -> tuple[str, bool]:
         """Cut a text from the middle when the longest question's prompt would not fit the judge's context."""
