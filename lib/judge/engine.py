@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from lib.judge.backends import NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
+from lib.judge.backends import NO_ALSO, NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
 from lib.judge.types import Judgement, JudgeStats
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
@@ -43,30 +43,44 @@ TRUNCATION_MARK = "……"
 PAD_TEXT = " "
 
 
-def answer_token_ids(tokenizer, word: str) -> tuple[list[int], bool]:
-    """Token ids that decode to `word` (with or without a leading space marker).
+def _single_token_ids(tokenizer, word: str) -> set[int]:
+    """Every vocabulary id whose token decodes to `word` alone, surrounding whitespace ignored ("是", " 是", "\n是").
 
-    Returns (ids, multi_token). When no single token spells the word (SmolLM2's 否 is two byte-level
-    tokens), the first token of its encoding is used and `multi_token` is True: that token is shared with
-    other words, so its probability over-counts the answer.
-    """
-    ids = set()
+    Byte-level BPE vocabularies (Qwen, SmolLM2) store pieces as byte strings (是 is 'æĺ¯'), SentencePiece ones
+    as text ('▁是'), so the candidates are the pieces that contain the word or its own piece spelling (the
+    pieces of its encoding, joined, space markers stripped); each candidate is decoded to check."""
+    vocab = tokenizer.get_vocab()
+    piece_of = {idx: piece for piece, idx in vocab.items()}
+    forms, ids = {word}, set()
     for variant in (word, " " + word):
         enc = tokenizer.encode(variant, add_special_tokens=False)
-        if len(enc) == 1:
+        forms.add("".join(piece_of.get(i, "") for i in enc).lstrip("Ġ▁ "))
+        if len(enc) == 1:  # also a token the vocabulary lists under another spelling
             ids.add(enc[0])
-    # Also any vocabulary entry that decodes to exactly the word (e.g. "▁是").
-    vocab = tokenizer.get_vocab()
-    for piece, idx in vocab.items():
-        if word in piece and len(piece) <= len(word) + 2:
-            if tokenizer.decode([idx]).strip() == word:
-                ids.add(idx)
-    if ids:
-        return sorted(ids), False
-    enc = tokenizer.encode(word, add_special_tokens=False)
-    if not enc:
-        raise JudgeError(f"the judge tokenizer cannot encode {word!r}")
-    return [enc[0]], True
+    forms.discard("")
+    ids |= {idx for piece, idx in vocab.items() if any(f in piece for f in forms)}
+    return {i for i in ids if tokenizer.decode([i]).strip() == word}
+
+
+def answer_token_ids(tokenizer, word: str, also: Sequence[str] = ()) -> tuple[list[int], bool]:
+    """Token ids of the answer `word`: every token that decodes to it (with or without leading whitespace), plus
+    every token that decodes to one of `also` (other answers of the same meaning, e.g. 不是 for no) where one
+    token spells it.
+
+    Returns (ids, multi_token). When no single token spells `word` (SmolLM2's 否 is two byte-level tokens), the
+    first token of its encoding is used and `multi_token` is True: that token is shared with other words, so its
+    probability over-counts the answer.
+    """
+    ids = _single_token_ids(tokenizer, word)
+    multi = False
+    if not ids:
+        enc = tokenizer.encode(word, add_special_tokens=False)
+        if not enc:
+            raise JudgeError(f"the judge tokenizer cannot encode {word!r}")
+        ids, multi = {enc[0]}, True
+    for other in also:
+        ids |= _single_token_ids(tokenizer, other)
+    return sorted(ids), multi
 
 
 def keeps_lone_system_turn(tokenizer) -> bool:
@@ -141,7 +155,7 @@ class JudgeEngine:
             raise JudgeError("the judge backend has no tokenizer; pass a local model path or registry name")
         self.lone_system_turn = keeps_lone_system_turn(tok)  # seed mode sends one system message where it renders
         self.yes_ids, yes_multi = answer_token_ids(tok, YES_WORD)
-        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD)
+        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD, also=NO_ALSO)
         self.multi_token_answers = yes_multi or no_multi
         if hasattr(backend, "set_answer_ids"):
             backend.set_answer_ids(self.yes_ids, self.no_ids)
@@ -245,7 +259,7 @@ class JudgeEngine:
                 out[j][r.text_idx][r.item.key] = Judgement(
                     key=r.item.key, question=r.question, p_yes=yn.p_yes,
                     verdict=(not flagged) and yn.p_yes >= self.threshold, flagged=flagged,
-                    truncated=r.truncated, prompt_tokens=yn.prompt_tokens)
+                    truncated=r.truncated, prompt_tokens=yn.prompt_tokens, mass=yn.mass)
         self.stats.seconds += time.perf_counter() - t0
         for (section, entities, _), results in zip(jobs, out):
             for i, res in enumerate(results):
@@ -254,7 +268,8 @@ class JudgeEngine:
                     self.stats.truncated += j.truncated
                     if self.cfg.log_items:
                         self.log.append({"section": section.name, "entity": entities[i], "key": j.key, "question": j.question,
-                                         "p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged, "raw": j.raw})
+                                         "p_yes": j.p_yes, "mass": j.mass, "verdict": j.verdict, "flagged": j.flagged,
+                                         "raw": j.raw})
         return out
 
     def _yes_no_dedup(self, prompts: list[str], groups: list, ids: list[list[int] | None] | None = None) -> list[YesNo]:
