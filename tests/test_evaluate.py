@@ -159,7 +159,8 @@ def test_paired_gain_ci():
         paired_gain_ci([1, 2], [1, 2, 3])
 
 
-def _judged(gain_train: float, gain_heldout: float, n: int = 50, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _judged(gain_train: float, gain_heldout: float, n: int = 50, seed: int = 0, noise_heldout: float = 0.05,
+            scale_heldout: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     tr, ho = [], []
     base_t, base_h = rng.uniform(0.3, 0.5, n), rng.uniform(0.3, 0.5, n)
@@ -167,23 +168,56 @@ def _judged(gain_train: float, gain_heldout: float, n: int = 50, seed: int = 0) 
         for i in range(n):
             tr.append({"model": model, "entity": f"e{i}", "think": base_t[i] + gt + rng.normal(0, 0.05),
                        "answer": base_t[i] + gt + rng.normal(0, 0.05)})
-            ho.append({"model": model, "entity": f"e{i}", "think": base_h[i] + gh + rng.normal(0, 0.05),
-                       "answer": base_h[i] + gh + rng.normal(0, 0.05)})
+            ho.append({"model": model, "entity": f"e{i}",
+                       "think": scale_heldout * (base_h[i] + gh + rng.normal(0, noise_heldout)),
+                       "answer": scale_heldout * (base_h[i] + gh + rng.normal(0, noise_heldout))})
     return pd.DataFrame(tr), pd.DataFrame(ho)
 
 
 def test_compare_judges_flags_hack_not_genuine():
     hack = compare_judges(*_judged(0.3, 0.0), base_label="base", n_resamples=500)
     assert list(hack.metric) == ["think", "answer"] and (hack.model == "trained").all()
-    assert hack.likely_reward_hacking.all()
+    assert hack.likely_reward_hacking.all() and (hack.effect_gap_lo > 0).all()
     assert (hack.train_gain_lo > 0).all() and (hack.heldout_gain_lo <= 0).all()
     assert (hack.n_prompts == 50).all()
 
-    genuine = compare_judges(*_judged(0.3, 0.25), base_label="base", n_resamples=500)
-    assert not genuine.likely_reward_hacking.any() and genuine.heldout_significant.all()
+    genuine = compare_judges(*_judged(0.3, 0.3), base_label="base", n_resamples=500)
+    assert not genuine.likely_reward_hacking.any() and ((genuine.effect_gap_lo < 0) & (genuine.effect_gap_hi > 0)).all()
 
     nothing = compare_judges(*_judged(0.0, 0.0), base_label={"trained": "base"}, n_resamples=500)
-    assert not nothing.likely_reward_hacking.any() and not nothing.train_significant.any()
+    assert not nothing.likely_reward_hacking.any()
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_compare_judges_a_difference_in_significance_is_not_flagged(seed):
+    # small gains under both judges: significant under the training judge only (in these draws), yet the two
+    # gains do not differ significantly
+    out = compare_judges(*_judged(0.02, 0.01, seed=seed), metrics=("think",), n_resamples=500)
+    r = out.iloc[0]
+    assert r.train_gain_lo > 0 and r.heldout_gain_lo < 0  # the old rule's flag
+    assert r.effect_gap_lo < 0 < r.effect_gap_hi and not r.likely_reward_hacking
+
+
+def test_compare_judges_standardizes_each_judges_scale():
+    # the held-out judge scores on a fifth of the scale: its raw gain is a fifth, its standardized gain the same
+    out = compare_judges(*_judged(0.3, 0.3, scale_heldout=0.2), metrics=("think",), n_resamples=500).iloc[0]
+    assert out.heldout_gain < out.train_gain / 3
+    assert out.train_effect == pytest.approx(out.heldout_effect, rel=0.1)
+    assert out.effect_gap_lo < 0 < out.effect_gap_hi and not out.likely_reward_hacking
+
+
+def test_effect_gap_ci_by_hand_and_bad_input():
+    from lib.eval.metrics import effect_gap_ci
+
+    tb, tm = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 2.0, 1.0, 2.0])  # gain 1, pooled SD of 0,1,0,1,1,2,1,2
+    hb, hm = np.array([0.0, 0.5, 0.0, 0.5]), np.array([0.0, 0.5, 0.0, 0.5])  # gain 0
+    gap, lo, hi = effect_gap_ci(tb, tm, hb, hm, n_resamples=200)
+    assert gap == pytest.approx(1 / np.std([0, 1, 0, 1, 1, 2, 1, 2], ddof=1))
+    assert lo <= gap <= hi
+    same = np.full(4, 0.5)
+    assert effect_gap_ci(same, same, same, same) == (0.0, 0.0, 0.0)
+    with pytest.raises(EvaluateError, match="aligned"):
+        effect_gap_ci([1, 2], [1, 2], [1, 2], [1, 2, 3])
 
 
 def test_compare_judges_aligns_prompts_and_checks_labels():
@@ -225,3 +259,15 @@ def test_paired_gains_and_reported_rows():
     table = with_reported_rows(score_table(items, metrics=("format",), n_resamples=50))
     assert list(table.index[-2:]) == list(ORIGINAL_REPORTED) and table.loc[list(ORIGINAL_REPORTED)[1], "format"] == 0.97
     assert np.isnan(table.loc[list(ORIGINAL_REPORTED)[0], "format_lo"])
+
+
+def test_reported_rows_sit_in_their_own_block_with_the_caveat():
+    from lib.eval.metrics import ORIGINAL_REPORTED, REPORTED_CAVEAT, REPORTED_HEADER, with_reported_rows
+
+    table = with_reported_rows(score_table(_items(), n_resamples=50))
+    assert list(table.index) == ["base", "trained", REPORTED_HEADER, *ORIGINAL_REPORTED]
+    assert table.loc[REPORTED_HEADER, "caveat"] == REPORTED_CAVEAT and (table.loc[["base", "trained"], "caveat"] == "").all()
+    md = format_table_markdown(table).splitlines()
+    header_line = next(i for i, line in enumerate(md) if REPORTED_HEADER in line)
+    assert REPORTED_CAVEAT in md[header_line] and "test set" in REPORTED_CAVEAT and "judge" in REPORTED_CAVEAT
+    assert md[2].split("|")[2].strip() == str(int(table.loc["base", "n"]))  # our n stays an integer, not 8.000

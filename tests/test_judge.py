@@ -11,7 +11,7 @@ import time
 import pytest
 
 from lib.judge import Judgement
-from lib.judge.backends import JudgeError, OpenAIBackend, YesNo, build_backend, p_yes_from_logprobs
+from lib.judge.backends import NO_ALSO, JudgeError, OpenAIBackend, YesNo, build_backend, p_yes_from_logprobs
 from lib.judge.engine import (
     PAD_TEXT, SEED_BATCH, SEED_MAX_TOKENS, TRUNCATION_MARK, JudgeEngine, answer_token_ids, prefix_pad, seed_verdict,
     single_token_id,
@@ -71,7 +71,8 @@ class FakeTokenizer:
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
         assert not tokenize and add_generation_prompt
-        return f"<u>{messages[0]['content']}</u><m>"
+        tag = {"user": "u", "system": "s"}[messages[0]["role"]]
+        return f"<{tag}>{messages[0]['content']}</{tag}><m>"
 
 
 class FakeBackend:
@@ -121,7 +122,7 @@ def engine(backend, mode="soft", **cfg) -> JudgeEngine:
 
 
 def question_of(prompt: str) -> str:
-    return prompt.split("问：", 1)[1].removesuffix("</u><m>")
+    return prompt.split("问：", 1)[1].removesuffix("</u><m>").removesuffix("</s><m>")
 
 
 # ----------------------------------------------------------------------------------------------- P(yes)
@@ -172,6 +173,66 @@ def test_answer_token_ids_multi_token_fallback():
     ids, multi = answer_token_ids(tok, "否")
     assert multi and ids == [tok.encode("否")[0]] and len(tok.encode("否")) == 3
     assert engine(FakeBackend(tokenizer=tok)).multi_token_answers
+
+
+class ByteLevelTokenizer:
+    """Byte-level BPE like Qwen's: pieces are byte strings ('æĺ¯' is 是, 'Ġ' a space, 'Ċ' a line break); greedy
+    longest-match encoding over the pieces' texts, so "\n是" (one piece) is not what "是" or " 是" encode to."""
+
+    chat_template = None
+    PIECES = {"是": "æĺ¯", " 是": "Ġæĺ¯", "\n是": "Ċæĺ¯", "是的": "æĺ¯çļĦ", "否": "åĲ¦", " 否": "ĠåĲ¦", "不是": "ä¸įæĺ¯",
+              "不": "ä¸į", " ": "Ġ", "\n": "Ċ", "好": "å¥½"}
+
+    def __init__(self):
+        self.vocab = {piece: i for i, piece in enumerate(self.PIECES.values())}
+        self.text = {i: t for i, t in enumerate(self.PIECES)}
+
+    def encode(self, text, add_special_tokens=False):
+        ids, i = [], 0
+        while i < len(text):
+            t = max((t for t in self.PIECES if text.startswith(t, i)), key=len)
+            ids.append(self.vocab[self.PIECES[t]])
+            i += len(t)
+        return ids
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.text[i] for i in ids)
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+
+def test_answer_token_ids_find_byte_level_pieces():
+    tok = ByteLevelTokenizer()
+    ids, multi = answer_token_ids(tok, "是")
+    # "\n是" is found in the vocabulary only by its byte-level spelling; 是的 and 不是 contain it but are not it
+    assert not multi and ids == sorted(tok.vocab[p] for p in ("æĺ¯", "Ġæĺ¯", "Ċæĺ¯"))
+    no_ids, _ = answer_token_ids(tok, "否", also=NO_ALSO)
+    assert no_ids == sorted(tok.vocab[p] for p in ("åĲ¦", "ĠåĲ¦", "ä¸įæĺ¯"))  # 不是 ("is not") counts as no
+    assert answer_token_ids(tok, "否")[0] == sorted(tok.vocab[p] for p in ("åĲ¦", "ĠåĲ¦"))
+
+
+def test_a_multi_token_no_keeps_its_fallback_beside_a_single_token_negation():
+    tok = FakeTokenizer(pieces=("是", "不是"), byte_chars="否")
+    ids, multi = answer_token_ids(tok, "否", also=NO_ALSO)
+    assert multi and ids == sorted([tok.encode("否")[0], tok.vocab["不是"]])
+    judge = engine(FakeBackend(tokenizer=tok))
+    assert tok.vocab["不是"] in judge.no_ids and set(judge.yes_ids).isdisjoint(judge.no_ids)
+
+
+def test_judgements_carry_the_yes_no_mass(section):
+    masses = iter([0.9, 0.4, 0.7, 0.2] * 3)
+
+    class MassBackend(FakeBackend):
+        def yes_no(self, prompts):
+            return [YesNo(0.8, next(masses), 1, 1) for _ in prompts]
+
+    judge = JudgeEngine(MassBackend(), JudgeConfig(), warm_prefix=False)
+    res = judge.judge_section(section, ["可乐"], ["文案"])[0]
+    assert [j.mass for j in res.values()] == [0.9, 0.4, 0.7, 0.2]
+    assert [e["mass"] for e in judge.log] == [0.9, 0.4, 0.7, 0.2]
+    seed = engine(FakeBackend(), mode="seed").judge_section(section, ["可乐"], ["文案"])[0]
+    assert all(j.mass is None for j in seed.values())  # seed mode generates text: no probabilities
 
 
 def test_answer_token_ids_unencodable_word():
@@ -399,6 +460,27 @@ def test_seed_mode_must_have_first_then_plausible_of_passing_texts(section):
         else:
             assert set(r) == set(section.keys) and all(j.verdict and j.p_yes == 1.0 for j in r.values())
     assert judge.stats.requests == len(sent)
+
+
+def test_seed_mode_sends_the_template_as_a_lone_system_message(section):
+    backend = FakeBackend()
+    engine(backend, mode="seed").judge_section(section, ["可乐"], ["文案"])
+    sent = [p for _, batch in backend.calls for p in batch]
+    assert sent and all(p.startswith("<s>关于可乐：文案\n问：") and p.endswith("</s><m>") for p in sent)
+    soft = FakeBackend()
+    engine(soft, mode="soft").judge_section(section, ["可乐"], ["文案"])
+    assert all(p.startswith("<u>") for _, batch in soft.calls for p in batch)
+
+
+def test_seed_mode_falls_back_to_a_user_turn_where_a_lone_system_message_is_dropped(section):
+    class DropsSystem(FakeTokenizer):
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True) -> str:
+            text = "".join(f"<u>{m['content']}</u>" for m in messages if m["role"] != "system")
+            return text + "<m>"
+
+    backend = FakeBackend(tokenizer=DropsSystem())
+    engine(backend, mode="seed").judge_section(section, ["可乐"], ["文案"])
+    assert all(p.startswith("<u>关于可乐：文案") for _, batch in backend.calls for p in batch)
 
 
 # ----------------------------------------------------------------------------------------------- bad inputs

@@ -302,6 +302,33 @@ def test_torch_logprobs_match_a_plain_log_softmax(softcap):
     torch.testing.assert_close(g1, g2)
 
 
+def test_torch_logprobs_is_top1_counts_the_first_maximum_only():
+    import torch
+
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    weight = torch.tensor([[0.0, 1.0], [2.0, 0.0], [2.0, 0.0], [1.0, 0.0]])  # tokens 1 and 2 tie for the top logit
+    targets = torch.tensor([1, 2, 3])
+    *_, top1 = cpu_logprobs._torch_chunked_logprob(hidden, weight, None, targets, 1.0, 4096, outputs=("log_probs", "is_top1"))
+    assert top1.tolist() == [True, False, False]  # TRL: (target >= max) & (target > max before the target)
+
+
+def test_torch_logprobs_bf16_as_trl_forward():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 64, generator=g).bfloat16()
+    weight = (torch.randn(300, 64, generator=g) * 0.3).bfloat16()
+    targets = torch.randint(0, 300, (9,), generator=g)
+    lp, ent, *_ = cpu_logprobs._torch_chunked_logprob(hidden, weight, None, targets, 0.8, 4096, None, 1.0, ("log_probs", "entropy"))
+    assert lp.dtype == torch.float32 and ent.dtype == torch.float32
+    # TRL's forward: the GEMM tile in the compute dtype (bf16, `torch.mm(..., out=tile)`), then a float32 log-sum-exp
+    ref = torch.log_softmax(torch.mm(hidden, weight.t()).float() / 0.8, -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(lp, ref, rtol=1e-6, atol=1e-6)
+    # within bf16 rounding of float32 logits
+    z32 = hidden.float() @ weight.float().t() / 0.8
+    torch.testing.assert_close(lp, torch.log_softmax(z32, -1).gather(-1, targets[:, None]).squeeze(-1), rtol=0, atol=0.05)
+
+
 def test_cpu_logprob_dispatch_is_installed_once():
     from trl.trainer import utils as trl_utils
 
@@ -473,6 +500,31 @@ def test_training_summary_weights_records_by_the_steps_they_cover(tmp_path):
 def test_first_last_comparison_is_reproducible():
     df = _synthetic_log(20)
     assert first_last_comparison(df, k=4) == first_last_comparison(df, k=4)
+
+
+def test_first_last_interval_respects_autocorrelated_windows():
+    # each window is a smooth ramp (consecutive steps strongly dependent): a bootstrap of the steps as independent
+    # draws calls +0.04 a rise ([+0.004, +0.076]); the HAC interval does not
+    first, last = [0.50, 0.52, 0.54, 0.56, 0.58], [0.62, 0.60, 0.58, 0.56, 0.54]
+    rows = [{"step": i + 1, "m": v} for i, v in enumerate(first + [0.55] * 6 + last)]
+    r = first_last_comparison(rows, "m", k=5)
+    assert r["diff"] == pytest.approx(0.04) and r["diff_lo"] < 0 < r["diff_hi"] and r["verdict"] == "no clear change"
+    assert "HAC" in r["interval"] and "HAC" in logs.describe_comparison(r)
+
+
+def test_hac_variance_of_mean_by_hand():
+    from scipy import stats
+
+    x = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
+    e = x - 3.0  # -2 -1 1 0 2; gamma sums: lag 0: 10, lag 1: 2 - 1 + 0 + 0 = 1, lag 2: -2 + 0 + 2 = 0
+    assert logs.hac_variance_of_mean(x, lags=2) == pytest.approx((10 + 2 * (2 / 3) * 1 + 2 * (1 / 3) * 0) / 25)
+    assert logs.hac_variance_of_mean(x, lags=0) == pytest.approx(float(e @ e) / 25)
+    assert logs.hac_variance_of_mean([0.5, 0.5, 0.5]) == 0.0
+    # the interval is diff +- t(2k-2) * sqrt(sum of the windows' HAC variances)
+    rows = [{"step": i + 1, "m": v} for i, v in enumerate([1.0, 2.0, 4.0, 3.0, 5.0, 9.0, 9.5, 8.0, 9.0, 10.0])]
+    r = first_last_comparison(rows, "m", k=5)
+    se = np.sqrt(logs.hac_variance_of_mean(x) + logs.hac_variance_of_mean([9.0, 9.5, 8.0, 9.0, 10.0]))
+    assert r["diff_hi"] - r["diff"] == pytest.approx(stats.t.ppf(0.975, 8) * se)
 
 
 # --------------------------------------------------------------------------------- accelerate configs

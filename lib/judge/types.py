@@ -28,12 +28,13 @@ class Judgement:
 
     key: str  # rubric item key
     question: str  # the question as asked (entity filled in)
-    p_yes: float | None  # P(是) / (P(是) + P(否)); None when neither was seen (see `flagged`)
+    p_yes: float | None  # P(是) / (P(是) + P(否)), 否 with 不是 (`NO_ALSO`); None when neither was seen (see `flagged`)
     verdict: bool  # hard answer: p_yes >= threshold (seed mode: the generated text has no 否)
     flagged: bool = False  # neither yes nor no among the top logprobs (p_yes is None)
     truncated: bool = False  # the text was cut from the middle to fit the judge's context
     raw: str = ""  # seed mode: the generated answer
     prompt_tokens: int = 0
+    mass: float | None = None  # P(yes) + P(no) before normalizing: how much the judge answered yes/no at all (None: seed mode)
 
     def indicator(self, mode: str) -> float:
         """The value the section score uses: P(yes) in soft mode, 0/1 otherwise.

@@ -10,10 +10,14 @@ def _torch_chunked_logprob(hidden, weight, bias, targets, temperature, chunk_siz
     """Pure-PyTorch twin of TRL's Triton `_ChunkedLogProbFunction.apply` (same arguments and outputs).
 
     Per selected token: log p(target), and when asked, the entropy, log sum p^2, mean logit and whether the
-    target is the top-1 token, for logits `softcap(z * logit_scale) / temperature`. Autograd does the backward.
+    target is the top-1 token (the first maximum, as TRL's `target > max_before_target` rule), for logits
+    `softcap(z * logit_scale) / temperature`. As in TRL's forward, `z = hidden @ weight.T + bias` comes out in the
+    inputs' dtype (bf16 weights: bf16 logits) and everything after is float32. Autograd does the backward.
     """
     import torch
 
+    # logits in the compute dtype, then float32: TRL's forward also writes its GEMM tiles in the compute dtype
+    # (`mm_buf`, `torch.mm(..., out=tile)`) and folds them in float32
     z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
     if final_logit_softcapping is not None:
         z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
@@ -25,7 +29,8 @@ def _torch_chunked_logprob(hidden, weight, bias, targets, temperature, chunk_siz
     with torch.no_grad():
         log_sum_sq = torch.logsumexp(2 * (z - log_z.unsqueeze(-1)), dim=-1) if "log_sum_sq_probs" in outputs else None
         mean_logits = z.mean(-1) if "mean_logits" in outputs else None
-        is_top1 = target >= z.max(-1).values if "is_top1" in outputs else None
+        # TRL counts the first maximum only (argmax): a tie with an earlier token is not a top-1 prediction
+        is_top1 = z.argmax(-1) == targets.long() if "is_top1" in outputs else None
     return logprobs, entropy, log_sum_sq, mean_logits, is_top1
 
 
