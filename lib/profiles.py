@@ -52,6 +52,9 @@ class JudgeConfig(_Strict):
     base_url: str | None = None  # openai backend: a `vllm serve` endpoint, e.g. http://127.0.0.1:8000/v1
     batch_size: int = Field(256, ge=1)  # transformers backend batch size
     log_items: bool = True  # keep every judged (question, P(yes), verdict)
+    # other words counted as no where one token spells them (the original counts 否 only). Measured: 不是 moved the
+    # calibration AUROC 0.434 -> 0.444 for Qwen2.5-Coder-0.5B, 0.617 -> 0.466 for Gemma 3 270M base (restricted)
+    also_no: list[str] = []
     # auto: bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), else
     # float32 (lib.hardware); this engine also writes the `vllm_lora` rollouts. Explicit float32 / bfloat16 win.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -216,8 +216,9 @@ def test_a_multi_token_no_keeps_its_fallback_beside_a_single_token_negation():
     tok = FakeTokenizer(pieces=("是", "不是"), byte_chars="否")
     ids, multi = answer_token_ids(tok, "否", also=NO_ALSO)
     assert multi and ids == sorted([tok.encode("否")[0], tok.vocab["不是"]])
-    judge = engine(FakeBackend(tokenizer=tok))
+    judge = engine(FakeBackend(tokenizer=tok), also_no=list(NO_ALSO))
     assert tok.vocab["不是"] in judge.no_ids and set(judge.yes_ids).isdisjoint(judge.no_ids)
+    assert tok.vocab["不是"] not in engine(FakeBackend(tokenizer=tok)).no_ids  # the original's rule unless asked
 
 
 def test_judgements_carry_the_yes_no_mass(section):

@@ -179,6 +179,9 @@ def test_trl_backend_times_hf_rollouts(monkeypatch, tmp_path):
         def _generate_single_turn(self, *a):
             return [[1]], None
 
+        def _get_per_token_logps_and_entropies(self, *a, **k):  # replaced by the smoke profile's shared-prompt path
+            raise AssertionError("not called here")
+
     import trl
 
     monkeypatch.setattr(trl, "GRPOTrainer", FakeGRPOTrainer)

