@@ -18,24 +18,32 @@ from typing import Any
 from lib import paths
 from lib.profiles import Profile, deep_merge
 
-# The reference: cold `make run`, `cpu` profile, git d869cc3, 2 cores, CPU class avx512_bf16 (2026-11-27).
+# The reference: cold `make run`, `cpu` profile, git 5ab76fd (micro-batches of 8, shared-prompt log-probs), 2 cores,
+# CPU class avx512_bf16 (2026-12-01): 16 min 20 s with set-up. Each stage is split into parts by the engine whose dtype
+# decides its speed ("judge", "train", "eval", or None: no model work): (engine, fixed seconds, seconds that scale
+# with the part's work). The fixed parts are engine starts and model loads.
 REFERENCE = {
     "cpu_class": "avx512_bf16",
-    "probe_gflops": {"float32": 185.0, "bfloat16": 910.0},  # lib.hardware.matmul_probe on that class (mean of 3)
-    "stage_seconds": {"00": 69.0, "01": 4.0, "02": 169.0, "03": 1194.0, "04": 349.0, "05": 9.0},
-    "stage_dtype": {"00": "float32", "01": None, "02": "bfloat16", "03": "bfloat16", "04": "float32", "05": None},
-    "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 16 * (250 + 128),
+    "probe_gflops": {"float32": 202.0, "bfloat16": 889.0},  # lib.hardware.matmul_probe at that run's start
+    "dtypes": {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
+    "parts": {
+        "00": [(None, 12.0, 0.0)],  # + CONVERSION_SECONDS on a cold model cache (55.9 s in all)
+        "01": [(None, 2.9, 0.0)],
+        "02": [("judge", 25.0, 73.1)],  # 98.1 s
+        "03": [("train", 45.0, 481.4)],  # 526.4 s: rollouts and judge run on the judge's engine, in the same dtype
+        "04": [("eval", 40.0, 75.4), ("judge", 25.0, 69.8)],  # 210.2 s: generation 115.4 s, then the two judges
+        "05": [(None, 6.2, 0.0)],
+    },
+    "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 2 * 2 * 250 + 16 * 128,
              "calibration_texts": 86, "eval_sequences": 100, "eval_new_tokens": 256},
-    # of a training step's time in that run: rollouts 24% and judge 14.5% (scale with the completions), the rest is
+    # of a training step's time in that run: rollouts 26% and judge 15% (scale with the completions), the rest is
     # the policy's log-probs, backward and optimizer (scales with the tokens it computes)
-    "generation_share": 0.385,
+    "generation_share": 0.417,
 }
-# float32 / bf16 seconds of the same work on the reference machine, measured there: a LoRA forward+backward of the
-# 0.5B policy 62 s / 39 s (1.59), the judge's vLLM prefill 9.1 s / 5.0 s (1.82).
-FP32_OVER_BF16 = 1.7
-# Fixed parts of a stage that do not scale with its work (engine starts, model loads), seconds on the reference.
-FIXED_SECONDS = {"00": 12.0, "02": 25.0, "03": 45.0, "04": 65.0}
-CONVERSION_SECONDS = 57.0  # 00: a packaged GGUF dequantized into the model cache (first run only)
+# float32 / bf16 seconds of the same work on the reference machine: between the reference run and a float32 run of
+# the reduced sizing there (probe-adjusted): calibration 2.6, training 2.4, evaluation's judging 2.5.
+FP32_OVER_BF16 = 2.5
+CONVERSION_SECONDS = 44.0  # 00: a packaged GGUF dequantized into the model cache (first run only)
 PROMPT_TOKENS = 250  # a training prompt of the original's format, with the chat template (Qwen tokenizer)
 STAGE_NAMES = {"00": "data", "01": "rubric", "02": "calibration", "03": "training", "04": "evaluation", "05": "case studies"}
 
@@ -49,8 +57,8 @@ def gradient_tokens_per_step(profile: Profile) -> float:
     >>> gradient_tokens_per_step(load_profile("cpu", {"train": {"shared_prompt": False, "per_device_train_batch_size": 2,
     ...                                                          "gradient_accumulation_steps": 8}}))
     6048
-    >>> gradient_tokens_per_step(load_profile("cpu"))  # 2 micro-batches x 2 prompts x 250 + 16 x 128
-    3048
+    >>> gradient_tokens_per_step(load_profile("cpu"))  # 4 micro-batches x 2 prompts x 250 + 16 x 128
+    4048
     """
     t = profile.train
     seqs = t.per_device_train_batch_size * t.gradient_accumulation_steps
@@ -88,42 +96,44 @@ def speed_factor(dtype: str | None, facts: dict, native_bf16: bool) -> float:
 def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = None, model_cached: bool = True) -> dict[str, Any]:
     """Seconds per stage ("00" ... "05") and in total for `profile` on the machine `facts` describes.
 
-    `dtypes`: the dtype each stage runs in ("02" judge, "03" policy, "04" evaluation), from lib.hardware.
+    `dtypes`: the dtype of each engine ("judge", "train", "eval"), from lib.hardware.profile_precisions.
     >>> from lib.profiles import load_profile
-    >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 185.0, "bfloat16_gflops": 910.0}}
-    >>> as_then = {"train": {"shared_prompt": False, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8}}
-    >>> est = estimate_run(load_profile("cpu", as_then), ref, {"02": "bfloat16", "03": "bfloat16", "04": "float32"},
+    >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 202.0, "bfloat16_gflops": 889.0}}
+    >>> as_then = {"train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}}
+    >>> est = estimate_run(load_profile("cpu", as_then), ref, {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
     ...                    model_cached=False)
-    >>> round(est["total_s"])  # the reference run itself: 1,794 s
-    1794
+    >>> round(est["total_s"])  # the reference run itself: 900 s
+    900
     """
-    dtypes = dtypes or {}
+    dtypes = {**REFERENCE["dtypes"], **(dtypes or {})}
     native = facts.get("cpu_class") in ("avx512_bf16", "amx_bf16")
     w, rw = _work(profile), REFERENCE["work"]
+    eval_work = (w["eval_sequences"] * w["eval_new_tokens"]) / (rw["eval_sequences"] * rw["eval_new_tokens"])
     scale = {
-        "00": 1.0, "01": 1.0, "05": 1.0,
         "02": w["calibration_texts"] / rw["calibration_texts"],
         "03": w["steps"] / rw["steps"] * (
             REFERENCE["generation_share"] * w["completion_tokens_per_step"] / rw["completion_tokens_per_step"]
             + (1 - REFERENCE["generation_share"]) * w["gradient_tokens_per_step"] / rw["gradient_tokens_per_step"]),
-        "04": (w["eval_sequences"] * w["eval_new_tokens"]) / (rw["eval_sequences"] * rw["eval_new_tokens"]),
+        "04eval": eval_work, "04judge": w["eval_sequences"] / rw["eval_sequences"],
     }
     out = {}
-    for stage, ref_s in REFERENCE["stage_seconds"].items():
-        ref_dtype = REFERENCE["stage_dtype"][stage]
-        dtype = dtypes.get(stage, ref_dtype)
-        cost = 1.0
-        if ref_dtype == "bfloat16" and dtype == "float32":
-            cost = FP32_OVER_BF16  # the same work in float32 on the reference machine
-        elif ref_dtype == "float32" and dtype == "bfloat16" and native:
-            cost = 1 / FP32_OVER_BF16
-        fixed = FIXED_SECONDS.get(stage, 0.0) + (0.0 if stage != "00" or model_cached else CONVERSION_SECONDS)
-        if stage == "00":
-            ref_s -= CONVERSION_SECONDS  # the reference converted the model
-        variable = max(ref_s - FIXED_SECONDS.get(stage, 0.0), 0.0) * scale[stage] * cost
-        out[stage] = round((fixed + variable) * speed_factor(dtype, facts, native), 1)
+    for stage, parts in REFERENCE["parts"].items():
+        seconds = CONVERSION_SECONDS if stage == "00" and not model_cached else 0.0
+        for engine, fixed, variable in parts:
+            if engine is None:
+                seconds += fixed
+                continue
+            ref_dtype, dtype = REFERENCE["dtypes"][engine], dtypes[engine]
+            cost = 1.0
+            if ref_dtype == "bfloat16" and dtype == "float32":
+                cost = FP32_OVER_BF16  # the same work in float32 on the reference machine
+            elif ref_dtype == "float32" and dtype == "bfloat16" and native:
+                cost = 1 / FP32_OVER_BF16
+            work = scale.get(f"{stage}{engine}", scale.get(stage, 1.0))
+            seconds += (fixed + variable * work) * cost * speed_factor(dtype, facts, native)
+        out[stage] = round(seconds, 1)
     return {"stages": out, "total_s": round(sum(out.values()), 1), "reference": REFERENCE["cpu_class"],
-            "dtypes": {s: dtypes.get(s, REFERENCE["stage_dtype"][s]) for s in out}}
+            "dtypes": dtypes}
 
 
 def choose_sizing(profile: Profile, estimate_of) -> tuple[Profile, dict[str, Any]]:
@@ -175,8 +185,7 @@ def size_for_machine(prof: Profile, facts: dict | None = None) -> tuple[Profile,
     facts = facts or machine_facts()
 
     def estimate_of(p: Profile) -> dict:
-        prec = profile_precisions(p)
-        dtypes = {"02": prec["judge"].dtype, "03": prec["train"].dtype, "04": prec["eval"].dtype}
+        dtypes = {engine: prec.dtype for engine, prec in profile_precisions(p).items()}
         cached = any((paths.CACHE_DIR / "models").glob(f"{p.policy_model}-*"))
         return estimate_run(p, facts, dtypes, model_cached=cached)
 
