@@ -56,6 +56,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lib.hardware import machine_facts, profile_precisions
+
 SETUPS = ("ours", "original")
 DEFAULT_PROFILE = "cpu"
 DEFAULT_STEPS = 3
@@ -169,8 +171,6 @@ def report(profile: str, steps: int, reward_weights: Mapping[str, float], setups
 
     means = {s: (setups.get(s) or {}).get("mean") for s in SETUPS}
     r = ratios(means["ours"], means["original"])
-    from lib.hardware import machine_facts, profile_precisions
-
     facts = machine_facts()
     vers = versions()
     for pkg in ("trl", "peft"):
