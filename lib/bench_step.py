@@ -16,7 +16,8 @@ profile overrides only:
 - original: the original's setup: TRL's own HF-generation rollouts (`train.rollout_engine: hf`), the judge over
   HTTP in the original's pattern: a local `vllm serve` (lib.bench.serve_command, the server's defaults) started
   before training, `judge.backend: openai`, `judge.mode: seed` (greedy 3 tokens, requests in batches of 6,
-  must-have questions first, plausible ones only when all must-have passed), TRL's gradient step.
+  must-have questions first, plausible ones only when all must-have passed), TRL's gradient step with its own per-row
+  log-probs (`train.shared_prompt: false`, micro-batches of 2), where ours computes each prompt once per micro-batch.
 
 Timing is the training log's own (lib/train/logs.py, `train/log.jsonl`, one row per step with `logging_steps: 1`):
 `step_seconds` (wall time between two logged steps), `judge_seconds` (the judge engine's own clock: every
@@ -112,7 +113,9 @@ def setup_overrides(setup: str, steps: int, reward_weights: Mapping[str, float],
         over["train"]["rollout_engine"] = "vllm_lora"
         over["judge"] = {"backend": "vllm", "mode": "soft"}
     else:
-        over["train"]["rollout_engine"] = "hf"
+        # TRL's own per-row log-probs, in micro-batches of 2 (how this profile trained before shared-prompt log-probs)
+        over["train"].update(rollout_engine="hf", shared_prompt=False, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=8)
         over["judge"] = {"backend": "openai", "mode": "seed", "base_url": base_url}
         if judge_model:
             over["judge"]["model"] = judge_model  # the served model's path (its name on the server)
