@@ -8,7 +8,8 @@
 Every run writes `manifest.json` (git SHA, package versions, host, per-notebook status and timings),
 rewritten atomically after every notebook so that a crash leaves a truthful record, and a one-line-per-event
 `pipeline.log`. The first failing notebook stops the run: its partial executed copy is kept and
-`PipelineError` is raised. Heavy packages are never imported here (versions come from importlib.metadata).
+`PipelineError` is raised. Heavy packages are not imported here (versions come from importlib.metadata), except torch for
+the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
 """
 from __future__ import annotations
 
