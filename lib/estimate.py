@@ -1,14 +1,15 @@
 """How long a pipeline run will take on this machine, said before it starts, and which sizing fits the time budget.
 
-    est = estimate_run(profile, machine_facts())     # {"stages": {"00_build_data": 70.0, ...}, "total_s": ..., ...}
-    profile, sizing = choose_sizing(profile, facts)  # the profile's `sizing.reduced` when the full run overruns the budget
+    est = estimate_run(profile, machine_facts(), dtypes)   # {"stages": {"00": 56.0, ...}, "total_s": ..., ...}
+    profile, sizing = size_for_machine(profile)             # `sizing.reduced` when the full run overruns the budget
 
 The model: each stage's seconds in a reference run (a cold `make run` of the `cpu` profile on an AVX-512 BF16
-machine: bf16 judge and policy, float32 evaluation), scaled by the stage's work relative to that run (steps,
-sequences, tokens, texts) and by this machine's speed in the stage's dtype relative to the reference machine's
-(the `lib.hardware.matmul_probe` GFLOP/s). A stage measured in bf16 but run in float32 costs FP32_OVER_BF16 times
-more on the reference machine. The estimate is only as good as those constants: every run records its estimate
-beside its actual stage times (`manifest.json` "estimate"), so the error is visible.
+machine: bf16 judge and policy, float32 evaluation), split by the engine whose dtype sets its speed, scaled by the
+stage's work relative to that run (steps, completion and gradient tokens, texts, sequences) and by this machine's
+speed in that engine's dtype relative to the reference machine's (the `lib.hardware.matmul_probe` GFLOP/s). Work
+measured in bf16 but run in float32 costs FP32_OVER_BF16 times more on the reference machine. The estimate is only
+as good as those constants: every run records it (`manifest.json` "sizing" → "estimate") beside its actual stage
+times ("estimate_vs_actual"), so the error is visible.
 Imports lib.paths, lib.profiles and lib.hardware only (the probe is the one measurement: about a second).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from lib import paths
+from lib.hardware import NATIVE_BF16_CLASSES
 from lib.profiles import Profile, deep_merge
 
 # The reference: cold `make run`, `cpu` profile, git 5ab76fd (micro-batches of 8, shared-prompt log-probs), 2 cores,
@@ -106,7 +108,7 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
     900
     """
     dtypes = {**REFERENCE["dtypes"], **(dtypes or {})}
-    native = facts.get("cpu_class") in ("avx512_bf16", "amx_bf16")
+    native = facts.get("cpu_class") in NATIVE_BF16_CLASSES
     w, rw = _work(profile), REFERENCE["work"]
     eval_work = (w["eval_sequences"] * w["eval_new_tokens"]) / (rw["eval_sequences"] * rw["eval_new_tokens"])
     scale = {
@@ -179,7 +181,7 @@ def compare(est: dict[str, Any], actual: dict[str, float]) -> dict[str, Any]:
 
 
 def size_for_machine(prof: Profile, facts: dict | None = None) -> tuple[Profile, dict]:
-    """The profile sized for this machine (lib.estimate.choose_sizing) and the record of why, with the estimate."""
+    """The profile sized for this machine (`choose_sizing`) and the record of why, with the estimate."""
     from lib.hardware import machine_facts, profile_precisions
 
     facts = facts or machine_facts()

@@ -17,9 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
-Dtype = Literal["auto", "float32", "bfloat16"]
 DTYPES = ("auto", "float32", "bfloat16")
 FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # what decides the class, in order of preference
 NATIVE_BF16_CLASSES = ("amx_bf16", "avx512_bf16")
@@ -158,8 +156,9 @@ def eval_precision(requested: str, device: str, any_adapter: bool) -> Precision:
 
 
 @functools.lru_cache(maxsize=1)
-def matmul_probe(threads: int | None = None) -> dict:
-    """GFLOP/s of a PROBE_SHAPE matmul in float32 and bf16 on this CPU (best of a few), and their ratio.
+def matmul_probe() -> dict:
+    """GFLOP/s of a PROBE_SHAPE matmul in float32 and bf16 on this CPU (best of a few, torch's own thread count),
+    and their ratio.
 
     Takes well under a second where bf16 is native, about a second where it is emulated.
     """
@@ -167,29 +166,23 @@ def matmul_probe(threads: int | None = None) -> dict:
 
     m, k, n = PROBE_SHAPE
     flop = 2.0 * m * k * n
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        out = {}
-        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            g = torch.Generator().manual_seed(0)
-            a = torch.randn(m, k, generator=g).to(dtype)
-            b = torch.randn(k, n, generator=g).to(dtype)
-            a @ b  # warm-up: kernel selection, page faults
-            best = float("inf")
-            deadline = time.perf_counter() + 0.5
-            for _ in range(5):
-                t0 = time.perf_counter()
-                a @ b
-                best = min(best, time.perf_counter() - t0)
-                if time.perf_counter() > deadline:
-                    break
-            out[f"{name}_gflops"] = round(flop / best / 1e9, 2)
-    finally:
-        torch.set_num_threads(old)
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(m, k, generator=g).to(dtype)
+        b = torch.randn(k, n, generator=g).to(dtype)
+        a @ b  # warm-up: kernel selection, page faults
+        best = float("inf")
+        deadline = time.perf_counter() + 0.5
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                break
+        out[f"{name}_gflops"] = round(flop / best / 1e9, 2)
     out["bf16_over_fp32"] = round(out["bfloat16_gflops"] / out["float32_gflops"], 3)
-    out["threads"] = threads or old
+    out["threads"] = torch.get_num_threads()
     return out
 
 
