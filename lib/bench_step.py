@@ -7,7 +7,7 @@ generations, <= 128 completion tokens, LoRA r16, `dtype: auto`), run both ways o
 fresh process (what one way leaves behind, e.g. the thread settings an in-process vLLM engine makes, cannot touch
 the other), through the library's own path: a temporary run directory, the data stage as notebook 00 builds it
 (`lib.data`: deduplicated catalogue, the profile's split, `data.max_train` capped), `lib.judge.build_judge`,
-`lib.rewards.configure`, `lib.train.build_trainer` / `lib.train.train` (TRL's GRPOTrainer, PEFT LoRA), with
+`lib.train.build_trainer` (its own `lib.rewards.JudgeRewards`), `lib.train.train` (TRL's GRPOTrainer, PEFT LoRA), with
 profile overrides only:
 
 - ours: what `lib.train` does today: rollouts from the judge's in-process vLLM engine with the current LoRA
@@ -251,12 +251,11 @@ def prepare_run(profile, run_dir: Path):
 
 def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict[str, Any]:
     """Train `steps` steps of one setup (this process; the parent runs each setup in a fresh one); its record."""
-    from lib import bench, rewards
+    from lib import bench
     from lib.data import read_jsonl
     from lib.judge.engine import build_judge
     from lib.models import resolve_model
     from lib.profiles import load_profile
-    from lib.rubric import load_rubric
     from lib.run import seed_everything
     from lib.train import grpo
     from lib.train.logs import LOG_JSONL
@@ -292,7 +291,6 @@ def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict
         judge = build_judge(profile.judge, seed=profile.seed, **grpo.judge_engine_kwargs(profile))
         out["judge_startup_s"] = round(time.perf_counter() - t1, 1)
         try:
-            rewards.configure(judge, load_rubric(profile.rubric.path))
             t2 = time.perf_counter()
             trainer = grpo.build_trainer(profile, ctx, judge)
             out["trainer_build_s"] = round(time.perf_counter() - t2, 1)

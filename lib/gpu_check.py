@@ -248,9 +248,7 @@ def train_log_report(log) -> dict[str, Any]:
 
 def train_stage(ctx) -> dict[str, Any]:
     """Train the run as lib.train does (judge first, then the policy), with GPU memory after each engine."""
-    from lib import rewards
     from lib.train import grpo
-    from lib.rubric import load_rubric
     from lib.train.logs import LOG_JSONL
 
     profile = ctx.profile
@@ -260,7 +258,6 @@ def train_stage(ctx) -> dict[str, Any]:
     judge = judge_engine.build_judge(profile.judge, seed=profile.seed)
     memory["after_judge"] = gpu_memory()
     try:
-        rewards.configure(judge, load_rubric(profile.rubric.path))
         trainer = grpo.build_trainer(profile, ctx, judge)
         memory["after_policy"] = gpu_memory()
         result = grpo.train(profile, ctx, judge, trainer=trainer)

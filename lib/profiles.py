@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lib import paths
+from lib.reward_names import REWARD_NAMES, unknown_reward
 
 
 class ProfileError(ValueError):
@@ -106,11 +107,9 @@ class TrainConfig(_Strict):
     @field_validator("reward_weights")
     @classmethod
     def _known_rewards(cls, weights: dict[str, float]) -> dict[str, float]:
-        from lib.rewards import REWARD_FUNCS  # lazy: lib.rewards is not needed to read a profile otherwise
-
-        unknown = [n for n in weights if n not in REWARD_FUNCS]
+        unknown = unknown_reward(weights)
         if unknown:
-            raise ValueError(f"unknown reward {unknown[0]!r}; known: {', '.join(REWARD_FUNCS)}")
+            raise ValueError(f"unknown reward {unknown!r}; known: {', '.join(REWARD_NAMES)}")
         if not weights:
             raise ValueError("name at least one reward, e.g. {format: 1.0}")
         return weights

@@ -142,11 +142,10 @@ def test_build_trainer_checks_unsloths_trainer(monkeypatch, tmp_path):
     monkeypatch.setattr(trl, "GRPOTrainer", PlainTrainer)
     monkeypatch.setattr(grpo, "build_grpo_config", lambda profile, out: SimpleNamespace())
     monkeypatch.setattr(grpo, "load_train_dataset", lambda profile, ctx, tok: [])
-    rewards.configure(KeywordJudge(), load_rubric())
     ctx = RunContext(dir=tmp_path, profile=load_profile("gpu"))
     model = SimpleNamespace(vllm_engine=object())
     with pytest.raises(TrainError, match="PlainTrainer, not Unsloth's"):
-        grpo.build_trainer(ctx.profile, ctx, policy=(model, SimpleNamespace(), None))
+        grpo.build_trainer(ctx.profile, ctx, judge=KeywordJudge(), policy=(model, SimpleNamespace(), None))
     assert built and built[0]["model"] is model
 
 

@@ -1,24 +1,21 @@
-"""lib.rewards: the original's format reward, the judge rewards (with a fake judge), optional rewards."""
+"""lib.rewards: the original's format reward, the judge rewards of a JudgeRewards (with a fake judge), optional rewards."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib import rewards
 from lib.rewards import (
-    REWARD_FUNCS,
+    REWARD_NAMES,
+    JudgeRewards,
     RewardError,
-    answer_quality_reward,
     completion_text,
-    configure,
     diversity_reward,
     extract_answer,
     extract_think,
     format_reward,
     reward_funcs,
     tag_count_reward,
-    think_quality_reward,
 )
 from lib.rubric import load_rubric
 from tests.fakes import HIT, MISS, KeywordJudge
@@ -138,32 +135,21 @@ GOOD = f"<think>{THINK_OK}</think><answer>可乐哈哈，一口清凉！</answer
 OFF_TOPIC = f"<think>{THINK_OK}</think><answer>今天天气不错。</answer>"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch):
-    monkeypatch.setattr(rewards, "_JUDGE", None)
-    monkeypatch.setattr(rewards, "_RUBRIC", None)
-    monkeypatch.setattr(rewards, "_TOGETHER", ())
-    rewards.reset_stats()
-    yield
-    rewards.reset_stats()
-
-
 @pytest.fixture
 def answer_judge():
     # gates: fluency, is_ad sure; relevancy HIT/MISS by the entity; humor by "哈哈"; detail, creativity 0.5
     return KeywordJudge(rules={"fluency": 1.0, "is_ad": 1.0, "humor": "哈哈", "detail": 0.5, "creativity": 0.5})
 
 
-def test_unconfigured_raises_one_line():
-    for fn in (think_quality_reward, answer_quality_reward):
-        with pytest.raises(RewardError, match=r"call lib\.rewards\.configure") as exc:
-            fn([GOOD], entity=["可乐"])
+def test_no_judge_raises_one_line():
+    with pytest.raises(RewardError, match=r"no judge; build one with lib\.judge\.engine\.build_judge") as exc:
+        JudgeRewards(None)
         assert "\n" not in str(exc.value)
 
 
 def test_answer_soft_scores(answer_judge):
-    configure(answer_judge)
-    got = answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐", "可乐"])
+    jr = JudgeRewards(answer_judge)
+    got = jr.answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐", "可乐"])
     # GOOD: gate 1*1*0.9 = 0.9; plausible (0.9 + 0.5 + 0.5)/3 = 0.63333 + 0.05 = 0.68333; 0.9 * 0.68333 = 0.615
     # OFF_TOPIC: gate 0.1; plausible (0.1 + 0.5 + 0.5)/3 = 0.36667 + 0.05 = 0.41667; 0.041667
     assert got == [pytest.approx(0.615), pytest.approx(0.1 * (1.1 / 3 + 0.05))]
@@ -172,95 +158,98 @@ def test_answer_soft_scores(answer_judge):
 
 def test_answer_hard_mode(answer_judge):
     answer_judge.mode = "hard"
-    configure(answer_judge)
+    jr = JudgeRewards(answer_judge)
     # GOOD: every P(yes) >= 0.5 -> all 1 -> 1 * min(1.05, 1) = 1; OFF_TOPIC: relevancy 0.1 < 0.5 -> 0
-    assert answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐", "可乐"]) == [1.0, 0.0]
+    assert jr.answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐", "可乐"]) == [1.0, 0.0]
 
 
 def test_seed_mode_absent_plausible_items_count_zero(answer_judge):
     answer_judge.mode = "seed"
-    configure(answer_judge)
-    assert answer_quality_reward([OFF_TOPIC, GOOD], entity="可乐") == [0.0, 1.0]
-    off, good = rewards.LAST_DETAILS["answer"]
+    jr = JudgeRewards(answer_judge)
+    assert jr.answer_quality_reward([OFF_TOPIC, GOOD], entity="可乐") == [0.0, 1.0]
+    off, good = jr.details["answer"]
     assert set(off["items"]) == {"fluency", "is_ad", "relevancy"}  # plausible never asked
     assert set(good["items"]) == {"fluency", "is_ad", "relevancy", "humor", "detail", "creativity"}
 
 
 def test_entity_list_alignment(answer_judge):
-    configure(answer_judge)
+    jr = JudgeRewards(answer_judge)
     a = "<think>x</think><answer>可乐哈哈</answer>"
     b = "<think>x</think><answer>雪碧哈哈</answer>"
-    aligned = answer_quality_reward([a, b], entity=["可乐", "雪碧"])
-    swapped = answer_quality_reward([a, b], entity=["雪碧", "可乐"])
+    aligned = jr.answer_quality_reward([a, b], entity=["可乐", "雪碧"])
+    swapped = jr.answer_quality_reward([a, b], entity=["雪碧", "可乐"])
     # aligned: relevancy 0.9 each -> 0.615 each; swapped: relevancy 0.1 -> 0.1 * 0.68333 = 0.068333
     assert aligned == [pytest.approx(0.615)] * 2
     assert swapped == [pytest.approx(0.1 * (1.9 / 3 + 0.05))] * 2
     with pytest.raises(RewardError, match="1 entities for 2 completions"):
-        answer_quality_reward([a, b], entity=["可乐"])
+        jr.answer_quality_reward([a, b], entity=["可乐"])
     with pytest.raises(RewardError, match="'entity' column"):
-        answer_quality_reward([a, b])
+        jr.answer_quality_reward([a, b])
 
 
 def test_conversational_input_equals_plain(answer_judge):
-    configure(answer_judge)
+    jr = JudgeRewards(answer_judge)
     conv = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": OFF_TOPIC}]]
-    assert answer_quality_reward(conv, entity=["可乐"] * 2) == answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐"] * 2)
+    assert jr.answer_quality_reward(conv, entity=["可乐"] * 2) == jr.answer_quality_reward([GOOD, OFF_TOPIC], entity=["可乐"] * 2)
 
 
 def test_think_shortcuts_skip_the_judge():
     judge = KeywordJudge(default=1.0)
-    configure(judge)
+    jr = JudgeRewards(judge)
     texts = [
         "<think>这里写下你的思考过程</think><answer>可乐</answer>",  # placeholder
         "<think>想一想</think><answer>可乐</answer>",  # 3 chars < 20
         GOOD,
     ]
-    got = think_quality_reward(texts, entity=["可乐"] * 3)
+    got = jr.think_quality_reward(texts, entity=["可乐"] * 3)
     # GOOD's think: every item 1 (questions with {entity}: 可乐 occurs -> HIT 0.9)
     # gates 1; plausible (10 * 1 + 2 * 0.9) / 12 = 0.98333 + 0.05 -> capped 1
     assert got == [0.0, 0.0, 1.0]
     assert judge.calls == [("think", ["可乐"], [THINK_OK])]
-    reasons = [d["shortcut"] for d in rewards.LAST_DETAILS["think"]]
+    reasons = [d["shortcut"] for d in jr.details["think"]]
     assert reasons == ["placeholder", "too_short", None]
-    assert rewards.STATS["think"]["shortcut"] == 2 and rewards.STATS["think"]["judged"] == 1
+    assert jr.stats["think"]["shortcut"] == 2 and jr.stats["think"]["judged"] == 1
 
 
 def test_think_all_shortcut_never_calls_judge():
     judge = KeywordJudge()
-    configure(judge)
-    assert think_quality_reward(["<think>短</think><answer>a</answer>", "这里写下你的思考过程"], entity="可乐") == [0.0, 0.0]
+    jr = JudgeRewards(judge)
+    assert jr.think_quality_reward(["<think>短</think><answer>a</answer>", "这里写下你的思考过程"], entity="可乐") == [0.0, 0.0]
     assert judge.calls == []
 
 
 def test_empty_answer_skips_the_judge(answer_judge):
-    configure(answer_judge)
-    got = answer_quality_reward(["<think>x</think><answer>  \n</answer>", "<think>x</think><answer></answer>", GOOD], entity="可乐")
+    jr = JudgeRewards(answer_judge)
+    got = jr.answer_quality_reward(["<think>x</think><answer>  \n</answer>", "<think>x</think><answer></answer>", GOOD], entity="可乐")
     assert got == [0.0, 0.0, pytest.approx(0.615)]
-    assert [d["shortcut"] for d in rewards.LAST_DETAILS["answer"]] == ["empty", "empty", None]
+    assert [d["shortcut"] for d in jr.details["answer"]] == ["empty", "empty", None]
     assert len(answer_judge.calls) == 1 and answer_judge.calls[0][2] == ["可乐哈哈，一口清凉！"]
 
 
 def test_last_details_and_flagged_counts():
     judge = KeywordJudge(rules={"fluency": 1.0, "is_ad": 1.0, "humor": None, "detail": 0.2, "creativity": 0.8})
-    configure(judge)
-    got = answer_quality_reward([GOOD], entity=["可乐"])
+    jr = JudgeRewards(judge)
+    got = jr.answer_quality_reward([GOOD], entity=["可乐"])
     # humor flagged -> 0.5 in soft mode; gate 0.9; plausible (0.5 + 0.2 + 0.8)/3 = 0.5 + 0.05 = 0.55; 0.495
     assert got == [pytest.approx(0.495)]
-    (d,) = rewards.LAST_DETAILS["answer"]
+    (d,) = jr.details["answer"]
     assert d["score"] == got[0] and d["entity"] == "可乐" and d["shortcut"] is None
     assert d["n_flagged"] == 1
     assert d["items"]["humor"] == {"p_yes": None, "verdict": False, "flagged": True}
     assert d["items"]["relevancy"] == {"p_yes": HIT, "verdict": True, "flagged": False}
-    assert rewards.STATS["answer"]["flagged"] == 1
-    answer_quality_reward([GOOD, GOOD], entity="可乐")
-    assert len(rewards.LAST_DETAILS["answer"]) == 2  # only the last call is kept
-    assert rewards.STATS["answer"]["flagged"] == 3 and rewards.STATS["answer"]["completions"] == 3
+    assert jr.stats["answer"]["flagged"] == 1
+    jr.answer_quality_reward([GOOD, GOOD], entity="可乐")
+    assert len(jr.details["answer"]) == 2  # only the last call is kept
+    assert jr.stats["answer"]["flagged"] == 3 and jr.stats["answer"]["completions"] == 3
 
 
-def test_per_call_judge_and_rubric_override(answer_judge):
-    configure(KeywordJudge(default=0.0))
+def test_each_object_holds_its_own_judge_and_rubric(answer_judge):
+    other = JudgeRewards(KeywordJudge(default=0.0))
     heldout = load_rubric("heldout")
-    got = answer_quality_reward([GOOD], entity=["可乐"], judge=answer_judge, rubric=heldout)
+    jr = JudgeRewards(answer_judge, heldout)
+    got = jr.answer_quality_reward([GOOD], entity=["可乐"])
+    assert other.answer_quality_reward([GOOD], entity=["可乐"]) == [0.0]  # the other object's judge says no
+    assert other.details["answer"][0]["score"] == 0.0 and jr.details["answer"][0]["score"] == got[0]
     assert got == [pytest.approx(0.615)]  # same keys, so the same rules apply to the reworded questions
     assert answer_judge.calls[0][0] == "answer"
 
@@ -270,14 +259,14 @@ def test_judge_returning_wrong_length_is_an_error():
         def judge_section(self, section, entities, texts):
             return []
 
-    configure(Broken())
+    jr = JudgeRewards(Broken())
     with pytest.raises(RewardError, match="returned 0 results for 1 texts"):
-        answer_quality_reward([GOOD], entity=["可乐"])
+        jr.answer_quality_reward([GOOD], entity=["可乐"])
 
 
-def test_configure_defaults_to_default_rubric(answer_judge):
-    configure(answer_judge)
-    assert rewards._RUBRIC.content_hash == load_rubric().content_hash
+def test_rubric_defaults_to_default_rubric(answer_judge):
+    jr = JudgeRewards(answer_judge)
+    assert jr.rubric.content_hash == load_rubric().content_hash
 
 
 # --- one batch for a step's think and answer checklists ------------------------------------------
@@ -298,25 +287,25 @@ def _step_judge():
                                "depth": None, "reflection": lambda e, t: 0.3 if e in t else 0.6})
 
 
-def _run_step(names=("format", "think", "answer")):
+def _run_step(jr, names=("format", "think", "answer")):
     """The rewards of one training step as TRL computes them: each named reward on the same completions."""
     out = {}
-    for name in names:
-        out[name] = REWARD_FUNCS[name](STEP, entity=STEP_ENTITIES, prompts=["p"] * len(STEP))
-    return out, {n: list(rewards.LAST_DETAILS[n]) for n in ("think", "answer")}, {n: dict(rewards.STATS[n]) for n in ("think", "answer")}
+    for name, func in zip(names, reward_funcs(names, jr)):
+        out[name] = func(STEP, entity=STEP_ENTITIES, prompts=["p"] * len(STEP))
+    return out, {n: list(jr.details[n]) for n in ("think", "answer")}, {n: dict(jr.stats[n]) for n in ("think", "answer")}
 
 
 @pytest.mark.parametrize("order", [("format", "think", "answer"), ("answer", "format", "think")])
 def test_one_batch_gives_the_same_rewards(order):
     before_judge = _step_judge()
-    configure(before_judge)  # no sections: each reward judges its own section, one judge call each
-    before = _run_step(order)
+    jr = JudgeRewards(before_judge)  # no sections: each reward judges its own section, one judge call each
+    before = _run_step(jr, order)
     assert before_judge.batches == [["think"], ["answer"]] if order[1] == "think" else [["answer"], ["think"]]
 
     judge = _step_judge()
-    configure(judge, sections=order)
-    after = _run_step(order)
-    assert after == before  # rewards per completion, LAST_DETAILS and STATS all equal
+    jr = JudgeRewards(judge, sections=order)
+    after = _run_step(jr, order)
+    assert after == before  # rewards per completion, details and stats all equal
     first = [n for n in order if n != "format"]
     assert judge.batches == [first]  # one batch: both checklists of the step
     judged = {name: texts for name, _, texts in judge.calls}
@@ -337,8 +326,8 @@ def test_one_batch_with_the_engine_same_rewards_half_the_engine_calls():
     results = []
     for sections in ((), ("think", "answer")):
         backends[sections] = backend = FakeBackend(p_yes=p_yes)
-        configure(JudgeEngine(backend, JudgeConfig()), sections=sections)
-        results.append(_run_step())
+        jr = JudgeRewards(JudgeEngine(backend, JudgeConfig()), sections=sections)
+        results.append(_run_step(jr))
     assert results[0] == results[1]
     assert all(0 < v < 1 for v in results[0][0]["answer"][:2])
     assert len(backends[()].calls) == 4 and len(backends[("think", "answer")].calls) == 2  # warm-up + rest, once
@@ -348,50 +337,59 @@ def test_one_batch_with_the_engine_same_rewards_half_the_engine_calls():
 
 def test_only_the_configured_sections_are_judged_ahead():
     judge = _step_judge()
-    configure(judge, sections=["format", "think"])  # train.reward_weights without `answer`
-    think_quality_reward(STEP, entity=STEP_ENTITIES)
+    jr = JudgeRewards(judge, sections=["format", "think"])  # train.reward_weights without `answer`
+    jr.think_quality_reward(STEP, entity=STEP_ENTITIES)
     assert judge.batches == [["think"]] and [c[0] for c in judge.calls] == ["think"]
-    assert rewards._AHEAD == {}
-    answer_quality_reward(STEP, entity=STEP_ENTITIES)  # still works on its own when called
+    assert jr._ahead == {}
+    jr.answer_quality_reward(STEP, entity=STEP_ENTITIES)  # still works on its own when called
     assert judge.batches == [["think"], ["answer"]]
 
 
 def test_judged_ahead_only_for_the_same_completions():
     judge = _step_judge()
-    configure(judge, sections=["think", "answer"])
-    think_quality_reward(STEP, entity=STEP_ENTITIES)
+    jr = JudgeRewards(judge, sections=["think", "answer"])
+    jr.think_quality_reward(STEP, entity=STEP_ENTITIES)
     other = [GOOD, OFF_TOPIC]
-    got = answer_quality_reward(other, entity=["雪碧", "雪碧"])  # not the completions judged ahead
+    got = jr.answer_quality_reward(other, entity=["雪碧", "雪碧"])  # not the completions judged ahead
     assert judge.batches == [["think", "answer"], ["answer", "think"]]
     reference = _step_judge()
-    configure(reference)
-    assert got == answer_quality_reward(other, entity=["雪碧", "雪碧"])
+    jr = JudgeRewards(reference)
+    assert got == jr.answer_quality_reward(other, entity=["雪碧", "雪碧"])
     # other entities for the same texts are another call too
-    configure(judge, sections=["think", "answer"])
+    jr = JudgeRewards(judge, sections=["think", "answer"])
     judge.batches.clear()
-    think_quality_reward(STEP, entity=STEP_ENTITIES)
-    answer_quality_reward(STEP, entity=["雪碧"] * len(STEP))
+    jr.think_quality_reward(STEP, entity=STEP_ENTITIES)
+    jr.answer_quality_reward(STEP, entity=["雪碧"] * len(STEP))
     assert judge.batches == [["think", "answer"], ["answer", "think"]]
 
 
-def test_a_per_call_judge_is_not_mixed_with_the_configured_one():
-    configured, passed = _step_judge(), KeywordJudge(default=0.0)
-    configure(configured, sections=["think", "answer"])
-    think_quality_reward(STEP, entity=STEP_ENTITIES, judge=passed)
-    answer_quality_reward(STEP, entity=STEP_ENTITIES)  # the configured judge: not what `passed` judged ahead
-    assert passed.batches == [["think", "answer"]] and configured.batches == [["answer", "think"]]
+def test_two_objects_do_not_share_what_was_judged_ahead():
+    first, second = _step_judge(), KeywordJudge(default=0.0)
+    a = JudgeRewards(first, sections=["think", "answer"])
+    b = JudgeRewards(second, sections=["think", "answer"])
+    b.think_quality_reward(STEP, entity=STEP_ENTITIES)  # b judges answer ahead, for b only
+    a.answer_quality_reward(STEP, entity=STEP_ENTITIES)  # a's own judge: not what b judged ahead
+    assert second.batches == [["think", "answer"]] and first.batches == [["answer", "think"]]
+    assert a.stats["think"]["completions"] == 0 and b.stats["answer"]["completions"] == 0
 
 
 def test_names_and_registry():
-    assert [f.__name__ for f in (format_reward, think_quality_reward, answer_quality_reward)] == [
+    jr = JudgeRewards(KeywordJudge())
+    assert [f.__name__ for f in (format_reward, jr.think_quality_reward, jr.answer_quality_reward)] == [
         "format_reward",
         "think_quality_reward",
         "answer_quality_reward",
     ]
-    assert set(REWARD_FUNCS) == {"format", "think", "answer", "diversity", "tag_count"}
-    assert reward_funcs(["format", "answer"]) == [format_reward, answer_quality_reward]
+    assert set(REWARD_NAMES) == {"format", "think", "answer", "diversity", "tag_count"}
+    from lib.reward_names import FUNC_NAMES
+
+    assert {n: f.__name__ for n, f in zip(REWARD_NAMES, reward_funcs(REWARD_NAMES, jr))} == FUNC_NAMES
+    assert reward_funcs(["format", "answer"], jr) == [format_reward, jr.answer_quality_reward]
+    assert reward_funcs(["format", "tag_count"]) == [format_reward, tag_count_reward]  # rule rewards need no judge
     with pytest.raises(RewardError, match="unknown reward 'style'"):
         reward_funcs(["style"])
+    with pytest.raises(RewardError, match="'think' needs a judge"):
+        reward_funcs(["format", "think"])
 
 
 # --- optional rewards ----------------------------------------------------------------------------
@@ -442,14 +440,14 @@ TEXTS = st.one_of(st.text(max_size=200), TAG_SOUP)
 @given(texts=st.lists(TEXTS, min_size=1, max_size=4), entity=st.text(max_size=5), conversational=st.booleans())
 def test_rewards_never_crash_and_stay_in_unit_interval(texts, entity, conversational):
     completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-    judge = KeywordJudge(rules={"humor": None, "detail": "可乐"})
+    jr = JudgeRewards(KeywordJudge(rules={"humor": None, "detail": "可乐"}))
     ents = [entity] * len(texts)
     outs = {
         "format": format_reward(completions, entity=ents),
         "tag_count": tag_count_reward(completions),
         "diversity": diversity_reward(completions, entity=ents),
-        "think": think_quality_reward(completions, entity=ents, judge=judge),
-        "answer": answer_quality_reward(completions, entity=ents, judge=judge),
+        "think": jr.think_quality_reward(completions, entity=ents),
+        "answer": jr.answer_quality_reward(completions, entity=ents),
     }
     for name, vals in outs.items():
         assert len(vals) == len(texts), name

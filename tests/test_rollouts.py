@@ -167,7 +167,6 @@ def test_generation_timer_times_trls_own_generation_call():
 
 def test_trl_backend_times_hf_rollouts(monkeypatch, tmp_path):
     """build_trainer gives TRL's own generation a GenerationTimer (hf rollouts), the logger reads it."""
-    from lib import rewards
     from lib.train.rollouts import GenerationTimer
 
     made = {}
@@ -187,7 +186,6 @@ def test_trl_backend_times_hf_rollouts(monkeypatch, tmp_path):
     monkeypatch.setattr(trl, "GRPOTrainer", FakeGRPOTrainer)
     monkeypatch.setattr(grpo, "load_train_dataset", lambda *a: None)
     monkeypatch.setattr(grpo, "build_grpo_config", lambda *a: None)
-    monkeypatch.setattr(rewards, "_JUDGE", object())
     profile = load_profile("smoke", overrides={"train": {"rollout_engine": "hf", "reward_weights": {"format": 1.0}}})
     ctx = SimpleNamespace(stage=lambda name: tmp_path / name)
     (tmp_path / "train").mkdir()

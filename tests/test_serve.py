@@ -56,13 +56,15 @@ def srv():
 
 
 def in_process(srv, names, comps, ents, details=False):
-    """`lib.rewards` in-process on the server's engine, run in its judge thread: {name: scores} (+ details)."""
+    """`lib.rewards` in-process on the server's engine (a JudgeRewards of its own), run in its judge thread:
+    {name: scores} (+ details)."""
     def run():
         out, det = {}, {}
-        for n in names:
-            out[n] = rewards_mod.REWARD_FUNCS[n](comps, entity=ents, judge=srv.engine, rubric=srv.scorer.rubric)
+        jr = rewards_mod.JudgeRewards(srv.engine, srv.scorer.rubric)
+        for n, func in zip(names, rewards_mod.reward_funcs(names, jr)):
+            out[n] = func(comps, entity=ents)
             if n in ("think", "answer"):
-                det[n] = copy.deepcopy(rewards_mod.LAST_DETAILS[n])
+                det[n] = copy.deepcopy(jr.details[n])
         return (out, det) if details else out
 
     return srv.scorer.executor.submit(run).result()

@@ -39,7 +39,8 @@ class FailingFor:
 
 
 def in_process(judge, rubric, names, comps, ents) -> dict[str, list[float]]:
-    return {n: rewards_mod.REWARD_FUNCS[n](comps, entity=ents, judge=judge, rubric=rubric) for n in names}
+    jr = rewards_mod.JudgeRewards(judge, rubric)
+    return {n: f(comps, entity=ents) for n, f in zip(names, rewards_mod.reward_funcs(names, jr))}
 
 
 def concurrently(fn, args_list):

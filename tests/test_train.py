@@ -215,9 +215,13 @@ def test_train_config_table_lists_every_field():
 
 def test_reward_functions_follow_profile_order():
     p = load_profile("smoke", overrides={"train": {"reward_weights": {"answer": 2.0, "format": 0.5, "tag_count": 1.0}}})
-    funcs, weights = grpo.reward_functions(p)
+    jr = rewards.JudgeRewards(KeywordJudge(), load_rubric())
+    funcs, weights = grpo.reward_functions(p, jr)
     assert [f.__name__ for f in funcs] == ["answer_quality_reward", "format_reward", "tag_count_reward"]
+    assert funcs[0].__self__ is jr  # the judge reward is the caller's own object's method
     assert weights == [2.0, 0.5, 1.0]
+    with pytest.raises(TrainError, match="'answer' needs a judge"):
+        grpo.reward_functions(p)
 
 
 def test_unknown_reward_names_it():
@@ -236,14 +240,13 @@ def test_unknown_reward_names_it():
 
 
 @pytest.mark.parametrize("together", [False, True])
-def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
-    monkeypatch.setattr(rewards, "_TOGETHER", ())  # restored afterwards: other tests judge section by section
+def test_recorder_keeps_names_and_groups_one_batch(together):
     judge = KeywordJudge()
     p = load_profile("smoke")
-    rewards.configure(judge, load_rubric(), sections=p.train.reward_weights if together else ())
-    rec = RewardRecorder()
-    funcs, _ = grpo.wrapped_reward_functions(p, rec)
-    assert [f.__name__ for f in funcs] == [f.__name__ for f in grpo.reward_functions(p)[0]]
+    jr = rewards.JudgeRewards(judge, load_rubric(), sections=p.train.reward_weights if together else ())
+    rec = RewardRecorder(jr)
+    funcs, _ = grpo.wrapped_reward_functions(p, rec, jr)
+    assert [f.__name__ for f in funcs] == [f.__name__ for f in grpo.reward_functions(p, jr)[0]]
     good = "<think>" + "我先分析一下用户需求和品牌定位，再想创意。" * 2 + "</think><answer>椰子水，清爽一夏！</answer>"
     comps = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "乱写"}]]
     prompts = [[{"role": "user", "content": "请为椰子水设计一段创意广告文案"}]] * 2
@@ -265,11 +268,10 @@ def test_recorder_keeps_names_and_groups_one_batch(together, monkeypatch):
     assert len(judge.batches) == (2 if together else 4)  # two generation batches: think and answer together or apart
 
 
-def test_build_trainer_needs_a_configured_judge(monkeypatch, tmp_path):
+def test_build_trainer_needs_a_judge(tmp_path):
     from lib.run import RunContext
 
-    monkeypatch.setattr(rewards, "_JUDGE", None)
-    with pytest.raises(TrainError, match="configure"):
+    with pytest.raises(TrainError, match="need a judge: pass judge="):
         grpo.build_trainer(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")))
 
 

@@ -101,13 +101,11 @@ def _main() -> None:
     ap.add_argument("result_json")
     ap.add_argument("--judge-delay", type=float, default=0.0)
     a = ap.parse_args()
-    from lib import rewards, train
-    from lib.rubric import load_rubric
+    from lib import train
     from lib.run import open_run
 
     ctx = open_run(a.run_dir)
     judge = SlowKeywordJudge(a.judge_delay)
-    rewards.configure(judge, load_rubric())
     result = train.train(ctx.profile, ctx, judge)
     Path(a.result_json).write_text(json.dumps(result, indent=1), encoding="utf-8")
 

@@ -4,7 +4,7 @@
     per_item            # one row per completion: model, entity, format, think, answer, judge
     details[0]          # the same completion with every checklist item's question, P(yes) and verdict
 
-The scores are the training rewards themselves (lib.rewards: format_reward, think_quality_reward,
+The scores are the training rewards themselves (lib.rewards: format_reward and a JudgeRewards' think_quality_reward,
 answer_quality_reward), so evaluation measures exactly what training optimized; the held-out judge
 (`heldout_judge`) asks the reworded checklists (lib/rubrics/heldout.yaml) to see whether gains transfer.
 """
@@ -18,7 +18,7 @@ import pandas as pd
 
 from lib.data import read_jsonl
 from lib.judge.types import SectionJudge
-from lib.rewards import LAST_DETAILS, answer_quality_reward, format_reward, think_quality_reward
+from lib.rewards import JudgeRewards, format_reward
 from lib.rubric import Rubric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,10 +64,11 @@ def score_completions(
         ents += list(entities)
         texts += list(comps)
     fmt = format_reward(texts)
-    think = think_quality_reward(texts, entity=ents, judge=judge, rubric=rubric)
-    think_details = list(LAST_DETAILS["think"])
-    answer = answer_quality_reward(texts, entity=ents, judge=judge, rubric=rubric)
-    answer_details = list(LAST_DETAILS["answer"])
+    jr = JudgeRewards(judge, rubric)
+    think = jr.think_quality_reward(texts, entity=ents)
+    think_details = list(jr.details["think"])
+    answer = jr.answer_quality_reward(texts, entity=ents)
+    answer_details = list(jr.details["answer"])
     per_item = pd.DataFrame({"model": labels, "entity": ents, "format": fmt, "think": think, "answer": answer,
                              "judge": judge_name}, columns=list(PER_ITEM_COLUMNS))
     details = [

@@ -64,7 +64,9 @@ class Limits:
 class RewardScorer:
     """`lib.rewards` on one judge and rubric; judged rewards of several requests in one call.
 
-    Every call runs on `executor` (one thread): the engine and `lib.rewards.LAST_DETAILS` are not thread-safe.
+    Every call runs on `executor` (one thread): the engine and the `JudgeRewards` details are not thread-safe.
+    The scorer holds its own two `JudgeRewards`: one judging think and answer in one batch (when every job of a
+    batch wants both), one judging each section alone.
     """
 
     def __init__(self, judge: Any, rubric: Any, weights: dict[str, float] | None = None, info: dict | None = None):
@@ -73,11 +75,15 @@ class RewardScorer:
         self.weights = dict(weights or {"format": 1.0, "think": 1.0, "answer": 1.0})
         self.info = dict(info or {})  # profile name, model, backend for /health
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
+        self.together = rewards_mod.JudgeRewards(judge, rubric, sections=JUDGED)
+        self.apart = rewards_mod.JudgeRewards(judge, rubric)
+        self._current = self.apart
 
     def judged(self, name: str, completions: Sequence[Any], entities: Sequence[str]) -> tuple[list[float], list[dict]]:
-        """One judged reward exactly as in-process: `lib.rewards.REWARD_FUNCS[name]` and its `LAST_DETAILS`."""
-        scores = rewards_mod.REWARD_FUNCS[name](list(completions), entity=list(entities), judge=self.judge, rubric=self.rubric)
-        return scores, list(rewards_mod.LAST_DETAILS[name])
+        """One judged reward exactly as in-process: a `JudgeRewards` method and its details."""
+        jr = self._current
+        scores = jr.func(name)(list(completions), entity=list(entities))
+        return scores, list(jr.details[name])
 
     def warm_up(self) -> float:
         """Judge one completion with every judged reward (the engine's first call is much slower than the next
@@ -91,11 +97,11 @@ class RewardScorer:
         or the exception its own judge call raised. Jobs wanting a reward are judged together; if that merged
         call fails, each job is judged alone so one bad job costs no other its answer."""
         out: list[dict | Exception] = [{"rewards": {}, "details": {}} for _ in jobs]
-        # think and answer in one judge batch when the same jobs want both (lib.rewards judges the second ahead);
-        # set here for every batch: the module-level choice may have been left by another caller in the process
+        # think and answer in one judge batch when the same jobs want both (JudgeRewards judges the second ahead)
         wanted = {name: [i for i, (_, _, names) in enumerate(jobs) if name in names] for name in JUDGED}
         same = len(set(map(tuple, wanted.values()))) == 1 and all(wanted.values())
-        rewards_mod.judge_together(JUDGED if same else ())
+        self._current = self.together if same else self.apart
+        self._current.reset_stats()  # nothing judged ahead survives from an earlier batch
         for name in JUDGED:
             idx = [i for i, (_, _, names) in enumerate(jobs) if name in names and not isinstance(out[i], Exception)]
             if not idx:
@@ -453,9 +459,9 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
     def reward_names(names: list[str] | None) -> list[str]:
         names = list(scorer.weights) if names is None else names
         if not names:
-            raise _BadRequest(422, "rewards: empty list; known: " + ", ".join(rewards_mod.REWARD_FUNCS))
+            raise _BadRequest(422, "rewards: empty list; known: " + ", ".join(rewards_mod.REWARD_NAMES))
         try:
-            rewards_mod.reward_funcs(names)
+            rewards_mod.reward_funcs(names, scorer.apart)
         except rewards_mod.RewardError as exc:
             raise _BadRequest(422, f"rewards: {exc}") from None
         return list(dict.fromkeys(names))
@@ -464,7 +470,7 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
         out: dict[str, list[float]] = {}
         for name in names:
             if name not in JUDGED:
-                out[name] = rewards_mod.REWARD_FUNCS[name](completions, entity=entities, prompts=prompts)
+                out[name] = rewards_mod.RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
         judged = [n for n in names if n in JUDGED]
         details: dict[str, list] = {}
         if judged:

@@ -142,9 +142,9 @@ def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int
         def in_process(comps: list[str], ents: list[str]) -> None:
             # the same work as the server's batches: only the asked rewards' sections are judged (the scorer's
             # profile may name think and answer, which would judge both whichever reward is called)
-            rewards_mod.judge_together(rewards)
+            jr = rewards_mod.JudgeRewards(judge, rubric, sections=rewards)
             for name in rewards:
-                rewards_mod.REWARD_FUNCS[name](comps, entity=ents, judge=judge, rubric=rubric)
+                jr.func(name)(comps, entity=ents)
 
         comps, ents = take(total)
         print(f"[bench serve] in-process: {total} completions ...", flush=True)

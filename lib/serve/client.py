@@ -130,11 +130,12 @@ class RemoteRewards:
     def funcs(self, names: Sequence[str] = ("format", "think", "answer"), details: bool = False) -> list[Callable[..., list[float]]]:
         """TRL reward functions for `names`, named like the in-process ones (`format_reward`, ...) so training
         logs read the same. One request per batch serves all of them."""
-        from lib.rewards import REWARD_FUNCS, RewardError
+        from lib.reward_names import FUNC_NAMES, REWARD_NAMES, unknown_reward
+        from lib.rewards import RewardError
 
-        unknown = [n for n in names if n not in REWARD_FUNCS]
+        unknown = unknown_reward(names)
         if unknown:
-            raise RewardError(f"unknown reward {unknown[0]!r}; known: {', '.join(REWARD_FUNCS)}")
+            raise RewardError(f"unknown reward {unknown!r}; known: {', '.join(REWARD_NAMES)}")
         names = list(dict.fromkeys(names))
 
         def make(name: str) -> Callable[..., list[float]]:
@@ -149,7 +150,7 @@ class RemoteRewards:
                     self.last_details = res.get("details", {})
                 return list(self._last[name])
 
-            reward.__name__ = REWARD_FUNCS[name].__name__
+            reward.__name__ = FUNC_NAMES[name]
             reward.__qualname__ = reward.__name__
             return reward
 

@@ -1,8 +1,8 @@
 """GRPO training: one code path above the model loader; the profile decides the backend.
 
     prepare_backend(profile)                      # Unsloth (GPU) must be imported before transformers/trl
-    judge = build_judge(profile.judge); rewards.configure(judge, rubric)
-    trainer = build_trainer(profile, run_ctx, judge)
+    judge = build_judge(profile.judge)
+    trainer = build_trainer(profile, run_ctx, judge)         # its JudgeRewards: the judge + the run's rubric
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
@@ -152,7 +152,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
     cfg = profile.train
     if not 0 <= cfg.warmup_ratio < 1:
         raise TrainError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    _, weights = reward_functions(profile)
+    weights = [float(profile.train.reward_weights[n]) for n in check_reward_names(profile)]
     world = int(os.environ.get("WORLD_SIZE", "1"))  # processes under accelerate/torchrun
     gen_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if gen_batch % cfg.num_generations:
@@ -229,15 +229,40 @@ def build_grpo_config(profile: Profile, output_dir: str | Path):
     return GRPOConfig(**kwargs)
 
 
-def reward_functions(profile: Profile) -> tuple[list[Callable[..., list[float]]], list[float]]:
-    """The reward functions named by `train.reward_weights` (keys of lib.rewards.REWARD_FUNCS) and their weights."""
+def check_reward_names(profile: Profile) -> list[str]:
+    """The names of `train.reward_weights`, in order; a one-line error for none or an unknown one."""
     names = list(profile.train.reward_weights)
     if not names:
         raise TrainError("train.reward_weights is empty: name at least one reward (e.g. {format: 1.0})")
     for n in names:
-        if n not in rewards_mod.REWARD_FUNCS:
-            raise TrainError(f"train.reward_weights: unknown reward {n!r}; known: {', '.join(rewards_mod.REWARD_FUNCS)}")
-    return [rewards_mod.REWARD_FUNCS[n] for n in names], [float(profile.train.reward_weights[n]) for n in names]
+        if n not in rewards_mod.REWARD_NAMES:
+            raise TrainError(f"train.reward_weights: unknown reward {n!r}; known: {', '.join(rewards_mod.REWARD_NAMES)}")
+    return names
+
+
+def reward_functions(profile: Profile, judge_rewards: "rewards_mod.JudgeRewards | None" = None,
+                     ) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The reward functions named by `train.reward_weights` (lib.reward_names) and their weights; the judge
+    rewards are `judge_rewards`' bound methods (see `judge_rewards_for`)."""
+    names = check_reward_names(profile)
+    try:
+        funcs = rewards_mod.reward_funcs(names, judge_rewards)
+    except rewards_mod.RewardError as exc:
+        raise TrainError(f"train.reward_weights: {exc}") from None
+    return funcs, [float(profile.train.reward_weights[n]) for n in names]
+
+
+def judge_rewards_for(profile: Profile, judge: Any) -> "rewards_mod.JudgeRewards | None":
+    """The trainer's own `JudgeRewards`: `judge` with the run's rubric, think and answer judged in one batch when
+    both are weighted. None when no judge reward is weighted; an error when one is and `judge` is None."""
+    judged = [n for n in profile.train.reward_weights if rewards_mod.is_judged(n)]
+    if not judged:
+        return None
+    if judge is None:
+        raise TrainError(f"rewards {', '.join(judged)} need a judge: pass judge=build_judge(profile.judge) to build_trainer")
+    from lib.rubric import load_rubric
+
+    return rewards_mod.JudgeRewards(judge, load_rubric(profile.rubric.path), sections=judged)
 
 
 _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset filter)", "log_completions": "(samples.jsonl)",
@@ -367,8 +392,9 @@ def check_unsloth_trainer(trainer, model) -> None:
                          "Unsloth's patch of TRL's VLLMGeneration did not apply (check the unsloth / trl / vllm versions)")
 
 
-def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder) -> tuple[list[Callable], list[float]]:
-    funcs, weights = reward_functions(profile)
+def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder,
+                             judge_rewards: "rewards_mod.JudgeRewards | None" = None) -> tuple[list[Callable], list[float]]:
+    funcs, weights = reward_functions(profile, judge_rewards)
     return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights
 
 
@@ -396,16 +422,13 @@ def lora_rollouts(profile: Profile, judge: Any, tokenizer, out: Path):
 def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, policy: tuple | None = None):
     """A `trl.GRPOTrainer` for the run: policy, dataset, wrapped rewards, and the TrainingLogger callback.
 
-    The judge rewards use the judge set by `lib.rewards.configure(judge, rubric)` (call it first);
-    `judge` here is read for its timing stats. `policy` = (model, tokenizer, peft_config) defaults to
-    `load_policy(profile)`.
+    The judge rewards are the bound methods of the trainer's own `JudgeRewards` (`judge` with the run's
+    rubric; a step's think and answer checklists go to the judge in one batch); `judge` is also read for its
+    timing stats. `policy` = (model, tokenizer, peft_config) defaults to `load_policy(profile)`.
     """
-    reward_functions(profile)  # a bad reward name fails before the model loads
+    check_reward_names(profile)  # a bad reward name fails before the model loads
     check_processes(profile)
-    judged = [n for n in profile.train.reward_weights if n in rewards_mod.LAST_DETAILS]
-    if judged and getattr(rewards_mod, "_JUDGE", None) is None:
-        raise TrainError(f"rewards {', '.join(judged)} need a judge: call lib.rewards.configure(judge, rubric) first")
-    rewards_mod.judge_together(judged)  # a step's think and answer checklists go to the judge in one batch
+    judge_rewards = judge_rewards_for(profile, judge)
     model, tokenizer, peft_config = policy if policy is not None else load_policy(profile)
     from trl import GRPOTrainer
 
@@ -413,8 +436,8 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
         install_cpu_logprobs()
     out = train_dir(run_ctx)
     args = build_grpo_config(profile, out / CHECKPOINTS_DIR)
-    recorder = RewardRecorder()
-    reward_funcs, _ = wrapped_reward_functions(profile, recorder)
+    recorder = RewardRecorder(judge_rewards)
+    reward_funcs, _ = wrapped_reward_functions(profile, recorder, judge_rewards)
     rollouts = lora_rollouts(profile, judge, tokenizer, out) if profile.train.rollout_engine == "vllm_lora" else None
     timer = None
     if rollouts is None and profile.train.backend == "trl":  # TRL generates itself: time its generation call
@@ -531,7 +554,6 @@ def main(argv: list[str] | None = None) -> dict:
     """`python -m lib.train --run-dir RUN [--profile NAME] [--no-resume] [--set K=V ...]`: the training stage without the notebook."""
     from lib.judge.engine import build_judge
     from lib.profiles import parse_overrides
-    from lib.rubric import load_rubric
     from lib.run import open_run
 
     ap = argparse.ArgumentParser(prog="python -m lib.train", description=main.__doc__)
@@ -546,7 +568,6 @@ def main(argv: list[str] | None = None) -> dict:
     prepare_backend(ctx.profile)
     judge = build_judge(ctx.profile.judge, seed=ctx.profile.seed, **judge_engine_kwargs(ctx.profile))
     try:
-        rewards_mod.configure(judge, load_rubric(ctx.profile.rubric.path))
         result = train(ctx.profile, ctx, judge, resume=not a.no_resume)
     finally:
         judge.close()

@@ -113,13 +113,15 @@ class RewardRecorder:
     """Wraps reward functions to keep the completions, rewards and judge details of recent calls.
 
     TRL calls every reward function once per generation batch, in order; the calls for one batch are
-    grouped into one record. The judge rewards' per-item details come from `lib.rewards.LAST_DETAILS`,
-    and their wall time is summed in `judge_seconds` (used when the judge has no `.stats`).
+    grouped into one record. The judge rewards' per-item details come from `judge_rewards.details` (the
+    trainer's `lib.rewards.JudgeRewards`), and their wall time is summed in `judge_seconds` (used when the
+    judge has no `.stats`).
     """
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, judge_rewards: Any = None, keep: int = 8):
         self.batches: deque[dict] = deque(maxlen=keep)
         self.judge_seconds = 0.0
+        self.details = judge_rewards.details if judge_rewards is not None else {}
 
     def wrap(self, name: str, func: Callable[..., list[float]]) -> Callable[..., list[float]]:
         """`func` with recording; `__name__` is kept so TRL logs `rewards/<func name>/mean` as before."""
@@ -129,7 +131,7 @@ class RewardRecorder:
             t0 = time.perf_counter()
             out = func(completions, **kwargs)
             dt = time.perf_counter() - t0
-            if name in rewards_mod.LAST_DETAILS:
+            if name in self.details:
                 self.judge_seconds += dt
             self._record(name, completions, kwargs, list(out))
             return out
@@ -152,8 +154,8 @@ class RewardRecorder:
             }
             self.batches.append(batch)
         batch["rewards"][name] = values
-        if name in rewards_mod.LAST_DETAILS and len(rewards_mod.LAST_DETAILS[name]) == n:
-            batch["details"][name] = [dict(d) for d in rewards_mod.LAST_DETAILS[name]]
+        if name in self.details and len(self.details[name]) == n:
+            batch["details"][name] = [dict(d) for d in self.details[name]]
 
     def drain(self) -> list[dict]:
         """The recorded batches since the last drain (oldest first), forgetting them."""

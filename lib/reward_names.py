@@ -1,0 +1,20 @@
+"""The names of the rewards a profile can weight (`train.reward_weights`): a leaf, so validating a profile
+imports no reward code."""
+from __future__ import annotations
+
+# Rule-based rewards: plain functions of the completions (lib.rewards.rules).
+RULE_REWARDS = ("format", "diversity", "tag_count")
+# Judge rewards: bound methods of a lib.rewards.JudgeRewards (they need a judge and a rubric).
+JUDGE_REWARDS = ("think", "answer")
+# In the order errors list them: the original's three first.
+REWARD_NAMES = ("format", "think", "answer", "diversity", "tag_count")
+assert set(REWARD_NAMES) == set(RULE_REWARDS + JUDGE_REWARDS)
+# The `__name__` of each reward's function (TRL logs `rewards/<__name__>/mean`; the server's client names its
+# functions the same, so logs read alike in-process and remote).
+FUNC_NAMES = {"format": "format_reward", "think": "think_quality_reward", "answer": "answer_quality_reward",
+              "diversity": "diversity_reward", "tag_count": "tag_count_reward"}
+
+
+def unknown_reward(names) -> str | None:
+    """The first name that is no reward, or None."""
+    return next((n for n in names if n not in REWARD_NAMES), None)
