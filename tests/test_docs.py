@@ -19,7 +19,9 @@ one, or with an unknown one, fails `test_every_block_is_classified`. The checks:
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import importlib.util
+import io
 import os
 import re
 import runpy
@@ -119,7 +121,7 @@ class _Parsed(Exception):
         self.namespace = namespace
 
 
-def parse_module_args(module: str, args: list[str]) -> argparse.Namespace:
+def parse_module_args(module: str, args: list[str], where: str) -> argparse.Namespace:
     """Run `python -m module args` up to its argparse `parse_args` (the real parser), nothing after it."""
     real = argparse.ArgumentParser.parse_args
 
@@ -129,12 +131,14 @@ def parse_module_args(module: str, args: list[str]) -> argparse.Namespace:
     argv = sys.argv
     argparse.ArgumentParser.parse_args = stop
     sys.argv = [module, *args]
+    err = io.StringIO()
     try:
-        runpy.run_module(module, run_name="__main__", alter_sys=False)
+        with contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
     except _Parsed as parsed:
         return parsed.namespace
-    except SystemExit as e:  # argparse refused the arguments (its message is on stderr)
-        raise AssertionError(f"`python -m {module} {shlex.join(args)}`: the parser exited with {e.code}") from None
+    except SystemExit as e:  # argparse refused the arguments
+        raise AssertionError(f"{where}: the parser exited with {e.code}: {err.getvalue().strip()}") from None
     finally:
         argparse.ArgumentParser.parse_args = real
         sys.argv = argv
@@ -181,7 +185,7 @@ def check_python_m(tokens: list[str], where: str) -> None:
             check_repo_paths(args, where)
             return
     assert module.startswith("lib."), f"{where}: `python -m {module}` is neither ours nor in EXTERNAL"
-    parse_module_args(module, args)
+    parse_module_args(module, args, where)
     check_profile_args(args, where)
     check_repo_paths(args, where)
 
@@ -205,6 +209,7 @@ def check_command(tokens: list[str], block: Block, srv) -> None:
     elif prog == "accelerate":
         assert tokens[1] == "launch", where
         args = tokens[2:]
+        assert "--config_file" in args, f"{where}: no --config_file"
         cfg = args[args.index("--config_file") + 1]
         assert (REPO_ROOT / cfg).is_file(), f"{where}: no {cfg}"
         if "-m" in args:
@@ -409,6 +414,51 @@ def test_python_block_runs(block, monkeypatch, capsys):
     PYTHON_BLOCKS[block.kind](block, monkeypatch, capsys)
 
 
+INLINE_PROGRAM = re.compile(r"^([A-Z_]+=\S+ )*((\.venv/bin/)?python3? -m \S|make \w|accelerate \w|bash \S|vllm \w|trl \w|pytest )")
+
+
+def inline_commands(path: Path) -> list[tuple[str, str]]:
+    """Commands written inline (`python -m lib.x …`, `make x`, `--set a.b=c …`) outside fenced blocks, as
+    (original, runnable): a synopsis's `[optional]` brackets dropped (their content kept), ` ...` (repeatable)
+    dropped, `a|b` → a, an
+    upper-case metavar or `key.sub=value` → a placeholder."""
+    text = re.sub(r"^(`{3,}).*?^\1", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    out = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        is_set = re.fullmatch(r"(--set \S+=\S+\s*)+", span)
+        if not (INLINE_PROGRAM.match(span) or is_set):
+            continue
+        cmd = re.sub(r" \.\.\.(?=[\] ]|$)", "", span)  # `[--set k=v ...]`: repeatable
+        cmd = re.sub(r"\[([^\[\]]*)\]", r"\1", cmd)
+        cmd = re.sub(r"(\w+)\|[\w|]+", r"\1", cmd)
+        cmd = re.sub(r"\bkey\.sub=value\b", PLACEHOLDER, cmd)
+        cmd = re.sub(r"(?<![\w./=-])[A-Z][A-Z_]+(?![\w./=-])", PLACEHOLDER, cmd)
+        out.append((span, "python -m lib.cli show-profile gpu " + cmd if is_set else cmd))
+    return out
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.relative_to(REPO_ROOT).as_posix() for p in DOCS])
+def test_inline_commands_are_valid(path, srv):
+    block = Block(path, 0, "bash", "check", "")
+    for span, cmd in inline_commands(path):
+        for tokens in simple_commands(cmd):
+            if tokens[:2] == ["pytest", "-m"]:
+                markers = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+                assert f'"{tokens[2]}:' in markers, f"{path.name}: `{span}`: no pytest marker {tokens[2]!r}"
+                continue
+            if len(tokens) == 2 and tokens[0] in ("accelerate", *EXTERNAL):  # `vllm serve`: a program's name
+                continue
+            if len(tokens) == 3 and tokens[1] == "-m":  # `python -m lib.x` as the name of a command
+                assert importlib.util.find_spec(tokens[2]), f"{path.name}: `{span}`: no module {tokens[2]}"
+                continue
+            try:
+                check_command(tokens, block, srv)
+            except AssertionError as e:
+                if f"invalid choice: '{PLACEHOLDER}'" in str(e):  # a metavar where the parser has choices
+                    continue
+                raise AssertionError(f"{path.relative_to(REPO_ROOT)}: inline `{span}`: {e}") from None
+
+
 def test_readme_is_short():
     n = len((REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines())
     assert n <= 200, f"README.md has {n} lines (at most 200: move a topic into docs/)"
@@ -448,6 +498,19 @@ def test_layout_table_matches_the_tree():
             continue
         if not (REPO_ROOT / path).exists() and not list(REPO_ROOT.glob(path)):
             problems.append(f"the table's `{path}` is not in the tree")
+    # A folder row's file names exist in it; a `dir/*.ext` row names exactly the files the pattern matches.
+    for path, cell in rows.items():
+        if path.startswith("outputs/"):
+            continue
+        if "*" in path:
+            named = set(re.findall(r"`([\w-]+)`", cell))
+            on_disk = {p.name[: len(p.name) - len(path.split("*", 1)[1])] for p in REPO_ROOT.glob(path)}
+            problems += [f"row `{path}` names `{n}`, but there is no {path.replace('*', n)}" for n in sorted(named - on_disk)]
+            problems += [f"row `{path}` does not name `{n}` ({path.replace('*', n)} exists)" for n in sorted(on_disk - named)]
+        elif path.endswith("/"):
+            for name in re.findall(r"`([\w-]+\.\w+|[\w-]+/)`", cell):
+                if not (REPO_ROOT / path / name).exists():
+                    problems.append(f"row `{path}` names `{name}`, which is not in {path}")
     # Every module and folder named in a lib/ row exists; every one in the tree is named.
     packages = {p.parent for p in lib.rglob("__init__.py") if "__pycache__" not in p.parts}
     for pkg in sorted(packages):
