@@ -459,6 +459,67 @@ def test_inline_commands_are_valid(path, srv):
                 raise AssertionError(f"{path.relative_to(REPO_ROOT)}: inline `{span}`: {e}") from None
 
 
+def _defines(source: str, names: list[str]) -> bool:
+    """Whether `source` defines names[0] at top level (and names[1] inside it, when it is a class)."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in tree.body:
+        found = None
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == names[0]:
+            found = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == names[0] for t in targets):
+                return True
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((a.asname or a.name.split(".")[0]) == names[0] for a in node.names):
+                return True
+        if found is not None:
+            if len(names) == 1 or not isinstance(found, ast.ClassDef):
+                return True
+            return any(getattr(n, "name", None) == names[1] for n in found.body) or \
+                any(isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == names[1] for n in found.body)
+    return False
+
+
+def resolve_dotted(name: str) -> str | None:
+    """None if `lib.a.b.attr` names a module of lib/ or a name defined in one (read, not imported), else why not."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        base = REPO_ROOT.joinpath(*parts[:i])
+        module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if module.is_file():
+            rest = parts[i:]
+            if not rest or _defines(module.read_text(encoding="utf-8"), rest):
+                return None
+            return f"{module.relative_to(REPO_ROOT)} defines no {'.'.join(rest)}"
+    return f"no module {name}"
+
+
+def test_named_code_and_paths_exist():
+    """`lib.x.name`, `lib/x.py`, `tests/test_x.py::test_y` written in the docs still exist."""
+    problems = []
+    for p in DOCS:
+        text = p.read_text(encoding="utf-8")
+        for span in set(re.findall(r"`([^`\n]+)`", text)):
+            m = re.fullmatch(r"(lib(?:\.\w+)+)(\(.*\))?", span)
+            if m:
+                why = resolve_dotted(m.group(1))
+                if why:
+                    problems.append(f"{p.relative_to(REPO_ROOT)}: `{span}`: {why}")
+                continue
+            m = re.fullmatch(r"((?:lib|tests|docs|scripts|notebooks)/[\w./*-]*)(?:::(\w+))?", span)
+            if not m or re.search(r"/[A-Z_]+\.", m.group(1)):  # `lib/profiles/NAME.yaml`: a placeholder
+                continue
+            path = m.group(1)
+            if not list(REPO_ROOT.glob(path)) and not (REPO_ROOT / path).exists():
+                problems.append(f"{p.relative_to(REPO_ROOT)}: `{span}`: no {path}")
+            elif m.group(2) and not _defines((REPO_ROOT / path).read_text(encoding="utf-8"), [m.group(2)]):
+                problems.append(f"{p.relative_to(REPO_ROOT)}: `{span}`: {path} defines no {m.group(2)}")
+    assert not problems, "the docs name code or files that are not there:\n" + "\n".join(problems)
+
+
 def test_readme_is_short():
     n = len((REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines())
     assert n <= 200, f"README.md has {n} lines (at most 200: move a topic into docs/)"
