@@ -6,7 +6,8 @@ one, or with an unknown one, fails `test_every_block_is_classified`. The checks:
 - `check` (shell): `bash -n` on the block, then every command on its own, validated without running it:
   `python -m lib.X ARGS` is parsed by the module's real argparse parser (the module runs up to `parse_args`,
   nothing after), `--profile NAME` must name a profile, every `--set key=value` must load into that profile (or,
-  without `--profile`, into at least one); `make ARGS` runs as `make -n ARGS` (the target exists, the recipe
+  without `--profile`, into at least one); `lib.cli` commands in `RUN_FOR_REAL` then run for real (in-process,
+  they must exit 0 and print); `make ARGS` runs as `make -n ARGS` (the target exists, the recipe
   expands); `bash FILE` is `bash -n FILE`; `curl` posts its JSON body to the reward server's real app (a keyword
   judge stands in for the model) and the keys of the `# {...}` answer documented under it must be in the reply;
   `accelerate launch` needs its `--config_file` and validates the `-m lib.X` after it; `hf` gets `SUBCOMMAND
@@ -45,6 +46,7 @@ EXTERNAL = {
     "python -m verl": "verl is not a dependency of this project",
 }
 PLACEHOLDER = "PLACEHOLDER"
+RUN_FOR_REAL = {"profiles", "models", "show-profile"}  # `python -m lib.cli` commands cheap enough to run here
 PLACEHOLDERS = ("<run-id>", "<id>", "<repo>")  # written for a value in commands
 
 
@@ -188,6 +190,13 @@ def check_python_m(tokens: list[str], where: str) -> None:
     parse_module_args(module, args, where)
     check_profile_args(args, where)
     check_repo_paths(args, where)
+    if module == "lib.cli" and args[:1] and args[0] in RUN_FOR_REAL and PLACEHOLDER not in " ".join(args):
+        from lib.cli import main
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = main(args)
+        assert rc == 0 and out.getvalue().strip(), f"{where}: exited {rc} with {out.getvalue()[-300:]!r}"
 
 
 def check_command(tokens: list[str], block: Block, srv) -> None:
