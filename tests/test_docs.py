@@ -29,6 +29,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def parse_module_args(module: str, args: list[str], where: str) -> argparse.Name
     sys.argv = [module, *args]
     err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # runpy warns that lib.x is already imported: expected here, as the module runs only up to parse_args
+            warnings.filterwarnings("ignore", "'lib", RuntimeWarning)
             runpy.run_module(module, run_name="__main__", alter_sys=False)
     except _Parsed as parsed:
         return parsed.namespace
