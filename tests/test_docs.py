@@ -370,6 +370,33 @@ def run_trl_remote(block: Block, monkeypatch, capsys):
     assert [f.__name__ for f in funcs] and all(callable(f) for f in funcs) and calls[-1] == "train"
 
 
+@pytest.mark.smoke
+def test_rewards_snippet_on_a_real_judge(monkeypatch):
+    """The README's snippet on a real engine: `build_judge` builds the `smoke` profile's judge (Gemma 3 270M, vLLM
+    in-process) in place of the snippet's 7B model. Slow (an engine start): marked `smoke`."""
+    import lib.judge
+    from lib.profiles import load_profile
+
+    block = next(b for b in PY_BLOCKS if b.kind == "rewards-elsewhere")
+    real, engines = lib.judge.build_judge, []
+
+    def smoke_judge(cfg, **k):
+        profile = load_profile("smoke")
+        engines.append(real(profile.judge, seed=profile.seed))
+        return engines[-1]
+
+    monkeypatch.setattr(lib.judge, "build_judge", smoke_judge)
+    ns: dict = {}
+    try:
+        exec(compile(block.text, block.where, "exec"), ns)
+    finally:
+        for e in engines:
+            e.close()
+    assert len(ns["scores"]) == 1 and 0.0 <= ns["scores"][0] <= 1.0
+    items = ns["jr"].details["answer"][0]["items"]
+    assert items and all(0.0 <= v["p_yes"] <= 1.0 for v in items.values() if v["p_yes"] is not None)
+
+
 PYTHON_BLOCKS = {
     "rewards-elsewhere": run_rewards_elsewhere,  # README: lib.rewards with a judge; build_judge stubbed
     "trl-remote": run_trl_remote,  # reward-server.md: TRL with RemoteRewards; GRPOTrainer stubbed
