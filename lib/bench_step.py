@@ -14,7 +14,7 @@ profile overrides only:
   adapter (`train.rollout_engine: vllm_lora`, lib/train/rollouts.py), the in-process soft judge (`judge.backend:
   vllm`, `judge.mode: soft`: one judge batch per step for every judged section), TRL's gradient step;
 - original: the original's setup: TRL's own HF-generation rollouts (`train.rollout_engine: hf`), the judge over
-  HTTP in the original's pattern: a local `vllm serve` (lib.bench.serve_command, the server's defaults) started
+  HTTP in the original's pattern: a local `vllm serve` (lib.bench_common.serve_command, the server's defaults) started
   before training, `judge.backend: openai`, `judge.mode: seed` (greedy 3 tokens, requests in batches of 6,
   must-have questions first, plausible ones only when all must-have passed), TRL's gradient step with its own per-row
   log-probs (`train.shared_prompt: false`, micro-batches of 2), where ours computes each prompt once per micro-batch.
@@ -102,7 +102,7 @@ def setup_overrides(setup: str, steps: int, reward_weights: Mapping[str, float],
     """Profile overrides of one setup: `steps` steps, a log row each, one checkpoint at the end (after the last
     step's row), `max_train` prompts; the original's setup: HF rollouts and the seed judge at `base_url`."""
     if setup not in SETUPS:
-        from lib.bench import BenchError
+        from lib.bench_common import BenchError
 
         raise BenchError(f"unknown setup {setup!r}; known: {', '.join(SETUPS)}")
     over: dict[str, Any] = {
@@ -132,7 +132,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], warmup: int = WARMUP_STEPS) 
     Keys of MEAN_KEYS (None when no measured step logged one), `n_measured`, `measured_steps`, `discarded_steps`
     and `warmup_step_seconds` (the discarded steps' mean). BenchError when no step is left to measure.
     """
-    from lib.bench import BenchError
+    from lib.bench_common import BenchError
 
     rows = {}
     for r in records:
@@ -170,7 +170,7 @@ def ratios(ours: Mapping[str, Any] | None, original: Mapping[str, Any] | None) -
 def report(profile: str, steps: int, reward_weights: Mapping[str, float], setups: Mapping[str, dict | None],
            errors: Mapping[str, str], shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON layout: run facts, one entry per setup (None when it failed, see `errors`), the ratios."""
-    from lib.bench import machine_info, versions
+    from lib.bench_common import machine_info, versions
 
     means = {s: (setups.get(s) or {}).get("mean") for s in SETUPS}
     r = ratios(means["ours"], means["original"])
@@ -251,7 +251,7 @@ def prepare_run(profile, run_dir: Path):
 
 def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict[str, Any]:
     """Train `steps` steps of one setup (this process; the parent runs each setup in a fresh one); its record."""
-    from lib import bench
+    from lib import bench_common
     from lib.data import read_jsonl
     from lib.judge.engine import build_judge
     from lib.models import resolve_model
@@ -269,14 +269,14 @@ def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict
     try:
         if setup == "original":
             path = resolve_model(base.judge.model)
-            port = bench.free_port()
+            port = bench_common.free_port()
             server_log = work_dir / "server.log"
             log = open(server_log, "w", encoding="utf-8")
             env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-            cmd = bench.serve_command(path, port, base.judge)
+            cmd = bench_common.serve_command(path, port, base.judge)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            out["server_startup_s"] = round(bench.wait_for_health(f"http://127.0.0.1:{port}/health", proc,
-                                                                  bench.SERVER_START_TIMEOUT_S), 1)
+            out["server_startup_s"] = round(bench_common.wait_for_health(f"http://127.0.0.1:{port}/health", proc,
+                                                                  bench_common.SERVER_START_TIMEOUT_S), 1)
             out["server_command"] = " ".join(cmd[1:])
             over = setup_overrides(setup, steps, weights, judge_model=path, base_url=f"http://127.0.0.1:{port}/v1")
         else:
@@ -294,10 +294,10 @@ def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict
             t2 = time.perf_counter()
             trainer = grpo.build_trainer(profile, ctx, judge)
             out["trainer_build_s"] = round(time.perf_counter() - t2, 1)
-            server_cpu0 = bench.process_cpu_seconds(proc.pid) if proc else None
+            server_cpu0 = bench_common.process_cpu_seconds(proc.pid) if proc else None
             result = grpo.train(profile, ctx, judge, resume=False, trainer=trainer)
             if proc:  # an idle server that spins would show here
-                out["server_cpu_seconds_during_training"] = round(bench.process_cpu_seconds(proc.pid) - server_cpu0, 1)
+                out["server_cpu_seconds_during_training"] = round(bench_common.process_cpu_seconds(proc.pid) - server_cpu0, 1)
         finally:
             judge.close()
         import torch
@@ -310,7 +310,7 @@ def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict
         out["mean"] = aggregate(records)
     finally:
         if proc is not None:
-            bench.stop_server(proc)
+            bench_common.stop_server(proc)
         if log is not None:
             log.close()
     out["load_avg_1m"].append(round(os.getloadavg()[0], 2))
@@ -354,7 +354,7 @@ def _children_cpu_seconds() -> float:
 def bench_step(steps: int = DEFAULT_STEPS, json_path: Path | None = None, setups: Sequence[str] = SETUPS,
                profile: str = DEFAULT_PROFILE, keep_runs: bool = False) -> dict[str, Any]:
     """Run each setup in a fresh process, one after the other; write and print the report."""
-    from lib.bench import BenchError, default_json_path, write_json
+    from lib.bench_common import BenchError, default_json_path, write_json
     from lib.profiles import ProfileError, load_profile
 
     unknown = [s for s in setups if s not in SETUPS]
@@ -425,7 +425,7 @@ def add_step_parser(sub) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from lib.bench import BenchError
+    from lib.bench_common import BenchError
 
     try:
         bench_step(args.steps, args.json, [s.strip() for s in args.setups.split(",") if s.strip()], args.profile,

@@ -140,7 +140,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from lib.profiles import parse_overrides
-    from lib.serve.app import Limits, serve
+    from lib.serve.scorer import Limits
+    from lib.serve.server import serve
 
     serve(args.profile, args.host, args.port, args.token, parse_overrides(args.overrides),
           Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lib import bench
+from lib import bench, bench_common
 from lib.judge import JudgeEngine
 from lib.profiles import JudgeConfig, load_profile
 from lib.rubric import parse_rubric
@@ -109,7 +109,7 @@ def test_report_layout_and_no_overwrite(tmp_path, monkeypatch):
     for k in ("judgements", "seconds", "judgements_per_s", "prompt_tokens", "computed_prompt_tokens", "min_prompt_tokens"):
         assert k in rep["soft_vllm"]
     assert rep["soft_vllm"]["judgements_per_s"] == 16.0 and rep["soft_vllm"]["prompt_tokens_per_s"] == 2500.0
-    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    monkeypatch.setattr(bench_common, "BENCH_DIR", tmp_path)
     p1 = bench.write_json(rep, bench.default_json_path())
     p2 = bench.default_json_path()
     assert p1 != p2 and p1.parent == p2.parent == tmp_path  # the same second: a new name
@@ -291,7 +291,7 @@ def test_step_cli_parses_and_refuses_bad_arguments(monkeypatch, tmp_path):
 
 
 def test_step_default_json_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    monkeypatch.setattr(bench_common, "BENCH_DIR", tmp_path)
     p = bench.default_json_path(stem="step")
     assert p.parent == tmp_path and p.name.startswith("step-") and p.suffix == ".json"
     p.write_text("{}")

@@ -24,7 +24,9 @@ from lib.data import make_prompt
 from lib.judge import JudgeError, build_judge
 from lib.profiles import load_profile
 from lib.rubric import load_rubric
-from lib.serve.app import Limits, RewardScorer, ServerThread, create_app
+from lib.serve.app import create_app
+from lib.serve.scorer import Limits, RewardScorer
+from lib.serve.server import ServerThread
 
 pytestmark = pytest.mark.smoke
 

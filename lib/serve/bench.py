@@ -47,7 +47,7 @@ def add_serve_parser(sub) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from lib.bench import BenchError
+    from lib.bench_common import BenchError
 
     try:
         clients = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -67,7 +67,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def workload(n: int, think_and_answer: bool = True) -> tuple[list[str], list[str]]:
     """n distinct (completion, entity) pairs: catalogue entities, calibration think and answer texts."""
     from lib.judge import calibration as cal
-    from lib.bench import BenchError
+    from lib.bench_common import BenchError
     from lib.data import load_catalogue
     from lib.rubric import think_shortcut
 
@@ -82,7 +82,7 @@ def workload(n: int, think_and_answer: bool = True) -> tuple[list[str], list[str
 
 
 def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
-    from lib.serve.app import percentile
+    from lib.serve.metrics import percentile
 
     s = sorted(latencies)
     return {"p50_s": percentile(s, 0.5), "p99_s": percentile(s, 0.99), "min_s": s[0], "max_s": s[-1]}
@@ -91,11 +91,13 @@ def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
 def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int], batch: int, requests: int,
                 rewards: Sequence[str], original_batch: int, max_wait_ms: float = 20.0, max_batch: int = 128) -> dict[str, Any]:
     from lib import rewards as rewards_mod
-    from lib.bench import BenchError, machine_info, versions, write_json
+    from lib.bench_common import BenchError, machine_info, versions, write_json
     from lib.judge.engine import build_judge
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
-    from lib.serve.app import JUDGED, Limits, RewardScorer, ServerThread, create_app
+    from lib.serve.app import create_app
+    from lib.serve.scorer import JUDGED, Limits, RewardScorer
+    from lib.serve.server import ServerThread
     from lib.serve.client import RemoteRewards
     from lib.serve import original
 
@@ -233,13 +235,9 @@ def _record(judgements: int, seconds: float, completions: int, load_before: floa
 
 
 def default_json_path(now: datetime | None = None) -> Path:
-    from lib.bench import BENCH_DIR
+    from lib.bench_common import default_json_path as default
 
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    p, i = BENCH_DIR / f"serve-{stamp}.json", 1
-    while p.exists():
-        p, i = BENCH_DIR / f"serve-{stamp}-{i}.json", i + 1
-    return p
+    return default(now, stem="serve")
 
 
 def plot(rep: dict[str, Any], path: Path) -> Path:
