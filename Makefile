@@ -39,17 +39,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not smoke"
 
-# JupyterLab on 127.0.0.1:LAB_PORT with a fresh token (--allow-root where it runs as root, as in containers);
-# notebooks with RUN_DIR "" share the newest interactive run. LAB_ARGS: more options, e.g. --no-browser.
+# JupyterLab on LAB_HOST:LAB_PORT (loopback unless LAB_HOST says otherwise) with a fresh token (--allow-root where
+# it runs as root, as in containers); notebooks with RUN_DIR "" share the newest interactive run. LAB_ARGS: more
+# options, e.g. --no-browser.
+LAB_HOST ?= 127.0.0.1
 LAB_PORT ?= 8888
 lab: setup
 	@token=$$($(PY) -c "import secrets; print(secrets.token_hex(16))"); \
 	echo ""; \
-	echo "JupyterLab: http://127.0.0.1:$(LAB_PORT)/lab?token=$$token   (token $$token)"; \
+	echo "JupyterLab: http://$(LAB_HOST):$(LAB_PORT)/lab?token=$$token   (token $$token)"; \
 	echo "Kernel: pick \"creative-grpo (.venv)\" (Kernel > Change Kernel...). Run 00 first: it starts an interactive run of"; \
 	echo "its PROFILE (or: $(PY) -m lib.cli new --profile cpu), and 01-05 with RUN_DIR \"\" continue the newest one."; \
 	echo ""; \
-	exec $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	exec $(VENV)/bin/jupyter lab --notebook-dir=notebooks --ServerApp.ip=$(LAB_HOST) --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0 \
 		--IdentityProvider.token=$$token $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: setup

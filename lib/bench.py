@@ -2,7 +2,8 @@
 
     python -m lib.bench judge [--json PATH] [--profile NAME] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
     python -m lib.bench step [--json PATH] [--steps 3] [--setups ours,original]   (lib/bench_step.py)
-    python -m lib.bench serve ... (lib/serve/bench.py); python -m lib.bench precision ... (lib/train/precision.py)
+    python -m lib.bench serve ... (lib/serve/bench.py); python -m lib.bench soak ... (lib/serve/soak.py)
+    python -m lib.bench precision ... (lib/train/precision.py)
 
 `judge` judges the same N calibration completions (N answers and N think sections, every question of the
 default rubric: 20 per completion) with the same model, one mode after the other in one process. The judge is
@@ -359,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
 
     add_serve_parser(sub)
+    from lib.serve.soak import add_soak_parser  # `soak`: the reward server under load, fuzz and faults (lib/serve/soak.py)
+
+    add_soak_parser(sub)
     from lib.bench_step import add_step_parser  # `step`: seconds per GRPO step, ours vs the original's setup
 
     add_step_parser(sub)
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sequences", type=int, default=4, help="calibration answers in the fixed batch (default 4)")
     p.add_argument("--steps", type=int, default=2, help="optimizer steps after the first gradient (default 2)")
     args = parser.parse_args(argv)
-    if args.command in ("serve", "step"):
+    if args.command in ("serve", "soak", "step"):
         return args.run(args)
     if args.command == "precision":
         from lib.train import precision

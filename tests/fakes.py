@@ -67,3 +67,18 @@ class KeywordJudge:
         """Several (section, entities, texts) in one call, like `JudgeEngine.judge_sections`."""
         self.batches.append([section.name for section, _, _ in jobs])
         return [self.judge_section(*job) for job in jobs]
+
+
+def quiet_keyword_judge() -> KeywordJudge:
+    """A KeywordJudge that keeps no calls (a long-running server's test double: `calls` would grow without end)."""
+
+    class Quiet(KeywordJudge):
+        @property
+        def calls(self):
+            return []
+
+        @calls.setter
+        def calls(self, value):
+            pass
+
+    return Quiet()

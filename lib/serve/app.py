@@ -254,7 +254,13 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
         return SafeJSONResponse({"error": _one_line(exc.reason)}, status_code=exc.status)
 
     async def body_of(request: Request, model: type[BaseModel]) -> Any:
-        return validate(model, parse_json(await request.body()))
+        from starlette.requests import ClientDisconnect
+
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
+            raise _BadRequest(400, "the client disconnected before sending the whole body") from None
+        return validate(model, parse_json(raw))
 
     # -- shared path: validate, rule rewards inline, judged ones through the batcher
     def texts_of(completions: list, field_c: str) -> list[str]:
