@@ -1,0 +1,146 @@
+"""The reward server's security defaults and its input handling under fuzzing (keyword judge, fast), and the short
+soak (`python -m lib.bench soak` for a few seconds on the keyword judge in a server process)."""
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lib import paths
+from lib.serve import app as app_mod
+from lib.serve.app import create_app
+from lib.serve.scorer import Limits, RewardScorer
+from tests.fakes import KeywordJudge
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+GOOD = {"completions": ["<think>我先想一想：喝椰子水的人想要清爽和天然。</think><answer>椰子水，喝一口就是海边。</answer>"], "entity": "椰子水"}
+
+
+@pytest.fixture()
+def client(rubric):
+    judge = KeywordJudge()
+    scorer = RewardScorer(judge, rubric)
+    with TestClient(create_app(scorer, Limits(max_wait_ms=1), token=TOKEN)) as c:
+        c.judge = judge
+        yield c
+    scorer.close()
+
+
+def test_server_and_lab_listen_on_loopback_by_default():
+    from lib.cli import build_parser
+    from lib.serve.server import ServerThread, serve
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+    assert ServerThread(app=None).host == "127.0.0.1"
+    for target, flag in (("lab", "--ServerApp.ip=127.0.0.1"), ("serve", "--host 127.0.0.1")):
+        out = subprocess.run(["make", "-n", "-o", "setup", target], cwd=paths.PROJ_ROOT, capture_output=True, text=True, check=True).stdout
+        assert flag in out, (target, out)
+
+
+def test_bearer_token_is_compared_in_constant_time(client, monkeypatch):
+    seen = []
+    real = app_mod.hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(app_mod.hmac, "compare_digest", spy)
+    assert client.post("/rewards", json=GOOD, headers={**AUTH, "Authorization": "Bearer nope"}).status_code == 401
+    assert client.post("/rewards", json=GOOD, headers=AUTH).status_code == 200
+    assert seen == [(b"nope", TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
+
+
+STRICT = [
+    ("duplicate key", b'{"completions": ["a"], "entity": "x", "entity": 3}', 400, r"^malformed JSON: duplicate key 'entity'$"),
+    ("NaN", b'{"completions": ["a"], "entity": "x", "prompts": [NaN]}', 400, r"^malformed JSON: NaN is not JSON$"),
+    ("deep nesting", b'{"completions": ["a"], "entity": "x", "prompts": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400,
+     r"^malformed JSON: nested too deeply$"),
+    ("not UTF-8", b'{"completions": ["\xff"], "entity": "x"}', 400, r"^malformed JSON: not UTF-8 \(byte 18: b'\\xff'\)$"),
+    ("lone surrogate", b'{"completions": ["\\ud800"], "entity": "x"}', 400, r"^malformed JSON: lone surrogate '\\ud800'"),
+    ("BOM", b'\xef\xbb\xbf{"completions": ["a"], "entity": "x"}', 400, r"^malformed JSON: Unexpected UTF-8 BOM"),
+    ("truncated", b'{"completions": ["a"], "entity": "x', 400, r"^malformed JSON: Unterminated string"),
+    ("message content not text", b'{"completions": [[{"content": [{"text": 3}]}]], "entity": "x"}', 422,
+     r"^completions\[0\]: not a completion"),
+]
+
+
+@pytest.mark.parametrize("body, status, reason", [s[1:] for s in STRICT], ids=[s[0] for s in STRICT])
+def test_bodies_are_strict_json_refused_in_one_line(client, body, status, reason):
+    import re
+
+    ans = client.post("/rewards", content=body, headers=AUTH)
+    assert ans.status_code == status, ans.text
+    assert re.search(reason, ans.json()["error"]) and "\n" not in ans.json()["error"], ans.text
+    assert client.judge.calls == []
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_a_post_that_is_not_json_is_refused_so_web_pages_cannot_send_one(client, ctype):
+    # a browser sends these content types cross-origin without a CORS preflight; application/json needs one
+    headers = {"Authorization": AUTH["Authorization"], **({"Content-Type": ctype} if ctype else {})}
+    ans = client.post("/rewards", content=json.dumps(GOOD).encode(), headers=headers)
+    assert ans.status_code == 415 and ans.json()["error"].startswith(f"Content-Type {ctype or 'missing'}; send"), ans.text
+    assert client.post("/rewards", content=json.dumps(GOOD).encode(), headers={**headers, "Content-Type": "application/json; charset=utf-8"}).status_code == 200
+
+
+def test_no_answer_echoes_input_as_markup(client):
+    script = "<script>alert(1)</script>&"
+    answers = [
+        client.post("/rewards", json={**GOOD, "rewards": [script]}, headers=AUTH),  # 422 naming the reward
+        client.post("/rewards", json={**GOOD, "entity": [script, "x"]}, headers=AUTH),
+        client.post("/rewards", json={**GOOD, script: 1}, headers=AUTH),  # unknown field named in the error
+        client.post("/" + script, json=GOOD, headers=AUTH),  # 404
+        client.post("/rewards", json={"completions": [script], "entity": script, "details": True}, headers=AUTH),  # 200
+    ]
+    assert [a.status_code for a in answers] == [422, 422, 422, 404, 200]
+    for ans in answers + [client.get("/metrics", headers=AUTH), client.get("/health")]:
+        assert ans.headers["x-content-type-options"] == "nosniff"
+        assert "text/html" not in ans.headers["content-type"]
+        assert "<script" not in ans.text and "&" not in ans.text.replace("&amp;", ""), ans.text
+    assert "\\u003cscript\\u003e" in answers[0].text
+    assert json.loads(answers[0].text)["error"].endswith(f"unknown reward {script!r}; known: format, think, answer, diversity, tag_count")
+
+
+def test_fuzzed_bodies_from_the_schema_get_a_one_line_4xx_before_any_judge_call(client):
+    from lib.serve.fuzz import bad_bodies
+
+    limits = Limits()
+    bodies = bad_bodies(300, limits, seed=1)
+    assert len({(b.endpoint, b.body) for b in bodies}) >= 300
+    assert {b.kind for b in bodies} >= {"wrong_type", "missing", "empty", "huge", "unicode", "duplicate_key", "truncated", "deep"}
+    wrong = []
+    for b in bodies:
+        ans = client.post(b.endpoint, content=b.body, headers=AUTH)
+        err = ans.json().get("error") if ans.headers["content-type"].startswith("application/json") else None
+        if not (400 <= ans.status_code < 500 and isinstance(err, str) and "\n" not in err and "<" not in ans.text):
+            wrong.append((b.kind, b.body[:120], ans.status_code, ans.text[:200]))
+    assert not wrong, wrong[:5]
+    assert client.judge.calls == []  # every one refused before the judge
+
+
+def test_short_soak_on_a_keyword_judge_loses_nothing():
+    """The soak's bounded version: 3 s, 12 clients, the keyword judge (tests.fakes) in a server process."""
+    from lib.serve.soak import format_lines, soak
+
+    rep = soak(seconds=3, clients=12, judge="tests.fakes:quiet_keyword_judge", n_bad=120, kill_every=0.5, inject_every=1.0,
+               fuzz_pause=0.01, startup_timeout=120)
+    assert rep["passed"], "\n".join(format_lines(rep)) + json.dumps(rep["examples"], ensure_ascii=False)
+    assert rep["lost"] == 0 and rep["other_5xx"] == 0 and rep["answered"] == rep["requests_sent"] > 100
+    assert rep["bad_distinct_answered_4xx"] == rep["bad_distinct_bodies"] >= 120 and rep["injected"] >= 1
+    assert set(rep["killed_clients"]) == {"reset_after_body", "reset_mid_body", "sigkill"}
+    assert rep["latency_s"]["valid_p99"] is not None and rep["rss_mib"]["start"] > 0
+
+
+def test_soak_refuses_bad_arguments(tmp_path):
+    from lib import bench
+
+    assert bench.main(["soak", "--seconds", "0"]) == 2
+    taken = tmp_path / "soak.json"
+    taken.write_text("{}")
+    assert bench.main(["soak", "--json", str(taken)]) == 2
