@@ -8,7 +8,8 @@
 - `lib.serve.openrlhf`: OpenRLHF's remote RM protocol (`--reward.remote_url http://host:8000/get_reward`).
 - `lib.serve.original`: the original CreativeTinyZero training script's reward functions, pointed at this server.
 - `lib.serve.bench`: `python -m lib.bench serve` (throughput and latency vs concurrent clients).
-- `lib.serve.soak`: `python -m lib.bench soak` (minutes of mixed, fuzzed and killed clients and an injected judge failure).
+- `lib.serve.soak`: `python -m lib.bench soak` (minutes of mixed, fuzzed and killed clients and an injected judge failure);
+  `lib.serve.soak_server`: its server process; `lib.serve.fuzz`: bad bodies from the request schemas (hypothesis).
 """
 TOKEN_ENV = "CREATIVE_GRPO_REWARD_TOKEN"  # bearer token of the server (and of the clients)
 URL_ENV = "CREATIVE_GRPO_REWARD_URL"  # where clients find the server

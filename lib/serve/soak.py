@@ -4,7 +4,7 @@ injected judge failure; says whether anything was lost, answered wrongly or leak
     python -m lib.bench soak [--seconds 300] [--clients 24] [--profile smoke] [--judge module:factory]
                              [--bad-bodies 1200] [--rss-growth-mib 128] [--json PATH]
 
-The server runs in its own process (`python -m lib.serve.soak --child`, uvicorn on 127.0.0.1, a bearer token,
+The server runs in its own process (`python -m lib.serve.soak_server`, uvicorn on 127.0.0.1, a bearer token,
 the default `Limits`), on the profile's judge (default `smoke`: the real Gemma 3 270M, loaded once) or on a judge
 built by `--judge module:factory` (a test double: the suite's short run). The judge is wrapped so that judging
 the entity `INJECTED_ENTITY` raises: the injected failure. For `--seconds`, from this process:
@@ -42,83 +42,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-INJECTED_ENTITY = "注入故障"  # judging this entity raises (the injected judge failure)
-TOKEN = "soak-token"
+from lib.serve.soak_server import INJECTED_ENTITY, TOKEN
+
 UNICODE_EDGE = ("椰子水😀👩‍👩‍👧，一口清凉。", "مرحبا 椰子水 שלום", "e\u0301\u0301\u0301椰子水", "椰子\x00水", "\u200b\u200d\ufeff椰子水",
                 "𠀀𪚥𝒜", "Ａｄ　全角", "<script>alert(1)</script>&amp;")
-
-
-class FaultInjector:
-    """A judge that raises for `entity` (one request's failure) and otherwise is `judge`."""
-
-    def __init__(self, judge: Any, entity: str = INJECTED_ENTITY):
-        self._judge, self._entity = judge, entity
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._judge, name)
-
-    def _check(self, entities) -> None:
-        if self._entity in entities:
-            from lib.judge import JudgeError
-
-            raise JudgeError(f"injected failure for entity {self._entity!r}")
-
-    def judge_section(self, section, entities, texts):
-        self._check(entities)
-        return self._judge.judge_section(section, entities, texts)
-
-    def judge_sections(self, jobs):
-        for job in jobs:
-            self._check(job[1])
-        if hasattr(self._judge, "judge_sections"):
-            return self._judge.judge_sections(jobs)
-        return [self._judge.judge_section(*job) for job in jobs]
-
-
-# ------------------------------------------------------------------------------------------------ the server process
-
-
-def child_main(argv: list[str]) -> int:
-    """The server under test: `python -m lib.serve.soak --child --port P [--profile smoke | --judge mod:fn]`."""
-    import uvicorn
-
-    from lib.profiles import load_profile
-    from lib.rubric import load_rubric
-    from lib.serve.app import create_app
-    from lib.serve.scorer import Limits, RewardScorer
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--child", action="store_true")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--profile", default="smoke")
-    p.add_argument("--judge", default=None)
-    args = p.parse_args(argv)
-    profile = load_profile(args.profile)
-    if args.judge:
-        import importlib
-
-        module, _, attr = args.judge.partition(":")
-        judge = getattr(importlib.import_module(module), attr)()
-    else:
-        from lib.judge.engine import build_judge
-
-        judge = build_judge(profile.judge, seed=profile.seed)
-    scorer = RewardScorer(FaultInjector(judge), load_rubric(profile.rubric.path), profile.train.reward_weights,
-                          {"profile": profile.name, "model": profile.judge.model, "backend": profile.judge.backend})
-    try:
-        scorer.warm_up()
-        uvicorn.run(create_app(scorer, Limits(), TOKEN), host="127.0.0.1", port=args.port, log_level="warning")
-    finally:
-        scorer.close()
-        if hasattr(judge, "close"):
-            judge.close()
-    return 0
-
-
-def rss_bytes(pid: int) -> int:
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss
 
 
 # ------------------------------------------------------------------------------------------------ the clients
@@ -170,6 +97,12 @@ def valid_requests(n: int) -> list[tuple[str, dict, int, bool]]:
             out.append(("/rewards", {"completions": [[{"role": "assistant", "content": c}], c],
                                      "entity": [e, e], "rewards": ["format", "tag_count"], "prompts": [[1], [1]]}, 2, False))
     return out
+
+
+def rss_bytes(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
 
 
 def _check_valid(ep: str, ans, n: int) -> str | None:
@@ -258,7 +191,7 @@ def soak(seconds: float = 300.0, clients: int = 24, profile: str = "smoke", judg
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths.PROJ_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    cmd = [sys.executable, "-m", "lib.serve.soak", "--child", "--port", str(port), "--profile", profile] + (["--judge", judge] if judge else [])
+    cmd = [sys.executable, "-m", "lib.serve.soak_server", "--port", str(port), "--profile", profile] + (["--judge", judge] if judge else [])
     proc = subprocess.Popen(cmd, cwd=paths.PROJ_ROOT, env=env, start_new_session=True)
     rec = Record()
     rss: list[tuple[float, int]] = []
@@ -494,9 +427,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(format_lines(rep)))
     return 0 if rep["passed"] else 1
-
-
-if __name__ == "__main__":
-    if "--child" in sys.argv[1:]:
-        sys.exit(child_main(sys.argv[1:]))
-    sys.exit("run the soak as `python -m lib.bench soak`")
