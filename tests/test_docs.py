@@ -251,7 +251,8 @@ class FakeServer:
 
             from lib.profiles import load_profile
             from lib.rubric import load_rubric
-            from lib.serve.app import RewardScorer, create_app
+            from lib.serve.app import create_app
+            from lib.serve.scorer import RewardScorer
             from tests.fakes import KeywordJudge
 
             profile = load_profile("smoke")
