@@ -178,6 +178,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         warmup_steps=cfg.warmup_ratio,
         loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards,
+        multi_objective_aggregation=cfg.reward_aggregation,  # normalize_then_sum: GDPO's per-reward normalization
         reward_weights=weights,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
@@ -270,7 +271,9 @@ _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset fil
               "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
               "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)",
               "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url",
-              "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)"}
+              "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)",
+              "reward_aggregation": "multi_objective_aggregation", "format_gate": "(judge rewards)",
+              "substance": "(reward substance)", "overlong_buffer": "(reward overlong)", "relative": "(rewards relative*)"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
