@@ -263,3 +263,10 @@ def test_probes_show_what_the_reward_shortcut_catches(rubric):
     answer = rows[rows["section"] == "answer"].groupby("probe")[["shortcut", "reward", "score"]].first()
     assert answer.loc["empty", "shortcut"] == "empty" and answer.loc["empty", "reward"] == 0.0
     assert pd.isna(answer.loc["colon", "shortcut"]) and answer.loc["colon", "reward"] == answer.loc["colon", "score"] > 0
+
+
+def test_profile_refuses_a_base_reference_from_another_model_and_a_buffer_past_the_limit():
+    with pytest.raises(ProfileError, match=r"smoke\.yaml: train\.reward_weights\.relative_base writes base answers with the judge model 'gemma3-270m', not the policy 'other'"):
+        load_profile("smoke", overrides={"policy_model": "other", "train": {"reward_weights": {"format": 1, "relative_base": 1}}})
+    with pytest.raises(ProfileError, match=r"smoke\.yaml: train\.overlong_buffer 64 exceeds train\.max_completion_length 24$"):
+        load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1, "overlong": 1}}})
