@@ -11,8 +11,8 @@ from lib.judge.probes import PROBE_NAMES, flagged_probes, probe_summary, run_pro
 from lib.judge.relative import RelativeJudge, debiased_win, ring_pairs
 from lib.profiles import JudgeConfig, ProfileError, load_profile
 from lib.rewards import format_reward
-from lib.rewards_guards import gated, overlong_reward, substance_reward, with_options
-from lib.rewards_relative import RelativeReward
+from lib.rewards.guards import gated, overlong_reward, substance_reward, with_options
+from lib.rewards.relative import RelativeReward
 from lib.rubric import RubricError, load_rubric, parse_rubric
 from lib.judge.engine import JudgeEngine
 from tests.fakes import KeywordJudge
@@ -270,3 +270,65 @@ def test_profile_refuses_a_base_reference_from_another_model_and_a_buffer_past_t
         load_profile("smoke", overrides={"policy_model": "other", "train": {"reward_weights": {"format": 1, "relative_base": 1}}})
     with pytest.raises(ProfileError, match=r"smoke\.yaml: train\.overlong_buffer 64 exceeds train\.max_completion_length 24$"):
         load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1, "overlong": 1}}})
+
+
+# ------------------------------------------------------------------------------------------ wiring
+
+
+def test_judge_rewards_give_relative_rewards_by_name(rubric):
+    from lib.rewards import JudgeRewards, reward_funcs
+
+    engine = JudgeEngine(ABBackend(longer), JudgeConfig())
+    jr = JudgeRewards(engine, rubric, sections=("answer", "relative"), relative={"opponents": 1})
+    fmt, rel, ans = reward_funcs(["format", "relative", "answer"], jr)
+    assert rel.__name__ == "relative_reward" and jr.func("relative") is rel  # one object per name
+    comps = [ad("可乐"), ad("可乐可乐可乐")]
+    assert rel(comps, entity="可乐", prompts=["p", "p"]) == [pytest.approx(0.1), pytest.approx(0.9)]
+    assert [d["pairs"] for d in jr.details["relative"]] == [1, 1] and jr.stats["relative"]["pairs"] == 1
+    assert len(ans(comps, entity="可乐")) == 2  # the checklist still reads 是/否 on the same engine
+    with pytest.raises(Exception, match="has no 'relative:' template"):
+        JudgeRewards(engine, parse_rubric(RUBRIC, source="r.yaml")).func("relative")
+    with pytest.raises(Exception, match="reads P\\(A\\)/P\\(B\\) from a judge engine's backend"):
+        JudgeRewards(KeywordJudge(), rubric).func("relative_base")
+
+
+def test_training_rewards_take_the_profile_options_and_the_gate(rubric):
+    from lib.train import grpo
+
+    over = {"train": {"format_gate": True, "substance": {"think_min_chars": 10, "answer_min_chars": 2}, "overlong_buffer": 8,
+                      "reward_weights": {"format": 1.0, "substance": 0.5, "overlong": 0.2, "answer": 0.1, "relative": 0.1}}}
+    p = load_profile("smoke", overrides=over)
+    jr = grpo.judge_rewards_for(p, JudgeEngine(ABBackend(longer), JudgeConfig()))
+    assert jr.relative_options == {"opponents": 1, "base_max_tokens": p.train.max_completion_length}
+    funcs, weights = grpo.reward_functions(p, jr)
+    assert [f.__name__ for f in funcs] == ["format_reward", "substance_reward", "overlong_reward",
+                                           "answer_quality_reward", "relative_reward"]
+    assert weights == [1.0, 0.5, 0.2, 0.1, 0.1]
+    _, sub, over_f, ans, rel = funcs
+    assert sub([ad("喝可", think="我" * 10)]) == [1.0]  # the profile's minimums, not the defaults
+    assert over_f(["x"], completion_ids=[[0] * p.train.max_completion_length]) == [-1.0]  # max_len from the profile
+    comps = ["untagged text", ad("可乐"), ad("可乐可乐")]
+    assert ans(comps, entity="可乐")[0] == 0.0 and rel(comps, entity="可乐", prompts=["p"] * 3)[0] == 0.0  # gated
+    assert rel(comps, entity="可乐", prompts=["p"] * 3)[1:] == [pytest.approx(0.1), pytest.approx(0.9)]
+
+
+def test_reward_server_serves_the_new_rewards(rubric):
+    import httpx
+
+    from lib.serve.app import Limits, RewardScorer, ServerThread, create_app
+
+    engine = JudgeEngine(ABBackend(longer), JudgeConfig())
+    scorer = RewardScorer(engine, rubric, {"format": 1.0, "substance": 0.5, "relative": 1.0})
+    try:
+        with ServerThread(create_app(scorer, Limits(max_wait_ms=10))) as url:
+            comps = [ad("可乐"), ad("可乐可乐可乐"), ad("雪碧" * 3)]
+            body = {"completions": comps, "entity": ["可乐", "可乐", "雪碧"], "prompts": ["p1", "p1", "p2"],
+                    "rewards": ["format", "substance", "relative"], "details": True}
+            got = httpx.post(url + "/rewards", json=body, timeout=60).json()
+            assert got["rewards"]["relative"] == [pytest.approx(0.1), pytest.approx(0.9), 0.5]
+            assert got["rewards"]["substance"] == substance_reward(comps)
+            assert len(got["details"]["relative"]) == 3
+            bad = httpx.post(url + "/rewards", json={**body, "rewards": ["relative_x"]}, timeout=60)
+            assert bad.status_code == 422 and "unknown reward 'relative_x'" in bad.text
+    finally:
+        scorer.close()

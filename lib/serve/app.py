@@ -85,6 +85,13 @@ class RewardScorer:
         scores = jr.func(name)(list(completions), entity=list(entities))
         return scores, list(jr.details[name])
 
+    def relative(self, name: str, completions: Sequence[Any], entities: Sequence[str],
+                 prompts: Sequence[Any] | None) -> tuple[list[float], list[dict]]:
+        """A relative judging reward (lib.rewards.relative) of one request: its groups are its prompts, so requests
+        are not merged. Run it on `executor`, like every judge call."""
+        scores = self.apart.func(name)(list(completions), entity=list(entities), prompts=prompts)
+        return scores, list(self.apart.details[name])
+
     def warm_up(self) -> float:
         """Judge one completion with every judged reward (the engine's first call is much slower than the next
         ones); returns the seconds it took. Called before serving so the first trainer does not pay for it."""
@@ -468,11 +475,19 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
 
     async def score(completions: list, entities: list[str], names: list[str], prompts: list | None) -> dict:
         out: dict[str, list[float]] = {}
+        details: dict[str, list] = {}
         for name in names:
-            if name not in JUDGED:
+            if name in rewards_mod.RELATIVE_REWARDS:  # pairwise within the request's groups: on the judge's thread
+                try:
+                    out[name], details[name] = await asyncio.get_running_loop().run_in_executor(
+                        scorer.executor, scorer.relative, name, completions, entities, prompts)
+                except rewards_mod.RewardError as exc:
+                    raise _BadRequest(422, f"{name}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - the judge failed for this request only
+                    raise _BadRequest(500, f"judge failed: {type(exc).__name__}: {exc}") from None
+            elif name not in JUDGED:
                 out[name] = rewards_mod.RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
         judged = [n for n in names if n in JUDGED]
-        details: dict[str, list] = {}
         if judged:
             try:
                 res = await batcher.submit(completions, entities, judged)
@@ -481,7 +496,7 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
             except Exception as exc:  # noqa: BLE001 - the judge failed for this request only
                 raise _BadRequest(500, f"judge failed: {type(exc).__name__}: {exc}") from None
             out.update(res["rewards"])
-            details = res["details"]
+            details.update(res["details"])
         ordered = {n: out[n] for n in names}
         total = [sum(scorer.weights.get(n, 1.0) * ordered[n][i] for n in names) for i in range(len(completions))]
         return {"rewards": ordered, "total": total, "details": details}

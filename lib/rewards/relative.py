@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any, Callable, Sequence
 
 from lib.judge.relative import PairResult, ring_pairs
-from lib.rewards import RewardError, completion_text, extract_answer
+from lib.rewards.rules import RewardError, completion_text, extract_answer
 
 REFERENCES = ("group", "base")
 
@@ -122,3 +122,37 @@ def engine_reference_fn(engine, max_tokens: int) -> Callable[[list[Any]], list[s
         return [text for text, _, _ in engine.backend.generate(texts, max_tokens)]
 
     return generate
+
+
+def relative_reward(judge_rewards, name: str = "relative", opponents: int = 1,
+                    base_max_tokens: int | None = None) -> Callable[..., list[float]]:
+    """The relative judging reward `name` ("relative": group round-robin; "relative_base": against the base answer)
+    on a `JudgeRewards`' judge and rubric (its `relative:` spec); details and stats go to
+    `judge_rewards.details[name]` / `.stats[name]`. `base_max_tokens`: the base answers' length (None: 256).
+    `JudgeRewards.func(name)` builds it with the object's `relative_options`."""
+    from lib.judge.relative import RelativeJudge
+
+    rubric = judge_rewards.rubric
+    if rubric.relative is None:
+        raise RewardError(f"reward {name!r}: rubric {rubric.source} has no 'relative:' template and question "
+                          f"(lib/rubrics/default.yaml has one)")
+    engine = judge_rewards.judge
+    if not hasattr(engine, "backend"):
+        raise RewardError(f"reward {name!r} reads P(A)/P(B) from a judge engine's backend (lib.judge.engine.JudgeEngine); "
+                          f"{type(engine).__name__} has none")
+    reference = "group" if name == "relative" else "base"
+    fn = engine_reference_fn(engine, base_max_tokens or 256) if reference == "base" else None
+    reward = RelativeReward(RelativeJudge(engine, rubric.relative), reference=reference, opponents=opponents,
+                            reference_fn=fn)
+    judge_rewards.stats[name] = reward.stats
+    judge_rewards.details[name] = []
+
+    def relative(completions, **kwargs):
+        out = reward(completions, **kwargs)
+        judge_rewards.details[name] = reward.details
+        return out
+
+    relative.__name__ = relative.__qualname__ = reward.__name__
+    relative.__doc__ = RelativeReward.__doc__
+    relative.reward = reward  # the object (its cache of base answers, its comparer's call count)
+    return relative

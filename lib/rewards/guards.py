@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
-from lib.rewards import RewardError, completion_text, format_score
+from lib.rewards.rules import RewardError, completion_text, format_score
 from lib.rubric import TEMPLATE_PLACEHOLDER
 
 SUBSTANCE_THINK_MIN_CHARS = 60  # three times the think shortcut's 20: the cpu job's collapsed thinks had ~10
