@@ -281,7 +281,10 @@ def test_judge_rewards_give_relative_rewards_by_name(rubric):
     engine = JudgeEngine(ABBackend(longer), JudgeConfig())
     jr = JudgeRewards(engine, rubric, sections=("answer", "relative"), relative={"opponents": 1})
     fmt, rel, ans = reward_funcs(["format", "relative", "answer"], jr)
-    assert rel.__name__ == "relative_reward" and jr.func("relative") is rel  # one object per name
+    from lib.reward_names import FUNC_NAMES
+
+    assert rel.__name__ == FUNC_NAMES["relative"] and jr.func("relative") is rel  # one object per name
+    assert jr.func("relative_base").__name__ == FUNC_NAMES["relative_base"]
     comps = [ad("可乐"), ad("可乐可乐可乐")]
     assert rel(comps, entity="可乐", prompts=["p", "p"]) == [pytest.approx(0.1), pytest.approx(0.9)]
     assert [d["pairs"] for d in jr.details["relative"]] == [1, 1] and jr.stats["relative"]["pairs"] == 1
