@@ -333,5 +333,7 @@ def test_reward_server_serves_the_new_rewards(rubric):
             assert len(got["details"]["relative"]) == 3
             bad = httpx.post(url + "/rewards", json={**body, "rewards": ["relative_x"]}, timeout=60)
             assert bad.status_code == 422 and "unknown reward 'relative_x'" in bad.text
+            tokens = httpx.post(url + "/rewards", json={**body, "rewards": ["overlong"]}, timeout=60)
+            assert tokens.status_code == 422 and "overlong_reward: no completion_ids given" in tokens.text
     finally:
         scorer.close()

@@ -486,7 +486,10 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
                 except Exception as exc:  # noqa: BLE001 - the judge failed for this request only
                     raise _BadRequest(500, f"judge failed: {type(exc).__name__}: {exc}") from None
             elif name not in JUDGED:
-                out[name] = rewards_mod.RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
+                try:  # e.g. overlong, which needs token ids that a request does not carry
+                    out[name] = rewards_mod.RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
+                except rewards_mod.RewardError as exc:
+                    raise _BadRequest(422, f"{name}: {exc}") from None
         judged = [n for n in names if n in JUDGED]
         if judged:
             try:
