@@ -261,7 +261,8 @@ def _first_error(path: Path, err: ValidationError) -> str:
     where = ".".join(str(x) for x in e["loc"]) or "<root>"
     if e["type"] == "extra_forbidden":
         return f"{path}: unknown parameter {where!r}"
-    if e["type"] == "value_error" and (not e["loc"] or isinstance(e.get("input"), dict)):  # a rule across fields: its message names them
+    # a rule across fields (of the profile, or of one section: its message names the section's fields)
+    if e["type"] == "value_error" and (not e["loc"] or (isinstance(e.get("input"), dict) and f"{where}." in str(e["ctx"]["error"]))):
         return f"{path}: {e['ctx']['error']}"
     return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
 
