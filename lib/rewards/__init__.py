@@ -24,10 +24,11 @@ RULE_FUNCS: dict[str, Callable[..., list[float]]] = {**_PLAIN_RULE_FUNCS, "subst
                                                      "overlong": overlong_reward}
 
 __all__ = [
-    "CLAUSE_DELIMITERS", "CLAUSE_SPLIT", "EXTRACT", "FORMAT_PATTERN", "JUDGED_SECTIONS", "JUDGE_REWARDS", "JudgeRewards",
-    "NGRAM", "RELATIVE_REWARDS", "REWARD_NAMES", "RULE_FUNCS", "RULE_REWARDS", "RewardError", "SHORTCUT", "TAG_PATTERN", "completion_text",
-    "diversity_reward", "entities", "gated", "overlong_reward", "substance_reward", "with_options", "extract_answer", "extract_think", "format_reward", "format_score", "is_judged",
-    "repetition_ratio", "reward_funcs", "section_text_score", "tag_count_reward",
+    "CLAUSE_DELIMITERS", "CLAUSE_SPLIT", "EXTRACT", "FORMAT_PATTERN", "JUDGED_SECTIONS", "JUDGE_REWARDS",
+    "JudgeRewards", "NGRAM", "RELATIVE_REWARDS", "REWARD_NAMES", "RULE_FUNCS", "RULE_REWARDS", "RewardError",
+    "SHORTCUT", "TAG_PATTERN", "completion_text", "diversity_reward", "entities", "extract_answer", "extract_think",
+    "format_reward", "format_score", "gated", "is_judged", "overlong_reward", "repetition_ratio", "reward_funcs",
+    "section_text_score", "substance_reward", "tag_count_reward", "with_options",
 ]
 
 
