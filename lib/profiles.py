@@ -61,6 +61,21 @@ class JudgeConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+class SubstanceConfig(_Strict):
+    """The substance guard's minimum lengths (reward `substance`, lib.rewards guards): non-space characters."""
+
+    think_min_chars: int = Field(60, ge=1)  # the think part earns its half in full from here (the shortcut cuts at 20)
+    answer_min_chars: int = Field(20, ge=1)
+    ramp: bool = True  # min(chars / minimum, 1); false: a step at the minimum (think_min_chars 20: the shortcut's rule)
+
+
+class RelativeConfig(_Strict):
+    """Relative judging (rewards `relative`: group round-robin, `relative_base`: against the base model's answer)."""
+
+    opponents: int = Field(1, ge=1)  # group: each completion against the next N members of its group (2N prompts each)
+    base_max_tokens: int | None = Field(None, ge=1)  # relative_base: the base answer's length; None: max_completion_length
+
+
 class TrainConfig(_Strict):
     backend: Literal["trl", "unsloth"] = "trl"  # trl: PEFT LoRA + HF generation (CPU); unsloth: GPU + vLLM rollouts
     max_steps: int = -1  # -1: run num_train_epochs
@@ -103,6 +118,14 @@ class TrainConfig(_Strict):
     shared_prompt: bool = False
     resume: bool = True  # continue from the run's last checkpoint; false refuses a run that already has checkpoints
     first_last_k: int = Field(5, ge=1)  # logged steps averaged at each end to ask whether the format reward rose
+    # Reward designs (docs/reward-designs.md). TRL's multi_objective_aggregation: sum_then_normalize (TRL's default:
+    # weighted sum, then scale_rewards) or normalize_then_sum (GDPO: each reward normalized within its group first, so
+    # a saturated format reward does not drown the judge rewards)
+    reward_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
+    format_gate: bool = False  # judge rewards (think, answer, relative, relative_base) count only for a valid format
+    substance: SubstanceConfig = SubstanceConfig()
+    overlong_buffer: int = Field(64, ge=1)  # reward `overlong` (DAPO): the penalty ramps over the last N tokens
+    relative: RelativeConfig = RelativeConfig()
 
     @field_validator("reward_weights")
     @classmethod
@@ -113,6 +136,13 @@ class TrainConfig(_Strict):
         if not weights:
             raise ValueError("name at least one reward, e.g. {format: 1.0}")
         return weights
+
+    @model_validator(mode="after")
+    def _overlong_buffer_fits(self) -> "TrainConfig":
+        if "overlong" in self.reward_weights and self.overlong_buffer > self.max_completion_length:
+            raise ValueError(f"train.overlong_buffer {self.overlong_buffer} exceeds train.max_completion_length "
+                             f"{self.max_completion_length}")
+        return self
 
 
 class EvalModel(_Strict):
@@ -168,6 +198,10 @@ class Profile(_Strict):
     sizing: SizingConfig = SizingConfig()
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
     calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
+    # notebook 02's adversarial probes (lib.judge.probes): a probe that passes a must-have item for more than this share
+    # of the probed entities is flagged
+    calibration_adversarial_max_pass: float = Field(0.2, ge=0, le=1)
+    calibration_adversarial_entities: int = Field(4, ge=1)  # test entities each adversarial probe is asked about
     calibration_pad_levels: list[int] = [0, 1, 2, 4, 8]  # filler sentences appended to each good answer in 02's length probe
 
     @field_validator("calibration_pad_levels")
@@ -186,6 +220,14 @@ class Profile(_Strict):
                 e = err.errors()[0]
                 where = ".".join(str(x) for x in e["loc"])
                 raise ValueError(f"sizing.reduced: {where}: {e['msg']}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _base_reference_is_the_judge_model(self) -> "Profile":
+        # relative_base writes the base answers with the judge's engine: they are the policy's only when it is one model
+        if "relative_base" in self.train.reward_weights and self.judge.model != self.policy_model:
+            raise ValueError(f"train.reward_weights.relative_base writes base answers with the judge model "
+                             f"{self.judge.model!r}, not the policy {self.policy_model!r}: use one model for both, or reward relative")
         return self
 
     @model_validator(mode="after")
@@ -219,7 +261,8 @@ def _first_error(path: Path, err: ValidationError) -> str:
     where = ".".join(str(x) for x in e["loc"]) or "<root>"
     if e["type"] == "extra_forbidden":
         return f"{path}: unknown parameter {where!r}"
-    if e["type"] == "value_error" and not e["loc"]:  # a rule across fields: its message names them
+    # a rule across fields (of the profile, or of one section: its message names the section's fields)
+    if e["type"] == "value_error" and (not e["loc"] or (isinstance(e.get("input"), dict) and f"{where}." in str(e["ctx"]["error"]))):
         return f"{path}: {e['ctx']['error']}"
     return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
 

@@ -35,7 +35,9 @@ MIN_THINK_CHARS = 20  # the original's cut-off: shorter think sections score 0 u
 _PLACEHOLDER_RE = re.compile(r"\{(entity|completion|question)\}")
 _ITEM_FIELDS = ("key", "type", "question", "weight")
 _SECTION_FIELDS = ("template", "items")
-_TOP_FIELDS = set(SECTION_NAMES) | {"description"}
+_TOP_FIELDS = set(SECTION_NAMES) | {"description", "relative"}
+_RELATIVE_FIELDS = ("template", "question")
+_RELATIVE_RE = re.compile(r"\{(entity|a|b|question)\}")
 
 
 class RubricError(ValueError):
@@ -105,11 +107,31 @@ def _fill(template: str, **values: str) -> str:
 
 
 @dataclass(frozen=True)
+class RelativeSpec:
+    """The pairwise question of relative judging (lib.judge.relative): which of two texts, A or B, is the better ad.
+
+    `template` holds {a}, {b} and {question}, usually {entity}; `question` may hold {entity}."""
+
+    template: str
+    question: str
+
+    def render(self, entity: str, a: str, b: str) -> str:
+        """The filled template; one pass, so braces inside the entity or texts are copied verbatim.
+
+        >>> RelativeSpec("{entity} A:{a} B:{b} {question}", "哪个好？").render("可乐", "{b}", "乙")
+        '可乐 A:{b} B:乙 哪个好？'
+        """
+        values = {"entity": entity, "a": a, "b": b, "question": self.question.replace("{entity}", entity)}
+        return _RELATIVE_RE.sub(lambda m: values[m.group(1)], self.template)
+
+
+@dataclass(frozen=True)
 class Rubric:
     sections: dict[str, RubricSection]
     source: str  # the file it was loaded from
-    content_hash: str  # sha256 of the canonical sections (see `canonical_json`)
+    content_hash: str  # sha256 of the canonical sections (see `canonical_json`), and of `relative` when present
     description: str = ""
+    relative: RelativeSpec | None = None  # the pairwise question (optional `relative:` mapping)
 
     def __getitem__(self, name: str) -> RubricSection:
         if name not in self.sections:
@@ -171,8 +193,25 @@ def parse_rubric(raw: object, source: str = "<dict>") -> Rubric:
             raise RubricError(f"{source}: missing section {name!r}")
         sections[name] = _parse_section(raw[name], name, source)
     description = raw.get("description") or ""
-    content_hash = hashlib.sha256(canonical_json(sections).encode("utf-8")).hexdigest()
-    return Rubric(sections=sections, source=source, content_hash=content_hash, description=str(description))
+    relative = _parse_relative(raw["relative"], source) if "relative" in raw else None
+    canonical = canonical_json(sections)
+    if relative is not None:
+        canonical += json.dumps({"relative": [relative.template, relative.question]}, ensure_ascii=False)
+    content_hash = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return Rubric(sections=sections, source=source, content_hash=content_hash, description=str(description),
+                  relative=relative)
+
+
+def _parse_relative(raw: object, source: str) -> RelativeSpec:
+    where = f"{source}: relative"
+    _check_mapping(raw, where, "'template' and 'question'", "key", _RELATIVE_FIELDS)
+    for name in _RELATIVE_FIELDS:
+        if not isinstance(raw.get(name), str) or not raw[name].strip():
+            raise RubricError(f"{where}: {name!r} must be a non-empty string")
+    for ph in ("{a}", "{b}", "{question}"):
+        if ph not in raw["template"]:
+            raise RubricError(f"{where}: template has no {ph} placeholder")
+    return RelativeSpec(template=raw["template"], question=raw["question"])
 
 
 def _parse_section(raw: object, name: str, source: str) -> RubricSection:

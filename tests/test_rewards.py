@@ -380,10 +380,12 @@ def test_names_and_registry():
         "think_quality_reward",
         "answer_quality_reward",
     ]
-    assert set(REWARD_NAMES) == {"format", "think", "answer", "diversity", "tag_count"}
-    from lib.reward_names import FUNC_NAMES
+    assert set(REWARD_NAMES) == {"format", "think", "answer", "diversity", "tag_count", "substance", "overlong",
+                                 "relative", "relative_base"}
+    from lib.reward_names import FUNC_NAMES, RELATIVE_REWARDS
 
-    assert {n: f.__name__ for n, f in zip(REWARD_NAMES, reward_funcs(REWARD_NAMES, jr))} == FUNC_NAMES
+    plain = [n for n in REWARD_NAMES if n not in RELATIVE_REWARDS]  # relative judging needs an engine: test_reward_designs
+    assert {n: f.__name__ for n, f in zip(plain, reward_funcs(plain, jr))} == {n: FUNC_NAMES[n] for n in plain}
     assert reward_funcs(["format", "answer"], jr) == [format_reward, jr.answer_quality_reward]
     assert reward_funcs(["format", "tag_count"]) == [format_reward, tag_count_reward]  # rule rewards need no judge
     with pytest.raises(RewardError, match="unknown reward 'style'"):

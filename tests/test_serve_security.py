@@ -104,7 +104,9 @@ def test_no_answer_echoes_input_as_markup(client):
         assert "text/html" not in ans.headers["content-type"]
         assert "<script" not in ans.text and "&" not in ans.text.replace("&amp;", ""), ans.text
     assert "\\u003cscript\\u003e" in answers[0].text
-    assert json.loads(answers[0].text)["error"].endswith(f"unknown reward {script!r}; known: format, think, answer, diversity, tag_count")
+    from lib.reward_names import REWARD_NAMES
+
+    assert json.loads(answers[0].text)["error"].endswith(f"unknown reward {script!r}; known: {', '.join(REWARD_NAMES)}")
 
 
 def test_fuzzed_bodies_from_the_schema_get_a_one_line_4xx_before_any_judge_call(client):

@@ -1,5 +1,6 @@
 """Rewards with TRL's signature `(completions, **kwargs) -> list[float]`: rule rewards (`lib.rewards.rules`) and the
-judge rewards of a `JudgeRewards` object (`lib.rewards.judged`); `reward_funcs` gives them by profile name.
+judge rewards of a `JudgeRewards` object (`lib.rewards.judged`; its relative judging: `lib.rewards.relative`); the
+guards against rewards won by writing less (`lib.rewards.guards`); `reward_funcs` gives them by profile name.
 
     jr = JudgeRewards(judge, rubric, sections=("think", "answer"))
     funcs = reward_funcs(["format", "think", "answer"], jr)   # format_reward, jr.think_quality_reward, ...
@@ -8,19 +9,26 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from lib.reward_names import JUDGE_REWARDS, REWARD_NAMES, RULE_REWARDS
+from lib.reward_names import JUDGE_REWARDS, RELATIVE_REWARDS, REWARD_NAMES, RULE_REWARDS
+from lib.rewards.guards import gated, overlong_reward, substance_reward, with_options
 from lib.rewards.judged import EXTRACT, JUDGED_SECTIONS, SHORTCUT, JudgeRewards, section_text_score
 from lib.rewards.rules import (
-    CLAUSE_DELIMITERS, CLAUSE_SPLIT, FORMAT_PATTERN, NGRAM, RULE_FUNCS, TAG_PATTERN, RewardError, completion_text,
+    CLAUSE_DELIMITERS, CLAUSE_SPLIT, FORMAT_PATTERN, NGRAM, TAG_PATTERN, RewardError, completion_text,
     diversity_reward, entities, extract_answer, extract_think, format_reward, format_score, repetition_ratio,
     tag_count_reward,
 )
+from lib.rewards.rules import RULE_FUNCS as _PLAIN_RULE_FUNCS
+
+# every rule reward by name: the original's helpers (lib.rewards.rules) and the guards (lib.rewards.guards)
+RULE_FUNCS: dict[str, Callable[..., list[float]]] = {**_PLAIN_RULE_FUNCS, "substance": substance_reward,
+                                                     "overlong": overlong_reward}
 
 __all__ = [
-    "CLAUSE_DELIMITERS", "CLAUSE_SPLIT", "EXTRACT", "FORMAT_PATTERN", "JUDGED_SECTIONS", "JUDGE_REWARDS", "JudgeRewards",
-    "NGRAM", "REWARD_NAMES", "RULE_FUNCS", "RULE_REWARDS", "RewardError", "SHORTCUT", "TAG_PATTERN", "completion_text",
-    "diversity_reward", "entities", "extract_answer", "extract_think", "format_reward", "format_score", "is_judged",
-    "repetition_ratio", "reward_funcs", "section_text_score", "tag_count_reward",
+    "CLAUSE_DELIMITERS", "CLAUSE_SPLIT", "EXTRACT", "FORMAT_PATTERN", "JUDGED_SECTIONS", "JUDGE_REWARDS",
+    "JudgeRewards", "NGRAM", "RELATIVE_REWARDS", "REWARD_NAMES", "RULE_FUNCS", "RULE_REWARDS", "RewardError",
+    "SHORTCUT", "TAG_PATTERN", "completion_text", "diversity_reward", "entities", "extract_answer", "extract_think",
+    "format_reward", "format_score", "gated", "is_judged", "overlong_reward", "repetition_ratio", "reward_funcs",
+    "section_text_score", "substance_reward", "tag_count_reward", "with_options",
 ]
 
 

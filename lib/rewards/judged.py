@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any, Callable, Sequence
 
 from lib.judge.types import Judgement, SectionJudge
+from lib.reward_names import RELATIVE_REWARDS
 from lib.rewards.rules import RewardError, completion_text, entities, extract_answer, extract_think
 from lib.rubric import Rubric, load_rubric, section_score, think_shortcut
 
@@ -69,7 +70,8 @@ class JudgeRewards:
     judges both sections in one batch.
     """
 
-    def __init__(self, judge: SectionJudge, rubric: Rubric | None = None, sections: Sequence[str] = ()):
+    def __init__(self, judge: SectionJudge, rubric: Rubric | None = None, sections: Sequence[str] = (),
+                 relative: dict[str, Any] | None = None):
         if judge is None:
             raise RewardError("JudgeRewards: no judge; build one with lib.judge.engine.build_judge(profile.judge)")
         self.judge = judge
@@ -79,6 +81,9 @@ class JudgeRewards:
         self._ahead: dict[str, tuple[tuple, dict[int, dict[str, Judgement]]]] = {}
         self.details: dict[str, list[dict]] = {}
         self.stats: dict[str, Counter] = {}
+        # relative judging (lib.rewards.relative.relative_reward's options: opponents, base_max_tokens), built on demand
+        self.relative_options = dict(relative or {})
+        self._relative: dict[str, Callable[..., list[float]]] = {}
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -104,7 +109,14 @@ class JudgeRewards:
         return self._reward("answer", completions, entity)
 
     def func(self, section: str) -> Callable[..., list[float]]:
-        """The bound reward method of a judged section ("think" or "answer")."""
+        """The bound reward method of a judged section ("think" or "answer"), or this object's relative judging
+        reward ("relative", "relative_base"; details and stats under the same name)."""
+        if section in RELATIVE_REWARDS:
+            if section not in self._relative:
+                from lib.rewards.relative import relative_reward
+
+                self._relative[section] = relative_reward(self, section, **self.relative_options)
+            return self._relative[section]
         if section not in JUDGED_SECTIONS:
             raise RewardError(f"JudgeRewards: no judged section {section!r}; known: {', '.join(JUDGED_SECTIONS)}")
         return getattr(self, f"{section}_quality_reward")

@@ -23,6 +23,7 @@ so no input comes back as markup.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -33,7 +34,7 @@ from typing import Any, Sequence
 from fastapi import Request  # at module level: the routes' annotations are resolved here
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lib.rewards import RewardError, completion_text
+from lib.rewards import RELATIVE_REWARDS, RewardError, completion_text
 from lib.serve.metrics import Metrics
 from lib.serve.scorer import JUDGED, Batcher, Limits, RewardScorer, ServeError
 
@@ -303,12 +304,22 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
         return list(dict.fromkeys(names))
 
     async def score(texts: list[str], entities: list[str], names: list[str], prompts: list | None) -> dict:
-        try:
-            out = {name: scorer.rule(name, texts, entities, prompts) for name in names if name not in JUDGED}
-        except (RewardError, TypeError, ValueError) as exc:  # e.g. prompts the diversity reward cannot group
+        try:  # e.g. prompts the diversity reward cannot group; overlong, which needs token ids a request lacks
+            out = {name: scorer.rule(name, texts, entities, prompts) for name in names
+                   if name not in JUDGED and name not in RELATIVE_REWARDS}
+        except (RewardError, TypeError, ValueError) as exc:
             raise _BadRequest(422, f"rewards: {type(exc).__name__}: {exc}") from None
-        judged = [n for n in names if n in JUDGED]
         details: dict[str, list] = {}
+        for name in names:
+            if name in RELATIVE_REWARDS:  # pairwise within the request's groups: on the judge's thread
+                try:
+                    out[name], details[name] = await asyncio.get_running_loop().run_in_executor(
+                        scorer.executor, scorer.relative, name, texts, entities, prompts)
+                except RewardError as exc:
+                    raise _BadRequest(422, f"{name}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - the judge failed for this request only
+                    raise _BadRequest(500, f"judge failed: {type(exc).__name__}: {exc}") from None
+        judged = [n for n in names if n in JUDGED]
         if judged:
             try:
                 res = await batcher.submit(texts, entities, judged)
@@ -317,7 +328,7 @@ def create_app(scorer: RewardScorer, limits: Limits = Limits(), token: str | Non
             except Exception as exc:  # noqa: BLE001 - the judge failed for this request only
                 raise _BadRequest(500, f"judge failed: {type(exc).__name__}: {exc}") from None
             out.update(res["rewards"])
-            details = res["details"]
+            details.update(res["details"])
         ordered = {n: out[n] for n in names}
         total = [sum(scorer.weights.get(n, 1.0) * ordered[n][i] for n in names) for i in range(len(texts))]
         return {"rewards": ordered, "total": total, "details": details}

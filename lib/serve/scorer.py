@@ -70,6 +70,13 @@ class RewardScorer:
         """A reward that needs no judge (format, diversity, tag_count), computed inline."""
         return RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
 
+    def relative(self, name: str, completions: Sequence[Any], entities: Sequence[str],
+                 prompts: Sequence[Any] | None) -> tuple[list[float], list[dict]]:
+        """A relative judging reward (lib.rewards.relative) of one request: its groups are its prompts, so requests
+        are not merged. Run it on `executor`, like every judge call."""
+        scores = self.apart.func(name)(list(completions), entity=list(entities), prompts=prompts)
+        return scores, list(self.apart.details[name])
+
     @staticmethod
     def judged(jr: JudgeRewards, name: str, completions: Sequence[Any], entities: Sequence[str]) -> tuple[list[float], list[dict]]:
         """One judged reward exactly as in-process: `jr`'s method for `name` and its details."""

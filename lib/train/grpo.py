@@ -178,6 +178,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         warmup_steps=cfg.warmup_ratio,
         loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards,
+        multi_objective_aggregation=cfg.reward_aggregation,  # normalize_then_sum: GDPO's per-reward normalization
         reward_weights=weights,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
@@ -243,13 +244,28 @@ def check_reward_names(profile: Profile) -> list[str]:
 def reward_functions(profile: Profile, judge_rewards: "rewards_mod.JudgeRewards | None" = None,
                      ) -> tuple[list[Callable[..., list[float]]], list[float]]:
     """The reward functions named by `train.reward_weights` (lib.reward_names) and their weights; the judge
-    rewards are `judge_rewards`' bound methods (see `judge_rewards_for`)."""
+    rewards are `judge_rewards`' bound methods (see `judge_rewards_for`).
+
+    The guards take their options from the profile (`train.substance`, `train.overlong_buffer`); with
+    `train.format_gate` every judge reward counts only for completions with a valid format (docs/reward-designs.md)."""
     names = check_reward_names(profile)
     try:
         funcs = rewards_mod.reward_funcs(names, judge_rewards)
     except rewards_mod.RewardError as exc:
         raise TrainError(f"train.reward_weights: {exc}") from None
-    return funcs, [float(profile.train.reward_weights[n]) for n in names]
+    return [design_options(profile, n, f) for n, f in zip(names, funcs)], [float(profile.train.reward_weights[n]) for n in names]
+
+
+def design_options(profile: Profile, name: str, func: Callable[..., list[float]]) -> Callable[..., list[float]]:
+    """`func` (the reward `name`) with the profile's reward-design options: the guards' parameters, format gating."""
+    cfg = profile.train
+    if name == "substance":
+        func = rewards_mod.with_options(func, func.__name__, **cfg.substance.model_dump())
+    elif name == "overlong":
+        func = rewards_mod.with_options(func, func.__name__, max_len=cfg.max_completion_length, buffer=cfg.overlong_buffer)
+    if cfg.format_gate and rewards_mod.is_judged(name):
+        func = rewards_mod.gated(func)
+    return func
 
 
 def judge_rewards_for(profile: Profile, judge: Any) -> "rewards_mod.JudgeRewards | None":
@@ -262,7 +278,9 @@ def judge_rewards_for(profile: Profile, judge: Any) -> "rewards_mod.JudgeRewards
         raise TrainError(f"rewards {', '.join(judged)} need a judge: pass judge=build_judge(profile.judge) to build_trainer")
     from lib.rubric import load_rubric
 
-    return rewards_mod.JudgeRewards(judge, load_rubric(profile.rubric.path), sections=judged)
+    relative = {"opponents": profile.train.relative.opponents,
+                "base_max_tokens": profile.train.relative.base_max_tokens or profile.train.max_completion_length}
+    return rewards_mod.JudgeRewards(judge, load_rubric(profile.rubric.path), sections=judged, relative=relative)
 
 
 _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset filter)", "log_completions": "(samples.jsonl)",
@@ -270,7 +288,9 @@ _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset fil
               "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
               "unsloth_standby": "UNSLOTH_VLLM_STANDBY", "merge_final": "(merged/ at the end)",
               "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url",
-              "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)"}
+              "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)",
+              "reward_aggregation": "multi_objective_aggregation", "format_gate": "(judge rewards)",
+              "substance": "(reward substance)", "overlong_buffer": "(reward overlong)", "relative": "(rewards relative*)"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
