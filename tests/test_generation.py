@@ -379,3 +379,85 @@ def test_cache_corrupt_middle_line_raises(tmp_path):
     path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n', encoding="utf-8")
     with pytest.raises(GenerationError, match="line 2"):
         GenerationCache(path)
+
+
+# ------------------------------------------------------------------------------------------ merge check (issue 18.1)
+
+@pytest.fixture(scope="module")
+def tiny_lora(tmp_path_factory):
+    """A random 2-layer Llama (tests.train_helpers) and a LoRA adapter on it with a small random delta."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tests.train_helpers import build_tiny_policy
+
+    tmp = tmp_path_factory.mktemp("tiny-lora")
+    model_dir = build_tiny_policy(tmp / "tiny")
+    torch.manual_seed(0)
+    lm = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                                   init_lora_weights=False))
+    lm.save_pretrained(tmp / "adapter")
+    return model_dir, tmp / "adapter"
+
+
+def test_float32_merge_passes_the_check_and_records_it(tiny_lora, tmp_path):
+    model_dir, adapter = tiny_lora
+    merged = generation.merged_model_dir(str(model_dir), adapter, "float32", cache_dir=tmp_path)
+    record = json.loads((merged / "MERGED_FROM.json").read_text())
+    assert record["max_logprob_diff"] < 1e-5 < generation.MERGE_TOLERANCE and record["check_tokens"] > 50
+
+
+def test_bf16_rounded_merge_trips_the_check(tiny_lora, tmp_path):
+    """The merge rounded to bf16 is not the trained policy: refused with the difference, and nothing is kept."""
+    model_dir, adapter = tiny_lora
+    with pytest.raises(generation.MergeMismatch, match=r"bfloat16\).*max \|Δ log p\| [0-9.e-]+ per token > tolerance 0.001"):
+        generation.merged_model_dir(str(model_dir), adapter, "bfloat16", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cached_merge_is_checked_again(tiny_lora, tmp_path):
+    """A cached merge above a (stricter) tolerance is refused; one merged before the check existed is redone."""
+    model_dir, adapter = tiny_lora
+    merged = generation.merged_model_dir(str(model_dir), adapter, "float32", cache_dir=tmp_path)
+    with pytest.raises(generation.MergeMismatch, match="tolerance 1e-12"):
+        generation.merged_model_dir(str(model_dir), adapter, "float32", cache_dir=tmp_path, tolerance=1e-12)
+    record = json.loads((merged / "MERGED_FROM.json").read_text())
+    del record["max_logprob_diff"]
+    (merged / "MERGED_FROM.json").write_text(json.dumps(record))
+    again = generation.merged_model_dir(str(model_dir), adapter, "float32", cache_dir=tmp_path)
+    assert "max_logprob_diff" in json.loads((again / "MERGED_FROM.json").read_text())
+
+
+def test_merge_mismatch_names_the_eval_row(tiny_lora, tmp_path, monkeypatch):
+    """generate_for_models: a row whose merge fails the check is one line naming the row (before any engine starts)."""
+    import pandas as pd
+
+    from lib.data import make_prompt
+    from lib.profiles import EvalConfig, EvalModel
+
+    model_dir, adapter = tiny_lora
+    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
+    cfg = EvalConfig(max_new_tokens=4, temperature=1.0, top_p=1.0)
+    test = pd.DataFrame({"entity": ["椰子水"], "prompt": [make_prompt("椰子水")]})
+    rows = [EvalModel(label="grpo", model=str(model_dir), adapter=str(adapter))]
+    with pytest.raises(GenerationError, match=r"^eval row 'grpo': the merged model as served \(bfloat16\)") as info:
+        generation.generate_for_models(rows, test, cfg, None, tmp_path, backend="vllm", dtype="bfloat16")
+    assert "\n" not in str(info.value)
+
+
+def test_transformers_path_checks_its_merge(tiny_lora, monkeypatch):
+    """load_for_generation merges in float32 and checks it (passes); a merge that changed the weights is refused."""
+    model_dir, adapter = tiny_lora
+    lm, tok = generation.load_for_generation(str(model_dir), adapter)
+    assert lm.dtype == torch.float32
+    real = generation.check_merge
+
+    def after_rounding(reference, served, *a, **k):
+        for p in served.parameters():
+            p.data = p.data.to(torch.bfloat16).to(torch.float32)
+        return real(reference, served, *a, **k)
+
+    monkeypatch.setattr(generation, "check_merge", after_rounding)
+    with pytest.raises(generation.MergeMismatch, match="float32"):
+        generation.load_for_generation(str(model_dir), adapter)

@@ -13,8 +13,8 @@
   (plus how often that prompt already occurred in the call), so a completion depends neither on batch
   composition nor on its position: the case studies ask for a few of the evaluation's prompts and get
   the evaluation's completions from the cache.
-- vLLM backend: an adapter is merged into its base once (`merged_model_dir`, keyed by base, adapter hash
-  and dtype) and served like any model by an in-process engine that is shut down afterwards. On CPU the
+- vLLM backend: an adapter is merged into its base once (`lib.eval.merge.merged_model_dir`, keyed by base, adapter
+  hash and dtype; refused when its log-probs differ from base + adapter's, `check_merge`) and served like any model by an in-process engine that is shut down afterwards. On CPU the
   models are served in float32, as the CPU profiles train them: a short run's LoRA delta is below bf16's
   resolution (2e-4 of the weights after the smoke run's 2 steps, bf16 resolves 4e-3; rounding kept a
   change in only 8% of the weights), so a bf16 merge would evaluate another policy than the one trained.
@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from lib import paths
+from lib.eval.errors import GenerationError, MergeMismatch
+from lib.eval.merge import (  # noqa: F401 - merged_model_dir, prune_merged re-exported
+    MERGE_TOLERANCE, check_merge, check_texts, merged_model_dir, prune_merged, token_logprobs,
+)
 from lib.hardware import eval_precision
 from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available, load_tokenizer, resolve_model,
                         stop_token_ids)
@@ -48,14 +52,10 @@ if TYPE_CHECKING:  # pragma: no cover
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 CHUNK = 64  # requests per engine call: completions are cached after each chunk (a crash loses at most one)
-MERGED_KEEP = 3  # merged models kept in the cache (least recently used go first): each is a full model
+FULL_MODEL_DIR = "model"  # lib.train.grpo saves a full fine-tune (train.peft: false) here, not an adapter
 
 # (model name, adapter path or None, prompt texts, sampling, request seeds) -> completions
 GenerateFn = Callable[[str, "str | None", list[str], dict, list[int]], list[str]]
-
-
-class GenerationError(RuntimeError):
-    """Generation that cannot run as asked; one line naming the model, adapter or value."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def generate(
     model: str,
     adapter: str | Path | None,
     messages_list: Sequence[list[dict]],
-    sampling: dict,
+    sampling: dict | Sequence[dict],
     seed: int,
     cache: GenerationCache | None = None,
     entities: Sequence[str] | None = None,
@@ -284,27 +284,34 @@ def generate(
     tokenizer=None,
     gpu_memory_utilization: float = 0.8,
     dtype: str | None = None,
+    merge_tolerance: float | None = None,
 ) -> list[str]:
     """Completions of `model` (+ LoRA `adapter` directory) for chat prompts, in order.
 
-    `backend`: "vllm", "transformers", or a function `(model, adapter, prompts, sampling, seeds) -> texts`
-    (tests inject one). `tokenizer` renders the chat prompts (default: the model's). `entities` (aligned
-    with the prompts) only label the cache records. Completions already in `cache` are not generated again.
-    `dtype`: the vLLM engine's dtype (None: `serving_dtype()`: float32 on CPU, the model's own on GPU).
+    `sampling`: one dict for every request, or one per request (e.g. sampled and greedy requests in one engine:
+    requests are sent to the backend grouped by their sampling). `backend`: "vllm", "transformers", or a function
+    `(model, adapter, prompts, sampling, seeds) -> texts` (tests inject one). `tokenizer` renders the chat prompts
+    (default: the model's). `entities` (aligned with the prompts) only label the cache records. Completions already
+    in `cache` are not generated again. `dtype`: the vLLM engine's dtype (None: `serving_dtype()`).
+    `merge_tolerance`: the merged model's check (`check_merge`); None: `MERGE_TOLERANCE`.
     """
-    sampling = check_sampling(sampling)
+    n = len(messages_list)
+    samplings = [check_sampling(s) for s in (sampling if isinstance(sampling, (list, tuple)) else [sampling] * n)]
+    if len(samplings) != n:
+        raise GenerationError(f"{len(samplings)} sampling dicts for {n} prompts; pass one, or one per prompt")
     if adapter is not None and str(adapter) == "run":
         raise GenerationError("adapter 'run' must be resolved first: resolve_adapter('run', ctx.dir)")
     adapter_path = str(adapter) if adapter is not None else None
     akey = adapter_key(adapter_path)
-    if entities is not None and len(entities) != len(messages_list):
-        raise GenerationError(f"{len(entities)} entities for {len(messages_list)} prompts; they must be aligned")
+    if entities is not None and len(entities) != n:
+        raise GenerationError(f"{len(entities)} entities for {n} prompts; they must be aligned")
     dtype = dtype or (serving_dtype() if backend == "vllm" else None)
-    key_sampling = {**sampling, "engine": engine_id(backend, dtype)}  # another engine samples other texts
+    engine = engine_id(backend, dtype)
+    key_samplings = [{**s, "engine": engine} for s in samplings]  # another engine samples other texts
     tok = tokenizer if tokenizer is not None else _tokenizer(model)
     prompts = [chat_prompt(tok, m) for m in messages_list]
     seeds = request_seeds(seed, prompts)
-    keys = [generation_cache_key(model, akey, p, key_sampling, s) for p, s in zip(prompts, seeds)]
+    keys = [generation_cache_key(model, akey, p, ks, s) for p, ks, s in zip(prompts, key_samplings, seeds)]
     out: list[str | None] = [cache.get(k)["completion"] if cache is not None and k in cache else None for k in keys]
     todo = [i for i, o in enumerate(out) if o is None]
     if not todo:
@@ -313,31 +320,78 @@ def generate(
         fn: GenerateFn = backend
         closer = None
     elif backend == "vllm":
-        engine = VLLMGenerator(model, adapter_path, tok, sampling, [prompts[i] for i in todo], gpu_memory_utilization,
-                               dtype=dtype)
-        fn, closer = engine.generate, engine.close
+        longest = max((samplings[i] for i in todo), key=lambda s: s["max_new_tokens"])
+        gen = VLLMGenerator(model, adapter_path, tok, longest, [prompts[i] for i in todo], gpu_memory_utilization,
+                            dtype=dtype, merge_tolerance=merge_tolerance)
+        fn, closer = gen.generate, gen.close
     else:
-        engine = TransformersGenerator(model, adapter_path)
-        fn, closer = engine.generate, engine.close
+        gen = TransformersGenerator(model, adapter_path, merge_tolerance=merge_tolerance)
+        fn, closer = gen.generate, gen.close
+    groups: dict[str, list[int]] = {}  # requests of one sampling go to the backend together
+    for i in todo:
+        groups.setdefault(json.dumps(samplings[i], sort_keys=True), []).append(i)
     from tqdm.auto import tqdm
 
     label = model if adapter_path is None else f"{model} + adapter"
     try:
         with tqdm(total=len(todo), desc=f"generate {label}", unit="completion") as bar:
-            for s in range(0, len(todo), CHUNK):
-                idx = todo[s : s + CHUNK]
-                texts = fn(model, adapter_path, [prompts[i] for i in idx], sampling, [seeds[i] for i in idx])
-                if len(texts) != len(idx):
-                    raise GenerationError(f"backend returned {len(texts)} completions for {len(idx)} prompts")
-                for i, t in zip(idx, texts):
-                    out[i] = t
-                    if cache is not None:
-                        cache.put(model, akey, entities[i] if entities is not None else "", prompts[i], t, key_sampling, seeds[i])
-                bar.update(len(idx))
+            for group in groups.values():
+                for s in range(0, len(group), CHUNK):
+                    idx = group[s : s + CHUNK]
+                    texts = fn(model, adapter_path, [prompts[i] for i in idx], samplings[idx[0]], [seeds[i] for i in idx])
+                    if len(texts) != len(idx):
+                        raise GenerationError(f"backend returned {len(texts)} completions for {len(idx)} prompts")
+                    for i, t in zip(idx, texts):
+                        out[i] = t
+                        if cache is not None:
+                            cache.put(model, akey, entities[i] if entities is not None else "", prompts[i], t,
+                                      key_samplings[i], seeds[i])
+                    bar.update(len(idx))
     finally:
         if closer is not None:
             closer()
     return out  # type: ignore[return-value]
+
+
+GREEDY = "greedy"
+SAMPLED = "sample"
+
+
+def eval_rows(test: "pd.DataFrame", samples: int = 1, greedy: bool = False) -> "pd.DataFrame":
+    """The evaluation's requests for the rows of `test` (`entity`, `prompt`): `samples` sampled completions of each
+    prompt, then (with `greedy`) one greedy one. Columns entity, prompt, decoding ("sample" or "greedy"), sample
+    (0 .. samples-1; 0 for greedy). Sample-major: sample j of a prompt is that prompt's j-th occurrence, so its
+    request seed (`request_seeds`) does not depend on `samples`, and raising k reuses the cached samples.
+
+    >>> import pandas as pd
+    >>> r = eval_rows(pd.DataFrame({"entity": ["a", "b"], "prompt": ["pa", "pb"]}), samples=2, greedy=True)
+    >>> list(zip(r.entity, r.decoding, r.sample))
+    [('a', 'sample', 0), ('b', 'sample', 0), ('a', 'sample', 1), ('b', 'sample', 1), ('a', 'greedy', 0), ('b', 'greedy', 0)]
+    """
+    import pandas as pd
+
+    if samples < 0 or (samples == 0 and not greedy):
+        raise GenerationError(f"eval.samples_per_prompt must be >= 1 (got {samples})")
+    base = test[["entity", "prompt"]].reset_index(drop=True)
+    parts = [base.assign(decoding=SAMPLED, sample=j) for j in range(samples)]
+    if greedy:
+        parts.append(base.assign(decoding=GREEDY, sample=0))
+    return pd.concat(parts, ignore_index=True)
+
+
+def greedy_sampling(sampling: dict) -> dict:
+    """The greedy variant of a sampling dict (temperature 0, top-p 1, same length)."""
+    return {**sampling, "temperature": 0.0, "top_p": 1.0}
+
+
+def resolve_row(m: "EvalModel", run_dir: str | Path) -> tuple[str, Path | None]:
+    """(model, adapter directory) of an evaluation row: adapter "run" of a run trained without LoRA
+    (`train.peft: false`, a full model in `train/model/`) is that model with no adapter."""
+    if m.adapter is not None and str(m.adapter) == "run":
+        full = Path(run_dir) / "train" / FULL_MODEL_DIR
+        if (full / "config.json").is_file() and not (Path(run_dir) / "train" / "adapter" / "adapter_config.json").is_file():
+            return str(full), None
+    return m.model, resolve_adapter(m.adapter, run_dir)
 
 
 def generate_for_models(
@@ -349,21 +403,33 @@ def generate_for_models(
     backend: str | GenerateFn = "vllm",
     gpu_memory_utilization: float = 0.8,
     dtype: str | None = None,
+    samples: int = 1,
+    greedy: bool = False,
 ) -> dict[str, list[str]]:
-    """`generate` for each evaluation model on the rows of `test` (columns `prompt`, `entity`): label -> completions.
+    """`generate` for each evaluation model: label -> completions aligned with `eval_rows(test, samples, greedy)`
+    (with the defaults: one sampled completion per row of `test`, as the case studies ask).
 
-    The sampling and seed come from the profile's `eval` section; adapter "run" is `run_dir`'s trained adapter.
+    The sampling and seed come from the profile's `eval` section (greedy requests: `greedy_sampling`), one engine
+    per model for all its requests; adapter "run" is `run_dir`'s trained adapter (`resolve_row`). A row whose merged
+    model fails `check_merge` raises GenerationError naming the row.
     """
     if not models:
         raise GenerationError("eval.models is empty: name at least one model in the profile's eval section")
     sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    rows = eval_rows(test, samples, greedy)
+    samplings = [greedy_sampling(sampling) if d == GREEDY else sampling for d in rows["decoding"]]
     if dtype is None and backend == "vllm":
         dtype = eval_precision(cfg.dtype, "cuda" if cuda_available() else "cpu", any(m.adapter for m in models)).dtype
     out = {}
     for m in models:
-        out[m.label] = generate(m.model, resolve_adapter(m.adapter, run_dir), list(test["prompt"]), sampling, cfg.seed,
-                                cache=cache, entities=list(test["entity"]), backend=backend,
-                                gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+        model, adapter = resolve_row(m, run_dir)
+        try:
+            out[m.label] = generate(model, adapter, list(rows["prompt"]), samplings, cfg.seed, cache=cache,
+                                    entities=list(rows["entity"]), backend=backend,
+                                    gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+                                    merge_tolerance=cfg.merge_tolerance)
+        except MergeMismatch as exc:
+            raise GenerationError(f"eval row {m.label!r}: {exc}") from None
     return out
 
 
@@ -377,67 +443,17 @@ def serving_dtype() -> str:
     return "float32"
 
 
-def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache_dir: Path | None = None) -> Path:
-    """The base model with the LoRA adapter merged in, saved once (safetensors + tokenizer); its directory.
-
-    The merge runs in float32 and is saved in `dtype` ("auto": the base's own). Keyed by the resolved base,
-    the adapter's content hash and the dtype, so a retrained adapter gets a new merge.
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    base = resolve_model(model)
-    if dtype == "auto":
-        dtype = str(getattr(AutoConfig.from_pretrained(base), "dtype", None) or "float32").removeprefix("torch.")
-    digest = hashlib.sha256(f"{base}\0{adapter_key(adapter)}\0{dtype}".encode()).hexdigest()[:16]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)[-60:]
-    target = (cache_dir or paths.CACHE_DIR / "merged") / f"{safe}-{digest}"
-    if (target / "config.json").exists():
-        os.utime(target)  # recently used: pruned last
-        return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in float32: no rounding of the delta
-    try:
-        merged = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
-    except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
-        raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-    (tmp / "MERGED_FROM.json").write_text(json.dumps({"model": model, "base": base, "adapter": str(adapter),
-                                                      "adapter_key": adapter_key(adapter), "dtype": dtype}, indent=1))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished the same merge first
-        shutil.rmtree(tmp, ignore_errors=True)
-    prune_merged(target.parent, keep=MERGED_KEEP)
-    return target
-
-
-def prune_merged(cache_dir: Path, keep: int = MERGED_KEEP) -> list[Path]:
-    """Delete all but the `keep` most recently used merged models in `cache_dir`; returns what was deleted.
-
-    Every training run makes a new adapter and so a new merge: without pruning the cache grows by a model per run.
-    """
-    done = sorted((d for d in Path(cache_dir).iterdir() if d.is_dir() and ".tmp" not in d.name and (d / "config.json").exists()),
-                  key=lambda d: d.stat().st_mtime, reverse=True)
-    for d in done[keep:]:
-        shutil.rmtree(d, ignore_errors=True)
-    return done[keep:]
-
-
 class VLLMGenerator:
     """An in-process vLLM engine for one model (adapter merged in), sized for the prompts it will get."""
 
     def __init__(self, model: str, adapter: str | None, tokenizer, sampling: dict, prompts: Sequence[str],
-                 gpu_memory_utilization: float = 0.8, seed: int = 0, dtype: str = "auto"):
+                 gpu_memory_utilization: float = 0.8, seed: int = 0, dtype: str = "auto",
+                 merge_tolerance: float | None = None):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine core: the multiprocess one failed to start from a plain script on CPU
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
 
-        path = str(merged_model_dir(model, adapter, dtype)) if adapter else resolve_model(model)
+        path = str(merged_model_dir(model, adapter, dtype, tolerance=merge_tolerance)) if adapter else resolve_model(model)
         self.tokenizer = tokenizer
         self.stop_ids = stop_token_ids(tokenizer)
         longest = max((len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts), default=0)
@@ -466,9 +482,10 @@ class VLLMGenerator:
         close_vllm_engine(self)  # drops self.llm, collects it, empties the CUDA cache
 
 
-def load_for_generation(model: str, adapter: str | Path | None = None):
+def load_for_generation(model: str, adapter: str | Path | None = None, merge_tolerance: float | None = None):
     """(model, tokenizer) with transformers, the adapter merged in; float32 on CPU, and on GPU whenever an adapter is
-    merged (bf16 would round a small LoRA delta away), else bf16 there."""
+    merged (bf16 would round a small LoRA delta away), else bf16 there. The merge is checked as `merged_model_dir`'s
+    is (`check_merge`: the merged model's log-probs against the PEFT model's, `merge_tolerance`)."""
     from lib.models import load_causal_lm
 
     cuda = cuda_available()
@@ -478,10 +495,14 @@ def load_for_generation(model: str, adapter: str | Path | None = None):
         from peft import PeftModel
 
         try:
-            lm = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
+            peft_model = PeftModel.from_pretrained(lm, str(adapter))
         except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
             raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        texts = check_texts(tok)
+        reference = token_logprobs(peft_model, tok, texts)
+        lm = peft_model.merge_and_unload()
         lm.eval()
+        check_merge(reference, lm, tok, texts, MERGE_TOLERANCE if merge_tolerance is None else merge_tolerance, dtype)
     return lm, tok
 
 
@@ -511,8 +532,8 @@ def hf_generate(lm, tokenizer, prompts: Sequence[str], sampling: dict, seeds: Se
 class TransformersGenerator:
     """transformers generation for machines without vLLM (one request at a time: slow, seeded per request)."""
 
-    def __init__(self, model: str, adapter: str | None):
-        self.lm, self.tokenizer = load_for_generation(model, adapter)
+    def __init__(self, model: str, adapter: str | None, merge_tolerance: float | None = None):
+        self.lm, self.tokenizer = load_for_generation(model, adapter, merge_tolerance)
 
     def generate(self, model: str, adapter: str | None, prompts: list[str], sampling: dict, seeds: list[int]) -> list[str]:
         return hf_generate(self.lm, self.tokenizer, prompts, sampling, seeds)

@@ -245,19 +245,30 @@ def score_table(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    cluster: str | None = None,
 ) -> pd.DataFrame:
     """Mean score and bootstrap interval per group (model) and metric.
 
-    `per_item` has one row per judged completion: a `by` column and one column per metric.
-    Returns one row per group (in order of first appearance; index named `by`) with columns
-    `n`, then `<metric>`, `<metric>_lo`, `<metric>_hi` for each metric. NaN scores are left out;
-    a group with one score gets a NaN interval (shown as the point alone), one whose scores are
-    all equal a zero-width one.
+    `per_item` has one row per judged completion: a `by` column and one column per metric. With `cluster` (the
+    prompt id, e.g. "entity"), the samples of a prompt are nested in it: each prompt's samples are averaged and the
+    prompts are resampled (a prompt's samples stay together), so k samples of one prompt do not count as k
+    independent prompts; the mean is that of the prompt means. Returns one row per group (in order of first
+    appearance; index named `by`) with columns `n` (completions, or with `cluster` prompts), with `cluster` also `k`
+    (samples per prompt: their mean count, an integer when every prompt has as many), then `<metric>`,
+    `<metric>_lo`, `<metric>_hi` for each metric. NaN scores are left out (a prompt with none is left out); a group
+    with one score (prompt) gets a NaN interval (shown as the point alone), one whose scores are all equal a
+    zero-width one.
     """
-    _check_columns(per_item, [by, *metrics], "score_table")
+    _check_columns(per_item, [by, *metrics, *([cluster] if cluster else [])], "score_table")
     rows = {}
     for label, g in per_item.groupby(by, sort=False):
-        row: dict[str, Any] = {"n": int(len(g))}
+        if cluster:
+            counts = g.groupby(cluster, sort=False).size()
+            k = float(counts.mean())
+            row: dict[str, Any] = {"n": int(len(counts)), "k": int(k) if k.is_integer() else round(k, 2)}
+            g = g.groupby(cluster, sort=False)[list(metrics)].mean()  # NaN left out of a prompt's mean
+        else:
+            row = {"n": int(len(g))}
         for m in metrics:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = _interval(g[m].to_numpy(dtype=float), n_resamples, seed, confidence)
         rows[label] = row

@@ -49,13 +49,20 @@ def score_completions(
     judge: SectionJudge,
     rubric: Rubric,
     judge_name: str = "train",
+    extra: Mapping[str, Sequence] | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Format, think and answer scores of every model's completions (all models judged in one batch).
 
-    `completions`: label -> completions aligned with `entities`. Returns (per_item, details): per_item has
-    the columns `PER_ITEM_COLUMNS`; details holds, per completion, the model, entity, judge, completion,
-    scores, shortcut reasons and the checklist items ({key, question, p_yes, verdict, flagged}).
+    `completions`: label -> completions aligned with `entities`. `extra`: more columns aligned with `entities`
+    (e.g. `decoding` and `sample` of `lib.eval.generation.eval_rows`), added to per_item and to each detail.
+    Returns (per_item, details): per_item has the columns `PER_ITEM_COLUMNS` (then `extra`'s); details holds, per
+    completion, the model, entity, judge, completion, scores, shortcut reasons and the checklist items
+    ({key, question, p_yes, verdict, flagged}).
     """
+    extra = {k: list(v) for k, v in (extra or {}).items()}
+    for k, v in extra.items():
+        if len(v) != len(entities):
+            raise ScoringError(f"extra column {k!r}: {len(v)} values for {len(entities)} entities")
     labels, ents, texts = [], [], []
     for label, comps in completions.items():
         if len(comps) != len(entities):
@@ -69,14 +76,20 @@ def score_completions(
     think_details = list(jr.details["think"])
     answer = jr.answer_quality_reward(texts, entity=ents)
     answer_details = list(jr.details["answer"])
+    n_models = len(completions)
     per_item = pd.DataFrame({"model": labels, "entity": ents, "format": fmt, "think": think, "answer": answer,
                              "judge": judge_name}, columns=list(PER_ITEM_COLUMNS))
+    for k, v in extra.items():
+        per_item[k] = v * n_models
     details = [
         {"model": m, "entity": e, "judge": judge_name, "completion": c, "format": f,
          "think_score": t, "answer_score": a, "think_shortcut": td["shortcut"], "answer_shortcut": ad["shortcut"],
          "think_items": _items(rubric, "think", e, td), "answer_items": _items(rubric, "answer", e, ad)}
         for m, e, c, f, t, a, td, ad in zip(labels, ents, texts, fmt, think, answer, think_details, answer_details)
     ]
+    for k, v in extra.items():
+        for d, x in zip(details, v * n_models):
+            d[k] = x.item() if hasattr(x, "item") else x  # numpy scalars: JSON-safe
     return per_item, details
 
 
@@ -124,6 +137,54 @@ def heldout_judge(profile: "Profile", train_judge) -> tuple[SectionJudge, bool]:
     return build_judge(cfg, mode=mode, seed=profile.seed), False
 
 
+def judge_independence(profile: "Profile") -> dict[str, dict]:
+    """Which judge of the evaluation is independent of the training judge, from the models' families.
+
+    {"train": {...}, "heldout": {...}}, each {judge (model), family, independent (bool), why}. The training judge
+    is never independent (its scores are what was optimised). The held-out judge is independent when its family
+    (`family` in its profile section, else lib.models.model_family) is known and differs from the training judge's;
+    the same model (the default: only the checklist wording differs) or the same family is not, and an unknown
+    family is not claimed to be. `why` also says when the held-out judge shares the policy's family (it then scores
+    its own family's outputs: self-preference).
+    """
+    from lib.models import model_family
+
+    def family(cfg) -> str | None:
+        return cfg.family or model_family(cfg.model)
+
+    tj, hj = profile.judge, profile.eval.heldout_judge
+    tf = family(tj)
+    out = {"train": {"judge": tj.model, "family": tf, "independent": False,
+                     "why": "the training judge: its scores are the rewards that were optimised"}}
+    if hj is None or hj.model == tj.model:
+        out["heldout"] = {"judge": tj.model, "family": tf, "independent": False,
+                          "why": "the training judge's own model, asking reworded checklists: a bias of that model "
+                                 "fools both, so a gain here is no independent evidence"
+                                 + ("; it is also the policy's base model" if profile.policy_model == tj.model else "")}
+        return out
+    hf = family(hj)
+    if hf is None or tf is None:
+        ind, why = False, (f"family of {hj.model if hf is None else tj.model!r} unknown: set its `family` in the profile "
+                           "to say whether the judges are independent")
+    elif hf == tf:
+        ind, why = False, f"same family ({hf}) as the training judge: it likely shares that judge's biases"
+    else:
+        ind, why = True, f"another family ({hf}) than the training judge ({tf})"
+    pf = model_family(profile.policy_model)
+    if pf is not None and pf == hf:
+        why += f"; it shares the policy's family ({pf}) and so scores its own family's outputs (self-preference)"
+    out["heldout"] = {"judge": hj.model, "family": hf, "independent": ind, "why": why}
+    return out
+
+
+def with_judge(table: pd.DataFrame, info: Mapping[str, object], prefix: str = "") -> pd.DataFrame:
+    """`table` with columns `<prefix>judge` (the judge's model) and `<prefix>independent` ("yes"/"no", and why:
+    one entry of `judge_independence`), so every saved table says which judge scored it and whether that judge is
+    independent of the training judge."""
+    mark = ("yes: " if info["independent"] else "no: ") + str(info["why"])
+    return table.assign(**{f"{prefix}judge": str(info["judge"]), f"{prefix}independent": mark})
+
+
 def base_pairs(models: Sequence["EvalModel"]) -> dict[str, str]:
     """{trained label: base label} for each model with an adapter: the first adapter-free model of the same
     base model, else the first adapter-free model; trained models without any base are left out."""
@@ -154,12 +215,22 @@ def before_after(models: Sequence["EvalModel"]) -> dict[str, "EvalModel"]:
     return out
 
 
-def side_by_side(tables: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("think", "answer")) -> pd.DataFrame:
-    """Score tables of several judges in one (columns `<judge> <metric>` with `_lo`/`_hi`), one row per model."""
+def side_by_side(tables: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("think", "answer"),
+                 judges: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
+    """Score tables of several judges in one (columns `<judge> <metric>` with `_lo`/`_hi`), one row per model; the
+    `n` and `k` columns of the first table that has them; with `judges` (`judge_independence`) also
+    `<judge> independent` for each."""
     parts = []
+    first = next(iter(tables.values()))
+    keep = [c for c in ("n", "k") if c in first.columns]
+    if keep:
+        parts.append(first[keep])
     for name, t in tables.items():
         cols = {f"{m}{s}": f"{name} {m}{s}" for m in metrics for s in ("", "_lo", "_hi") if f"{m}{s}" in t.columns}
-        parts.append(t[list(cols)].rename(columns=cols))
+        part = t[list(cols)].rename(columns=cols)
+        if judges is not None and name in judges:
+            part = with_judge(part, judges[name], prefix=f"{name} ").drop(columns=f"{name} judge")
+        parts.append(part)
     return pd.concat(parts, axis=1)
 
 
