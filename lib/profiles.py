@@ -96,6 +96,10 @@ class TrainConfig(_Strict):
     warmup_ratio: float = 0.1
     loss_type: str = "grpo"  # grpo | dapo | dr_grpo | bnpo ... (TRL)
     scale_rewards: str = "group"  # group | batch | none (TRL)
+    # false: train every weight of the policy (the original's full fine-tune, at its rate 1e-6) instead of a LoRA
+    # adapter; needs train.backend trl and a rollout engine other than vllm_lora (both serve LoRA adapters only); the
+    # trained model is saved to train/model/ and evaluated as the eval rows with `adapter: run`
+    peft: bool = True
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -240,6 +244,16 @@ class Profile(_Strict):
         if "relative_base" in self.train.reward_weights and self.judge.model != self.policy_model:
             raise ValueError(f"train.reward_weights.relative_base writes base answers with the judge model "
                              f"{self.judge.model!r}, not the policy {self.policy_model!r}: use one model for both, or reward relative")
+        return self
+
+    @model_validator(mode="after")
+    def _full_fine_tune_needs_trl(self) -> "Profile":
+        t = self.train
+        if not t.peft and (t.backend != "trl" or t.rollout_engine == "vllm_lora"):
+            raise ValueError(f"train.peft: false (a full fine-tune) needs train.backend 'trl' and a rollout_engine other "
+                             f"than 'vllm_lora', both of which train/serve LoRA adapters only (got backend {t.backend!r}, "
+                             f"rollout_engine {t.rollout_engine!r}): e.g. --set train.backend=trl "
+                             f"--set train.rollout_engine=vllm_colocate")
         return self
 
     @model_validator(mode="after")

@@ -94,7 +94,7 @@ def test_side_by_side_columns(rubric):
     per_item, _ = score_completions({"base": [GOOD, BAD]}, ["椰子水", "椰子水"], KeywordJudge(), rubric)
     t = score_table(per_item, n_resamples=50)
     both = side_by_side({"train": t, "heldout": t})
-    assert list(both.columns[:3]) == ["train think", "train think_lo", "train think_hi"]
+    assert list(both.columns[:4]) == ["n", "train think", "train think_lo", "train think_hi"]  # n: how many prompts
     assert "heldout answer_hi" in both.columns and "train format" not in both.columns
 
 
@@ -159,3 +159,39 @@ def test_format_learned_entities_keeps_test_order_and_the_training_judge():
     assert format_learned_entities(per_item, "base", "grpo", ["d", "c", "b", "a", "e"], 5) == ["d", "a"]
     assert format_learned_entities(per_item, "base", "grpo", ["a", "d"], 1) == ["a"]
     assert format_learned_entities(per_item, "base", "missing", ["a"], 3) == []
+
+
+# --- judges' independence (issue 18.3) and samples (18.5) ----------------------------------------------------
+
+def test_judge_independence_from_families():
+    from lib.eval.scoring import judge_independence
+
+    gpu = judge_independence(load_profile("gpu"))
+    assert gpu["train"]["independent"] is False
+    assert gpu["heldout"]["independent"] is True and gpu["heldout"]["family"] != gpu["train"]["family"]
+    cpu = judge_independence(load_profile("cpu"))["heldout"]
+    assert cpu["independent"] is False and "reworded" in cpu["why"] and "policy's base" in cpu["why"]
+    same_family = judge_independence(load_profile("gpu", {"eval": {"heldout_judge": {"model": "qwen2.5-7b-instruct"}}}))
+    assert same_family["heldout"]["independent"] is False and "same family (qwen2.5)" in same_family["heldout"]["why"]
+    assert "self-preference" in same_family["heldout"]["why"]  # Qwen judges the Qwen policy
+    unknown = judge_independence(load_profile("gpu", {"eval": {"heldout_judge": {"model": "/models/other"}}}))
+    assert unknown["heldout"]["independent"] is False and "unknown" in unknown["heldout"]["why"]
+    told = judge_independence(load_profile("gpu", {"eval": {"heldout_judge": {"model": "/models/glm", "family": "glm4"}}}))
+    assert told["heldout"]["independent"] is True
+
+
+def test_tables_say_which_judge_is_independent(rubric):
+    from lib.eval.scoring import judge_independence, with_judge
+
+    info = judge_independence(load_profile("gpu"))
+    per_item, details = score_completions({"base": [BAD, GOOD], "grpo": [GOOD, GOOD]}, ["椰子水", "猫砂"], KeywordJudge(),
+                                          rubric, extra={"decoding": ["sample", "greedy"], "sample": [0, 0]})
+    assert per_item["decoding"].tolist() == ["sample", "greedy"] * 2 and details[1]["decoding"] == "greedy"
+    table = score_table(per_item, n_resamples=20, cluster="entity")
+    marked = with_judge(table, info["heldout"])
+    assert (marked["judge"] == "yi-1.5-9b-chat").all() and marked["independent"].str.startswith("yes: ").all()
+    both = side_by_side({"train": table, "heldout": table}, judges=info)
+    assert both["train independent"].str.startswith("no: ").all() and both["heldout independent"].str.startswith("yes").all()
+    assert list(both.columns[:2]) == ["n", "k"]
+    with pytest.raises(ScoringError, match="extra column 'sample'"):
+        score_completions({"base": [GOOD]}, ["椰子水"], KeywordJudge(), rubric, extra={"sample": [0, 1]})

@@ -271,3 +271,24 @@ def test_reported_rows_sit_in_their_own_block_with_the_caveat():
     header_line = next(i for i, line in enumerate(md) if REPORTED_HEADER in line)
     assert REPORTED_CAVEAT in md[header_line] and "test set" in REPORTED_CAVEAT and "judge" in REPORTED_CAVEAT
     assert md[2].split("|")[2].strip() == str(int(table.loc["base", "n"]))  # our n stays an integer, not 8.000
+
+
+# --- samples nested in prompts (issue 18.5) ------------------------------------------------------
+
+def test_score_table_nests_samples_in_prompts():
+    """With cluster, k samples of a prompt are averaged and prompts resampled: the interval is that of the prompt
+    means (not k times too many independent values), `n` counts prompts and `k` samples per prompt."""
+    rng = np.random.default_rng(1)
+    prompt_effect = rng.normal(0, 1, 20)
+    rows = [{"model": "m", "entity": f"e{i}", "answer": prompt_effect[i] + rng.normal(0, 0.01)}
+            for i in range(20) for _ in range(8)]
+    items = pd.DataFrame(rows)
+    nested = score_table(items, metrics=("answer",), n_resamples=2000, cluster="entity")
+    flat = score_table(items, metrics=("answer",), n_resamples=2000)
+    means = items.groupby("entity", sort=False)["answer"].mean().to_numpy()
+    alone = score_table(pd.DataFrame({"model": "m", "answer": means}), metrics=("answer",), n_resamples=2000)
+    assert nested.loc["m", "n"] == 20 and nested.loc["m", "k"] == 8 and flat.loc["m", "n"] == 160
+    width = lambda t: t.loc["m", "answer_hi"] - t.loc["m", "answer_lo"]  # noqa: E731
+    assert width(nested) == pytest.approx(width(alone))
+    assert width(flat) < 0.5 * width(nested)  # treating samples as prompts: ~sqrt(8) too narrow
+    assert nested.loc["m", "answer"] == pytest.approx(means.mean())

@@ -461,3 +461,60 @@ def test_transformers_path_checks_its_merge(tiny_lora, monkeypatch):
     monkeypatch.setattr(generation, "check_merge", after_rounding)
     with pytest.raises(generation.MergeMismatch, match="float32"):
         generation.load_for_generation(str(model_dir), adapter)
+
+
+# ------------------------------------------------------------------------------------------ protocol (issue 18.5)
+
+def test_k_samples_plus_greedy_in_one_engine_at_the_training_sampling(tmp_path):
+    """generate_for_models: k sampled completions per prompt at the profile's training temperature/top-p/length,
+    each with its own seed, plus one greedy, in one backend per model; raising k reuses the cached samples."""
+    import pandas as pd
+
+    from lib.data import make_prompt
+    from lib.profiles import load_profile
+
+    profile = load_profile("cpu")
+    cfg = profile.eval
+    assert (cfg.max_new_tokens, cfg.temperature, cfg.top_p) == (profile.train.max_completion_length,
+                                                               profile.train.temperature, profile.train.top_p)
+    seen = []
+
+    def backend(model, adapter, prompts, sampling, seeds):
+        seen.append((dict(sampling), list(seeds)))
+        return [f"{sampling['temperature']}:{s}" for s in seeds]
+
+    test = pd.DataFrame({"entity": ["椰子水", "猫砂"], "prompt": [make_prompt("椰子水"), make_prompt("猫砂")]})
+    models = [m for m in cfg.models if m.adapter is None]
+    cache = GenerationCache(tmp_path / "g.jsonl")
+    out = generation.generate_for_models(models, test, cfg, cache, tmp_path, backend=backend, samples=3, greedy=True)
+    rows = generation.eval_rows(test, 3, True)
+    texts = out[models[0].label]
+    assert len(texts) == len(rows) == 2 * 4
+    sampled = [t for t, d in zip(texts, rows.decoding) if d == "sample"]
+    assert len(set(sampled)) == 6  # every sample has its own seed
+    samplings = {json.dumps(s, sort_keys=True) for s, _ in seen}
+    assert {"max_new_tokens": 128, "temperature": 0.98, "top_p": 1.0} in [s for s, _ in seen]
+    assert {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0} in [s for s, _ in seen]
+    assert len(samplings) == 2
+    n_calls = sum(len(s) for _, s in seen)
+    more = generation.generate_for_models(models, test, cfg, cache, tmp_path, backend=backend, samples=4, greedy=True)
+    assert sum(len(s) for _, s in seen) - n_calls == 2  # only the 4th samples are new
+    assert more[models[0].label][:6] == texts[:6]
+
+
+def test_eval_rows_reject_no_samples():
+    import pandas as pd
+
+    with pytest.raises(GenerationError, match="samples_per_prompt"):
+        generation.eval_rows(pd.DataFrame({"entity": ["a"], "prompt": ["p"]}), 0, False)
+
+
+def test_full_fine_tune_run_is_evaluated_as_its_model(tmp_path):
+    """adapter 'run' of a run trained without LoRA (train.peft: false) is its saved full model."""
+    from lib.profiles import EvalModel
+
+    full = tmp_path / "train" / generation.FULL_MODEL_DIR
+    full.mkdir(parents=True)
+    (full / "config.json").write_text("{}")
+    assert generation.resolve_row(EvalModel(label="g", model="m", adapter="run"), tmp_path) == (str(full), None)
+    assert generation.resolve_row(EvalModel(label="b", model="m"), tmp_path) == ("m", None)

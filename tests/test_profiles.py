@@ -48,7 +48,7 @@ def test_gpu_profile_has_the_originals_settings():
     assert p.device == "cuda" and p.seed == 42
     assert REGISTRY[p.policy_model].source == "Qwen/Qwen2.5-1.5B-Instruct"
     assert REGISTRY[p.judge.model].source == "Qwen/Qwen2.5-7B-Instruct-AWQ"
-    assert (t.beta, t.temperature, t.learning_rate) == (0.01, 0.98, 1e-6)
+    assert (t.beta, t.temperature) == (0.01, 0.98)  # learning_rate: LoRA's 5e-6 (tests/test_full_finetune.py)
     assert (t.num_generations, t.max_prompt_length, t.max_completion_length) == (8, 512, 512)
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (1, 8)
     assert (t.num_train_epochs, t.max_steps, t.lr_scheduler_type, t.warmup_ratio) == (2, -1, "cosine", 0.1)
@@ -140,3 +140,27 @@ def test_bad_override_is_a_profile_error():
         load_profile("smoke", overrides=parse_override("train.max_stepz=5"))
     with pytest.raises(ProfileError, match="train.max_steps.*got 'many'"):
         load_profile("smoke", overrides=parse_override("train.max_steps=many"))
+
+
+def test_eval_samples_as_trained_unless_set():
+    """eval.max_new_tokens / temperature / top_p default to the training's (issue 18.5); set ones win; k per profile."""
+    for name, k in (("cpu", 4), ("smoke", 2), ("gpu", 8)):
+        p = load_profile(name)
+        assert (p.eval.max_new_tokens, p.eval.temperature, p.eval.top_p) == (
+            p.train.max_completion_length, p.train.temperature, p.train.top_p)
+        assert p.eval.samples_per_prompt == k and p.eval.greedy
+    assert load_profile("cpu").eval.max_new_tokens == 128
+    p = load_profile("cpu", {"train": {"temperature": 0.9}, "eval": {"top_p": 0.95}})
+    assert (p.eval.temperature, p.eval.top_p, p.eval.max_new_tokens) == (0.9, 0.95, 128)
+
+
+def test_estimate_counts_eval_samples():
+    """lib.estimate: the evaluation's generation and judging grow with k + greedy; the cpu job fits its budget."""
+    from lib.estimate import estimate_run
+
+    ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 202.0, "bfloat16_gflops": 889.0}}
+    dtypes = {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"}
+    one = estimate_run(load_profile("cpu", {"eval": {"samples_per_prompt": 1, "greedy": False}}), ref, dtypes)
+    five = estimate_run(load_profile("cpu"), ref, dtypes)
+    assert five["stages"]["04"] > 2 * one["stages"]["04"]
+    assert five["total_s"] < load_profile("cpu").sizing.budget_minutes * 60

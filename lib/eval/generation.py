@@ -310,7 +310,14 @@ def generate(
     key_samplings = [{**s, "engine": engine} for s in samplings]  # another engine samples other texts
     tok = tokenizer if tokenizer is not None else _tokenizer(model)
     prompts = [chat_prompt(tok, m) for m in messages_list]
-    seeds = request_seeds(seed, prompts)
+    # a prompt's occurrences are counted per sampling: its greedy request does not shift its samples' seeds
+    groups: dict[str, list[int]] = {}
+    for i, smp in enumerate(samplings):
+        groups.setdefault(json.dumps(smp, sort_keys=True), []).append(i)
+    seeds = [0] * n
+    for idx in groups.values():
+        for i, s in zip(idx, request_seeds(seed, [prompts[i] for i in idx])):
+            seeds[i] = s
     keys = [generation_cache_key(model, akey, p, ks, s) for p, ks, s in zip(prompts, key_samplings, seeds)]
     out: list[str | None] = [cache.get(k)["completion"] if cache is not None and k in cache else None for k in keys]
     todo = [i for i, o in enumerate(out) if o is None]
@@ -327,15 +334,14 @@ def generate(
     else:
         gen = TransformersGenerator(model, adapter_path, merge_tolerance=merge_tolerance)
         fn, closer = gen.generate, gen.close
-    groups: dict[str, list[int]] = {}  # requests of one sampling go to the backend together
-    for i in todo:
-        groups.setdefault(json.dumps(samplings[i], sort_keys=True), []).append(i)
+    todo_set = set(todo)  # requests of one sampling go to the backend together
+    groups = {k: [i for i in idx if i in todo_set] for k, idx in groups.items()}
     from tqdm.auto import tqdm
 
     label = model if adapter_path is None else f"{model} + adapter"
     try:
         with tqdm(total=len(todo), desc=f"generate {label}", unit="completion") as bar:
-            for group in groups.values():
+            for group in (g for g in groups.values() if g):
                 for s in range(0, len(group), CHUNK):
                     idx = group[s : s + CHUNK]
                     texts = fn(model, adapter_path, [prompts[i] for i in idx], samplings[idx[0]], [seeds[i] for i in idx])

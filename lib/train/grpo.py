@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
+FULL_MODEL_DIR = "model"  # train.peft false: the fully fine-tuned policy (lib.eval.generation reads it for `adapter: run`)
 ROLLOUT_ADAPTER_DIR = "rollout_adapter"  # the adapter vLLM generates the current step's rollouts with
 DATASET_COLUMNS = ("prompt", "entity")  # TRL passes every column but `prompt` to the rewards: they need `entity`
 UNSLOTH_LOAD_IN_4BIT = False  # 16-bit LoRA: a 1.5B policy fits one GPU easily; 4-bit costs quality
@@ -135,7 +136,7 @@ def load_policy(profile: Profile):
 
     # bf16 only where the device computes it natively (auto), or when asked; LoRA weights and optimizer stay float32
     model, tokenizer = load_causal_lm(profile.policy_model, dtype=train_precision(profile).dtype, device=profile.device)
-    return model, tokenizer, LoraConfig(**lora_kwargs(profile))
+    return model, tokenizer, LoraConfig(**lora_kwargs(profile)) if cfg.peft else None  # peft false: every weight trains
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -290,7 +291,8 @@ _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset fil
               "rollout_engine": "use_vllm / vllm_mode", "vllm_server_base_url": "vllm_server_base_url",
               "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)",
               "reward_aggregation": "multi_objective_aggregation", "format_gate": "(judge rewards)",
-              "substance": "(reward substance)", "overlong_buffer": "(reward overlong)", "relative": "(rewards relative*)"}
+              "substance": "(reward substance)", "overlong_buffer": "(reward overlong)", "relative": "(rewards relative*)",
+              "peft": "peft_config (None: full fine-tune)"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
@@ -501,7 +503,12 @@ def _judge_seconds(judge: Any, trainer) -> float:
 
 
 def save_final(trainer, profile: Profile, out: Path) -> dict[str, str | None]:
-    """Final adapter (+ tokenizer) to `adapter/`; a merged model to `merged/` when `train.merge_final`."""
+    """Final adapter (+ tokenizer) to `adapter/`; a merged model to `merged/` when `train.merge_final`. A full
+    fine-tune (`train.peft: false`) saves the whole model to `model/` instead (lib.eval.generation.FULL_MODEL_DIR)."""
+    if not profile.train.peft:
+        full = out / FULL_MODEL_DIR
+        trainer.save_model(str(full))  # config.json + model.safetensors (+ tokenizer)
+        return {"adapter_dir": None, "merged_dir": None, "model_dir": str(full)}
     adapter = out / ADAPTER_DIR
     trainer.save_model(str(adapter))  # PEFT: adapter_config.json + adapter_model.safetensors (+ tokenizer)
     merged = None
