@@ -91,6 +91,33 @@ def memory_plan(profile: Profile, total_gib: float, context_gib: float = CUDA_CO
             "policy_engine_gib": round(policy, 1), "training_gib": round(free - policy, 1)}
 
 
+# Weights (GiB) of the evaluation judges the gpu profile names, in their vLLM dtype: the held-out judge's share must
+# hold them and leave KV cache. Yi-1.5-9B-Chat: 8.83e9 parameters in bf16 (UNVERIFIED here: not downloaded).
+JUDGE_WEIGHTS_GIB = {"yi-1.5-9b-chat": 16.5, "qwen2.5-7b-instruct": 14.2, "qwen2.5-7b-instruct-awq": 5.2}
+
+
+def eval_memory_plan(profile: Profile, total_gib: float) -> dict[str, float | None]:
+    """GiB each engine of the evaluation (notebook 04) is planned to take on a card of `total_gib`, one at a time.
+
+    Notebook 04 never holds two engines: each model's generation engine (`eval.gpu_memory_utilization`) is shut down
+    before the next, all before a judge starts; the training judge (`judge.gpu_memory_utilization`) is closed before
+    a held-out judge with its own engine starts (lib.eval.scoring.heldout_judge), which may so take a larger share
+    (`eval.heldout_judge.gpu_memory_utilization`). `heldout_kv_gib`: what its share leaves after its weights
+    (`JUDGE_WEIGHTS_GIB`; None for a model not listed there); the peak is the largest single engine.
+
+    >>> eval_memory_plan(load_profile("gpu"), total_gib=80.0)
+    {'total_gib': 80.0, 'generation_gib': 64.0, 'train_judge_gib': 28.0, 'heldout_judge_gib': 40.0, 'heldout_kv_gib': 23.5, 'peak_gib': 64.0}
+    """
+    e, hj = profile.eval, profile.eval.heldout_judge
+    held = (hj or profile.judge).gpu_memory_utilization * total_gib
+    weights = JUDGE_WEIGHTS_GIB.get((hj or profile.judge).model)
+    plan = {"total_gib": round(total_gib, 1), "generation_gib": round(e.gpu_memory_utilization * total_gib, 1),
+            "train_judge_gib": round(profile.judge.gpu_memory_utilization * total_gib, 1),
+            "heldout_judge_gib": round(held, 1), "heldout_kv_gib": None if weights is None else round(held - weights, 1)}
+    plan["peak_gib"] = max(plan["generation_gib"], plan["train_judge_gib"], plan["heldout_judge_gib"])
+    return plan
+
+
 # ------------------------------------------------------------------------------------------------ preflight
 
 

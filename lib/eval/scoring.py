@@ -299,8 +299,11 @@ def case_prompts(test: pd.DataFrame, entities: Sequence[str] = (), n: int = 3) -
 
 def format_learned_entities(per_item: pd.DataFrame, before: str, after: str, order: Sequence[str], n: int) -> list[str]:
     """Up to `n` entities (in `order`) whose format score was 0 for the `before` model and above 0 for `after`, under
-    the training judge (`per_item`: notebook 04's per_item.csv): the cases where the format was learned."""
+    the training judge (`per_item`: notebook 04's per_item.csv; of its samples, sample 0, the completion the case
+    studies show): the cases where the format was learned."""
     rows = per_item[per_item["judge"] == "train"] if "judge" in per_item.columns else per_item
+    if "decoding" in rows.columns:  # k samples per prompt: the case studies show sample 0 (generate_for_models' default)
+        rows = rows[(rows["decoding"] == "sample") & (rows["sample"] == 0)]
     fmt = rows.pivot_table(index="entity", columns="model", values="format", aggfunc="mean")
     if before not in fmt.columns or after not in fmt.columns:
         return []
