@@ -267,7 +267,7 @@ def test_preflight_names_every_missing_piece_at_once():
     if importlib.util.find_spec("unsloth") is None:
         assert "unsloth" in msg
     assert gpu_check.needed_models(load_profile("gpu")) == ["qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct-awq",
-                                                            "qwen2.5-7b-instruct"]  # the held-out judge
+                                                            "yi-1.5-9b-chat"]  # the held-out judge
 
 
 def test_script_stops_at_the_first_failing_stage_and_names_it():
