@@ -195,3 +195,17 @@ def test_tables_say_which_judge_is_independent(rubric):
     assert list(both.columns[:2]) == ["n", "k"]
     with pytest.raises(ScoringError, match="extra column 'sample'"):
         score_completions({"base": [GOOD]}, ["椰子水"], KeywordJudge(), rubric, extra={"sample": [0, 1]})
+
+
+def test_format_learned_looks_at_the_sample_the_case_studies_show():
+    import pandas as pd
+
+    from lib.eval.scoring import format_learned_entities
+
+    rows = []
+    for model, fmt in (("base", {0: 0.0, 1: 1.0, "g": 1.0}), ("grpo", {0: 1.0, 1: 0.0, "g": 0.0})):
+        for key, f in fmt.items():
+            rows.append({"model": model, "entity": "椰子水", "format": f, "judge": "train",
+                         "decoding": "greedy" if key == "g" else "sample", "sample": 0 if key == "g" else key})
+    per_item = pd.DataFrame(rows)  # averaged over all rows the format fell; sample 0 went from 0 to 1
+    assert format_learned_entities(per_item, "base", "grpo", ["椰子水"], 3) == ["椰子水"]

@@ -19,6 +19,8 @@
   resolution (2e-4 of the weights after the smoke run's 2 steps, bf16 resolves 4e-3; rounding kept a
   change in only 8% of the weights), so a bf16 merge would evaluate another policy than the one trained.
   float32 cost about 30% more time per token than bf16 here (8 prompts x 48 tokens: 8.9 s vs 6.7 s).
+- The evaluation's protocol (docs/evaluation.md): `generate_for_models(..., samples=k, greedy=True)` asks each model
+  for k sampled completions per prompt and one greedy one (`eval_rows`), in one engine; seeds are counted per sampling.
 - transformers backend (machines without vLLM): one request at a time, `torch.manual_seed(request seed)`.
 - Generation stops at the end of the model's turn (`stop_token_ids`): Gemma's files name only <eos>.
 """
@@ -371,7 +373,7 @@ def eval_rows(test: "pd.DataFrame", samples: int = 1, greedy: bool = False) -> "
 
     >>> import pandas as pd
     >>> r = eval_rows(pd.DataFrame({"entity": ["a", "b"], "prompt": ["pa", "pb"]}), samples=2, greedy=True)
-    >>> list(zip(r.entity, r.decoding, r.sample))
+    >>> list(zip(r["entity"], r["decoding"], r["sample"]))
     [('a', 'sample', 0), ('b', 'sample', 0), ('a', 'sample', 1), ('b', 'sample', 1), ('a', 'greedy', 0), ('b', 'greedy', 0)]
     """
     import pandas as pd
