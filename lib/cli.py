@@ -7,6 +7,9 @@
     creative-grpo profiles | show-profile NAME | models
     creative-grpo infer --entity 椰子水 [--model NAME] [--adapter PATH_OR_RUN_ID]
     creative-grpo serve --profile cpu [--host 127.0.0.1 --port 8000 --token T]   # the reward server (lib.serve)
+    creative-grpo sweep lib/sweeps/smoke_lr.yaml [--sweep-id ID] [--only V1,V2] [--dry-run]   # variants of a profile
+    creative-grpo sweep --resume SWEEP_ID          # continue a sweep: finished runs are not redone
+    creative-grpo compare RUN_ID ... | --sweep SWEEP_ID [--out DIR]   # one table, overlaid curves, compare.html
 
 Errors of ours (exceptions defined in `lib.*`) print one line `error: …` on stderr and exit with 2;
 a failed pipeline exits with 1. Anything else keeps its traceback.
@@ -67,7 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=128, help="completions per merged judge call")
     p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to merge with")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE")
+    p = sub.add_parser("sweep", help="run the variants of a sweep file, each a run (lib.sweep; docs/experiments.md)")
+    p.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="sweep definition (e.g. lib/sweeps/smoke_lr.yaml)")
+    p.add_argument("--resume", metavar="SWEEP_ID", help="continue a sweep (id under outputs/sweeps/ or its directory)")
+    p.add_argument("--sweep-id", help="name of the sweep directory (default: <utc-time>-<name>)")
+    p.add_argument("--only", type=_stages, help="comma-separated variants to run (one process per variant: joins the sweep)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, share or be skipped; run nothing")
+
+    p = sub.add_parser("compare", help="compare runs: one table, overlaid training curves, compare.html (lib.compare)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids (under outputs/runs/) or run directories")
+    p.add_argument("--sweep", metavar="SWEEP_ID", help="the runs of a sweep (outputs/sweeps/<id>/)")
+    p.add_argument("--out", help="output folder (default: <sweep>/compare/, or outputs/compare/<utc-time>/)")
     return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lib.sweep import SweepError, load_sweep, load_sweep_dir, plan, run_sweep
+
+    if bool(args.file) == bool(args.resume):
+        raise SweepError("sweep needs a sweep file or --resume SWEEP_ID (one of them)")
+    sweep = load_sweep_dir(args.resume) if args.resume else load_sweep(args.file, args.sweep_id)
+    if args.dry_run:
+        for row in plan(sweep):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    statuses = run_sweep(sweep, only=args.only, join=bool(args.resume or args.only))
+    failed = [v for v, s in statuses.items() if s != "ok"]
+    print(sweep.dir)
+    if failed:
+        print(f"error: sweep {sweep.sweep_id}: failed variants: {', '.join(failed)} (continue with --resume {sweep.sweep_id})",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lib.compare import CompareError, compare_cli
+
+    if bool(args.runs) == bool(args.sweep):
+        raise CompareError("compare needs run ids or --sweep SWEEP_ID (one of them)")
+    print(compare_cli(args.runs, args.sweep, args.out))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -149,7 +191,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "new": _cmd_new, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
-             "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve}
+             "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve, "sweep": _cmd_sweep,
+             "compare": _cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

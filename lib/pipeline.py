@@ -54,17 +54,27 @@ class PipelineError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 
 def discover_stages(notebooks_dir: Path | None = None) -> list[tuple[str, Path]]:
-    """(stage name, notebook path) of every `NN_*.ipynb` in the notebooks folder, in pipeline order (by NN)."""
+    """(stage name, notebook path) of every `NN_*.ipynb` in the notebooks folder, in pipeline order (by NN), but those
+    that are not pipeline stages (`is_pipeline_stage`)."""
     nb_dir = Path(notebooks_dir or paths.NOTEBOOKS_DIR)
     found: dict[str, Path] = {}
     for p in sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")):
-        if ".prev-" in p.name:
+        if ".prev-" in p.name or not is_pipeline_stage(p):
             continue
         num = p.name[:2]
         if num in found:
             raise RunError(f"two notebooks for stage {num} in {nb_dir}: {found[num].name}, {p.name}")
         found[num] = p
     return [(found[n].stem, found[n]) for n in sorted(found)]
+
+
+def is_pipeline_stage(notebook: Path) -> bool:
+    """False for a notebook whose metadata says `"creative_grpo": {"pipeline_stage": false}` (06: it compares runs)."""
+    try:
+        meta = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, json.JSONDecodeError):
+        return True  # papermill reports an unreadable notebook when it runs it
+    return (meta.get("creative_grpo") or {}).get("pipeline_stage", True) is not False
 
 
 def _match_stage(stage: str, known: list[str]) -> str:

@@ -9,7 +9,8 @@ import pytest
 from lib import paths
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS_DIR.glob("*.ipynb"))
-DISPLAY_KNOBS = {"EXAMPLE_ENTITY"}  # 01: the product of its hand-written examples (changes no result of the run)
+DISPLAY_KNOBS = {"EXAMPLE_ENTITY",  # 01: the product of its hand-written examples (changes no result of the run)
+                 "SWEEP", "RUNS"}  # 06: which runs it compares (it is not a stage of a run)
 
 
 def test_there_are_notebooks():
