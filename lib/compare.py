@@ -10,7 +10,9 @@ What a row holds, and where it is read from (every value is what the run itself 
     train_cut_first/last     `completions/clipped_ratio`: the share of completions cut at max_completion_length
     format, think, answer    evaluation under the training judge with 95% intervals (eval/scores_train.csv)
     heldout_think/answer     the same under the held-out judge (eval/scores_heldout.csv)
-    length_chars, think_chars, answer_chars   mean characters of the evaluation completions and their parts
+    length_chars, think_chars, answer_chars   mean characters of the evaluation completions and of their parts as
+                             the judge sees them (lib.rewards.extract_*: the original's extraction; without a
+                             </think> tag the think part is the whole completion)
     distinct_1/2, missing_tag_share           eval/diagnostics.csv
     hacking                  the evaluation's hacking test: metrics whose gain under the training judge is not
                              confirmed by the held-out judge (eval/judge_comparison.csv `likely_reward_hacking`)

@@ -219,11 +219,23 @@ def vllm_sampling_kwargs(profile: Profile) -> dict:
     return dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_completion_length)
 
 
+def tensorboard_dir(profile: Profile, output_dir: str | Path) -> Path | None:
+    """With `train.report_to` naming tensorboard: the run's `train/tensorboard/`, set as transformers'
+    TENSORBOARD_LOGGING_DIR (its TensorBoardCallback reads it), so `tensorboard --logdir outputs/runs` shows each run
+    as `<run-id>/train/tensorboard`. `output_dir` is the run's `train/checkpoints/`."""
+    if "tensorboard" not in profile.train.report_to:
+        return None
+    d = Path(output_dir).parent / "tensorboard"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(d)
+    return d
+
+
 def build_grpo_config(profile: Profile, output_dir: str | Path):
     """`trl.GRPOConfig` for the profile (see `grpo_config_kwargs`)."""
     from trl import GRPOConfig
 
     kwargs = grpo_config_kwargs(profile, output_dir)
+    tensorboard_dir(profile, output_dir)
     if profile.train.backend == "unsloth" and "vllm_sampling_params" in {f.name for f in dataclasses.fields(GRPOConfig)}:
         from vllm import SamplingParams  # Unsloth's GRPOConfig has this field; TRL's does not
 
