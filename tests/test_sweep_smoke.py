@@ -42,6 +42,8 @@ def test_both_runs_finished_and_the_second_shared_00_to_02(smoke_sweep):
     r1, r2 = (json.loads((r / "results.json").read_text()) for r in (first, second))
     assert r2["calibration.auroc"] == r1["calibration.auroc"] and r2["train.steps"] == 2
     assert "learning_rate: 0.0001" in (second / "profile.yaml").read_text()
+    for run in (first, second):  # train.report_to: [tensorboard]: TRL's events beside the run's training log
+        assert list((run / "train" / "tensorboard").glob("events.out.tfevents.*")), run
     state = json.loads((outputs / "sweeps" / "t" / "sweep.json").read_text())
     assert [v["status"] for v in state["variants"]] == ["ok", "ok"]
 
