@@ -45,6 +45,8 @@ EXTERNAL = {
     "trl": "`trl vllm-serve` starts a CUDA vLLM server",
     "python -m openrlhf": "OpenRLHF is not a dependency of this project",
     "python -m verl": "verl is not a dependency of this project",
+    "papermill": "executes a notebook (tests/test_sweep_smoke.py runs 06 through papermill's API with these parameters)",
+    "tensorboard": "starts a web server (its events are checked by tests/test_sweep_smoke.py)",
 }
 PLACEHOLDER = "PLACEHOLDER"
 RUN_FOR_REAL = {"profiles", "models", "show-profile"}  # `python -m lib.cli` commands cheap enough to run here
@@ -398,7 +400,22 @@ def test_rewards_snippet_on_a_real_judge(monkeypatch):
     assert items and all(0.0 <= v["p_yes"] <= 1.0 for v in items.values() if v["p_yes"] is not None)
 
 
+def run_sweep_file(block, monkeypatch, capsys):
+    """docs/experiments.md: the sweep file shown loads (lib.sweep validates it) and is the shipped example's definition."""
+    from lib.sweep import load_sweep
+
+    first = block.text.splitlines()[0]
+    shipped = REPO_ROOT / first.lstrip("# ").strip()
+    assert first.startswith("# lib/sweeps/") and shipped.exists(), f"{block.where}: first line names no file in lib/sweeps/"
+    written = Path(os.environ.get("TMPDIR", "/tmp")) / f"docs-sweep-{os.getpid()}" / shipped.name
+    written.parent.mkdir(exist_ok=True)
+    written.write_text(block.text, encoding="utf-8")
+    shown, real = load_sweep(written, "x"), load_sweep(shipped, "x")
+    assert [(v.name, v.overrides) for v in shown.variants] == [(v.name, v.overrides) for v in real.variants], block.where
+
+
 PYTHON_BLOCKS = {
+    "sweep-file": run_sweep_file,  # experiments.md: a sweep definition, loaded by lib.sweep
     "rewards-elsewhere": run_rewards_elsewhere,  # README: lib.rewards with a judge; build_judge stubbed
     "trl-remote": run_trl_remote,  # reward-server.md: TRL with RemoteRewards; GRPOTrainer stubbed
 }
