@@ -89,8 +89,8 @@ def test_tensorboard_events_go_to_the_runs_train_folder(tmp_path, monkeypatch):
     from lib.train.grpo import tensorboard_dir
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    assert tensorboard_dir(load_profile("smoke"), tmp_path / "train" / "checkpoints") is None
+    assert tensorboard_dir(load_profile("smoke", {"train": {"report_to": []}}), tmp_path / "train" / "checkpoints") is None
     assert "TENSORBOARD_LOGGING_DIR" not in __import__("os").environ
-    prof = load_profile("smoke", {"train": {"report_to": ["tensorboard"]}})
+    prof = load_profile("smoke")  # every profile reports to tensorboard
     assert tensorboard_dir(prof, tmp_path / "train" / "checkpoints") == tmp_path / "train" / "tensorboard"
     assert __import__("os").environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "train" / "tensorboard")

@@ -202,3 +202,17 @@ def test_a_changed_base_profile_does_not_change_a_resumed_sweep(sandbox):
     assert _order(paths.RUNS_DIR / "sw-b") == ["03_grpo_training"]
     with pytest.raises(SweepError, match="differs from the sweep's copy"):
         run_sweep(load_sweep(f, "sw"), only=["b"], join=True, log=lambda _: None)
+
+
+def test_notebook_06_is_not_a_pipeline_stage(tmp_path, monkeypatch):
+    from lib.pipeline import discover_stages
+
+    assert [n for n, _ in discover_stages()][-1] == "05_case_studies"  # the real notebooks: 06 compares runs
+    assert (paths.NOTEBOOKS_DIR / "06_compare_runs.ipynb").exists()
+    _notebook(tmp_path / "00_a.ipynb", "pass")
+    _notebook(tmp_path / "06_b.ipynb", "pass")
+    assert [n for n, _ in discover_stages(tmp_path)] == ["00_a", "06_b"]
+    nb = nbformat.read(tmp_path / "06_b.ipynb", as_version=4)
+    nb.metadata["creative_grpo"] = {"pipeline_stage": False}
+    nbformat.write(nb, tmp_path / "06_b.ipynb")
+    assert [n for n, _ in discover_stages(tmp_path)] == ["00_a"]
