@@ -391,17 +391,21 @@ def plan(sweep: Sweep) -> list[dict]:
 
     sha, klass = git_state()[0], cpu_class()
     ids = [v.run_id for v in sweep.variants]
-    rows = []
+    rows, keys = [], {}
     for v in sweep.variants:
         rd = paths.RUNS_DIR / v.run_id
+        prof, _ = size_for_machine(sweep.profile(v))
+        keys[v.name] = {s: stage_key(prof, s, klass, sha) for s in SHARED_STAGES}
         if rd.exists():
             status = read_manifest(rd).get("status")
             rows.append({"variant": v.name, "run_id": v.run_id, "action": "skip" if status == "ok" else "resume", "status": status})
             continue
-        prof, _ = size_for_machine(sweep.profile(v))
         donors = find_donors(prof, [i for i in ids if i != v.run_id], klass, sha)
+        # run in order, a stage not shared now is taken from the first earlier variant with the same key
+        later = {s: next(n for n in keys if keys[n][s] == keys[v.name][s]) for s in SHARED_STAGES if s not in donors}
         rows.append({"variant": v.name, "run_id": v.run_id, "action": "start",
-                     "shared": {s: d.name for s, d in donors.items()}})
+                     "shared": {s: d.name for s, d in donors.items()},
+                     "shared_when_run_in_order": {s: n for s, n in later.items() if n != v.name}})
     return rows
 
 

@@ -175,6 +175,9 @@ def test_sweep_shares_unchanged_stages_and_resume_never_redoes_a_run(sandbox, ca
 def test_only_runs_the_named_variants_and_joins_the_sweep(sandbox, capsys):
     tmp_path, _ = sandbox
     f = _sweep_file(tmp_path, THREE)
+    ahead = {r["variant"]: r for r in plan(load_sweep(f, "sw"))}  # nothing run yet: what running in order would share
+    assert ahead["a"]["shared_when_run_in_order"] == {} and ahead["b"]["shared_when_run_in_order"] == {s: "a" for s in SHARED_STAGES}
+    assert ahead["c"]["shared_when_run_in_order"] == {"01_rubric_design": "a", "02_judge_calibration": "a"}
     assert main(["sweep", str(f), "--sweep-id", "sw", "--only", "b"]) == 0
     assert not (paths.RUNS_DIR / "sw-a").exists() and _order(paths.RUNS_DIR / "sw-b")[0] == "00_build_data"
     rows = {r["variant"]: r for r in plan(load_sweep_dir("sw"))}  # the dry run: what would run and share
