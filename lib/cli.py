@@ -89,6 +89,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if bool(args.file) == bool(args.resume):
         raise SweepError("sweep needs a sweep file or --resume SWEEP_ID (one of them)")
+    if args.only and not (args.sweep_id or args.resume):
+        raise SweepError("sweep --only needs --sweep-id ID (or --resume ID): the processes of one sweep share its id")
     sweep = load_sweep_dir(args.resume) if args.resume else load_sweep(args.file, args.sweep_id)
     if args.dry_run:
         for row in plan(sweep):

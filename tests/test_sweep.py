@@ -185,6 +185,7 @@ def test_only_runs_the_named_variants_and_joins_the_sweep(sandbox, capsys):
     assert rows["a"]["shared"] == {s: "sw-b" for s in SHARED_STAGES} and set(rows["c"]["shared"]) == {"01_rubric_design", "02_judge_calibration"}
     assert main(["sweep", str(f), "--sweep-id", "sw", "--only", "a,c"]) == 0  # another process: joins
     assert _order(paths.RUNS_DIR / "sw-a") == ["03_grpo_training"]
+    assert main(["sweep", str(f), "--only", "a"]) == 2 and "--only needs --sweep-id" in capsys.readouterr().err
     assert main(["sweep", str(f), "--sweep-id", "sw", "--only", "zz"]) == 2
     assert "no variant 'zz'" in capsys.readouterr().err
     f.write_text(THREE.replace("1.0e-4", "2.0e-4"))
