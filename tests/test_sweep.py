@@ -220,3 +220,18 @@ def test_notebook_06_is_not_a_pipeline_stage(tmp_path, monkeypatch):
     nb.metadata["creative_grpo"] = {"pipeline_stage": False}
     nbformat.write(nb, tmp_path / "06_b.ipynb")
     assert [n for n, _ in discover_stages(tmp_path)] == ["00_a"]
+
+
+def test_shared_stage_fields_cover_what_the_notebooks_read():
+    """Every `profile.<field>` a shared stage's notebook reads is in its SHARED_STAGES entry (or under one of them):
+    a field left out would let a variant reuse a stage computed with another value."""
+    import re
+
+    from lib.paths import NOTEBOOKS_DIR
+
+    for stage, fields in SHARED_STAGES.items():
+        nb = nbformat.read(NOTEBOOKS_DIR / f"{stage}.ipynb", as_version=4)
+        src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        read = set(re.findall(r"profile\.([a-z_]+(?:\.[a-z_]+)?)", src)) - {"yaml"}
+        missing = [r for r in sorted(read) if not any(r == f or r.startswith(f + ".") for f in fields)]
+        assert not missing, f"{stage} reads profile fields {missing} that lib.sweep.SHARED_STAGES does not key it on"
