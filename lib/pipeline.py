@@ -29,7 +29,8 @@ from typing import Any, Iterable
 from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
 from lib.estimate import size_for_machine
-from lib.run import PROGRESS_PREFIX, RunError, create_run_dir, new_run_id
+from lib.run import PROGRESS_PREFIX, RunError, create_run_dir
+from lib.runlock import hold_run, mark_stale, signal_name, staleness, stop_signals
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
@@ -362,16 +363,26 @@ def run_pipeline(
             raise RunError(f"run id {run_id!r} differs from the resumed run {run_dir.name!r}")
         prof = load_profile(run_dir / "profile.yaml")
         manifest = read_manifest(run_dir) or {"run_id": run_dir.name, "profile": prof.name, "notebooks": []}
+        if stale := staleness(run_dir, manifest):  # before taking the lock (it is free exactly when stale)
+            print(f"{stale}; resuming it", file=sys.stderr)
+            mark_stale(manifest, stale, _now())
         previous = {e["name"]: e for e in manifest.get("notebooks", [])}
         manifest.setdefault("resumed_at", []).append(_now())
     else:
         prof: Profile = load_profile(profile, overrides=parse_overrides(overrides))
         prof, sizing = size_for_machine(prof)  # the reduced sizing where the full one overruns the budget here
-        run_dir = create_run_dir(prof, run_id or new_run_id(prof.name))
+        run_dir = create_run_dir(prof, run_id)  # atomic; a default id taken by a run started together gets a suffix
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),
                     "overrides": overrides, "sizing": sizing}
+    with hold_run(run_dir) as owner, stop_signals():  # one writer per run; SIGTERM/SIGHUP end it as Ctrl-C does
+        manifest["owner"] = owner
+        return _run_locked(run_dir, prof, manifest, previous, plan, names, selected, env, kernel)
 
+
+def _run_locked(run_dir: Path, prof: Profile, manifest: dict, previous: dict, plan: list, names: list[str],
+                selected: set[str], env: dict, kernel: str) -> Path:
+    """run_pipeline once it holds the run directory (lib.runlock): execute the plan, keep the manifest truthful."""
     log = _Log(run_dir)
     machine = machine_report(prof, manifest.get("sizing"))
     manifest["machine"], manifest["precision"] = machine["facts"], machine["precision"]
@@ -425,13 +436,14 @@ def run_pipeline(
                 failure = entry
             write_manifest(run_dir, manifest)
         bar.close()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (lib.runlock.RunInterrupted)
         for entry in entries:
             if entry.get("status") == "running":
-                entry.update(status="failed", error="interrupted (KeyboardInterrupt)", ended_at=_now())
-        manifest.update(status="failed", ended_at=_now())
+                entry.update(status="interrupted", error=f"interrupted ({signal_name(exc)})", ended_at=_now())
+        manifest.update(status="interrupted", ended_at=_now(), interrupted_by=signal_name(exc))
         write_manifest(run_dir, manifest)
-        log(f"run {run_dir.name}: interrupted", err=True)
+        log(f"run {run_dir.name}: interrupted by {signal_name(exc)}; continue it with "
+            f"`python -m lib.cli run --resume {run_dir.name}`", err=True)
         raise
 
     manifest["status"] = _overall(entries)
@@ -457,6 +469,12 @@ def run_stage(run_id_or_path: str | Path, stage: str) -> Path:
     The earlier executed notebook is kept as `<name>.prev-<utc>.ipynb`; the manifest gets an entry in
     `reruns`; the report is rebuilt. Returns the executed notebook; raises PipelineError when it fails.
     """
+    run_dir = _resolve_run(run_id_or_path)
+    with hold_run(run_dir), stop_signals():
+        return _run_stage_locked(run_dir, stage)
+
+
+def _run_stage_locked(run_id_or_path: str | Path, stage: str) -> Path:
     run_dir = _resolve_run(run_id_or_path)
     plan = dict(discover_stages())
     name = _match_stage(stage, list(plan))
