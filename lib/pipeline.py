@@ -30,7 +30,8 @@ from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
 from lib.estimate import size_for_machine
 from lib.run import PROGRESS_PREFIX, RunError, create_run_dir
-from lib.runlock import hold_run, mark_stale, signal_name, staleness, stop_signals
+from lib.runlock import (hold_run, mark_stale, signal_name, space_reserve, staleness, stop_signals, storage_fault,
+                          write_safely)
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
@@ -168,10 +169,20 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
-    """Atomic: a reader (or a crash) never sees half a manifest."""
+    """Atomic: a reader (or a crash) never sees half a manifest. On a full disk the run's space reserve is given up
+    for it (lib.runlock.write_safely); a manifest that cannot be written is a RunError naming it."""
     tmp = Path(run_dir) / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, Path(run_dir) / "manifest.json")
+    text = json.dumps(manifest, ensure_ascii=False, indent=2, default=str)
+
+    def write() -> None:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, Path(run_dir) / "manifest.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    write_safely(run_dir, Path(run_dir) / "manifest.json", write)
 
 
 class _Log:
@@ -182,8 +193,11 @@ class _Log:
 
     def __call__(self, message: str, err: bool = False) -> None:
         line = f"{_now()} {message}"
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:  # a full or read-only disk: the terminal still gets the line, the manifest the outcome
+            pass
         from tqdm import tqdm
 
         tqdm.write(message, file=sys.stderr if err else sys.stdout)
@@ -296,6 +310,7 @@ def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log:
     except Exception as exc:  # noqa: BLE001 - any failure of a notebook is recorded, then stops the run
         entry["status"] = "failed"
         entry["error"] = one_line(exc)
+        entry["error"] += storage_fault(entry["error"], run_dir)
     entry["seconds"] = round(time.monotonic() - t0, 1)
     entry["ended_at"] = _now()
     if entry["status"] == "ok":
@@ -375,7 +390,7 @@ def run_pipeline(
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),
                     "overrides": overrides, "sizing": sizing}
-    with hold_run(run_dir) as owner, stop_signals():  # one writer per run; SIGTERM/SIGHUP end it as Ctrl-C does
+    with hold_run(run_dir) as owner, space_reserve(run_dir), stop_signals():  # one writer; SIGTERM/SIGHUP as Ctrl-C
         manifest["owner"] = owner
         return _run_locked(run_dir, prof, manifest, previous, plan, names, selected, env, kernel)
 

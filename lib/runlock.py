@@ -4,7 +4,8 @@
         manifest["owner"] = owner         # {"pid", "host", "started_at"} of this process
         with stop_signals():              # SIGTERM / SIGHUP raise RunInterrupted (a KeyboardInterrupt) from here on
             ...
-    staleness(run_dir, manifest)          # None, or one line: "left `running` by pid 123 on host h ... no live process"
+    staleness(run_dir, manifest)          # None, or one line: "left `running` by pid 123 on host h ... which is gone"
+    with space_reserve(run_dir): write_safely(run_dir, path, write)   # a full disk still lets the manifest be written
 
 The lock is `fcntl.flock` on `<run>/run.lock`, held for as long as the process lives: the kernel releases it when
 the process dies in any way (SIGKILL and the OOM killer included), so a `running` manifest whose lock is free was
@@ -14,9 +15,11 @@ host (its start time guards against a reused pid).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 from datetime import datetime, timezone
@@ -201,3 +204,61 @@ def run_lines(runs_dir: Path) -> list[str]:
         note = f"  ({stale}; `python -m lib.cli run --resume {d.name}` continues it)" if stale else ""
         lines.append(f"{d.name}  {status}  {stages}{note}".rstrip())
     return lines
+
+
+# ------------------------------------------------------------------------------------- storage faults
+
+RESERVE_FILE = ".space-reserve"  # given up when the disk is full, so the manifest can still say what failed
+RESERVE_BYTES = 256 * 1024
+_STORAGE_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "over quota", errno.EROFS: "read-only", errno.EACCES: "not writable"}
+
+
+@contextlib.contextmanager
+def space_reserve(run_dir: Path) -> Iterator[None]:
+    """Hold `RESERVE_BYTES` in the run directory while the block runs (nothing when there is no room even for it)."""
+    path = Path(run_dir) / RESERVE_FILE
+    try:
+        path.write_bytes(b"\0" * RESERVE_BYTES)
+    except OSError:
+        path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def write_safely(run_dir: Path, path: Path, write) -> None:
+    """`write()` (which cleans up after itself); on a full disk once more after giving up the run's space reserve.
+    A write that still fails: RunError naming the path, why, and the free space there."""
+    try:
+        write()
+        return
+    except OSError as exc:
+        reserve = Path(run_dir) / RESERVE_FILE
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not reserve.exists():
+            raise RunError(f"cannot write {path}: {exc.strerror or exc}{free_space_note(path)}") from None
+    reserve.unlink(missing_ok=True)
+    try:
+        write()
+    except OSError as exc:
+        raise RunError(f"cannot write {path}: {exc.strerror or exc}{free_space_note(path)}") from None
+
+
+def free_space_note(path: Path) -> str:
+    """` (N MiB free on the filesystem of DIR)` for the nearest existing folder of `path`; "" where unknown."""
+    d = Path(path)
+    while not d.is_dir() and d != d.parent:
+        d = d.parent
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        return ""
+    return f" ({free / 2**20:.1f} MiB free on the filesystem of {d})"
+
+
+def storage_fault(text: str, run_dir: Path) -> str:
+    """A note to append to a stage's one-line error when it is a storage fault (full, read-only, not writable)."""
+    for code, what in _STORAGE_ERRNOS.items():
+        if f"[Errno {code}]" in text:
+            return f"; storage fault: outputs {what}{free_space_note(run_dir)}; free space, then `--resume`"
+    return ""

@@ -203,3 +203,71 @@ def test_a_second_materializer_waits_and_reuses(tmp_path):
     assert outs[0][0] == outs[1][0] and (tmp_path / "conversions").read_text() == "converted\n"
     index = json.loads((tmp_path / "cache" / "m.index.json").read_text())
     assert list(index.values()) == [Path(outs[0][0].strip()).name]
+
+
+# ------------------------------------------------------------------------------------- storage faults
+
+
+def _tmpfs(path: Path, options: str) -> bool:
+    """Mount a tmpfs at `path` (root with CAP_SYS_ADMIN only); False where the machine does not allow it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield made
+    for m in made:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_unwritable_outputs_fails_with_one_line_naming_the_path(sandbox, mounts, capsys):
+    """outputs/ read-only (a read-only tmpfs as root, chmod otherwise): `run` exits 2 with one line naming the path."""
+    nb_dir, runs = sandbox
+    _notebook(nb_dir / "00_build_data.ipynb", "print('ok')")
+    outputs = runs.parent
+    if _tmpfs(outputs, "ro,size=1m"):
+        mounts.append(outputs)
+    elif os.geteuid() != 0:
+        outputs.mkdir(parents=True, exist_ok=True)
+        outputs.chmod(0o555)
+    else:
+        pytest.skip("root without mount: a read-only outputs/ cannot be made here")
+    try:
+        assert main(["run", "--profile", "smoke", "--run-id", "ro"]) == 2
+    finally:
+        outputs.chmod(0o755) if not mounts else None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot create {runs}") and ("Read-only" in err[0] or "Permission" in err[0])
+
+
+def test_a_full_disk_fails_the_stage_keeps_earlier_outputs_and_resume_works(sandbox, mounts):
+    """outputs/ on a 1 MiB tmpfs; stage 01 writes 2 MiB: it is `failed` with one line naming the run directory and the
+    free space, stage 00's output is intact; with space back (the tmpfs grown), `--resume` re-runs 01 only."""
+    nb_dir, runs = sandbox
+    if not _tmpfs(runs.parent, "size=1m"):
+        pytest.skip("needs root with mount (a tiny tmpfs); not allowed on this machine")
+    mounts.append(runs.parent)
+    _notebook(nb_dir / "00_build_data.ipynb", "from pathlib import Path\n(Path(RUN_DIR) / 'data').mkdir()\n"
+                                              "(Path(RUN_DIR) / 'data' / 'prompts.txt').write_text('椰子水\\n' * 100)")
+    _notebook(nb_dir / "01_rubric_design.ipynb", "from pathlib import Path\n(Path(RUN_DIR) / 'rubric').mkdir(exist_ok=True)\n"
+                                                 "(Path(RUN_DIR) / 'rubric' / 'big.bin').write_bytes(b'x' * (2 << 20))")
+    from lib.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="notebook 01_rubric_design failed: OSError: .Errno 28. No space left on device"):
+        run_pipeline("smoke", run_id="full")
+    run = runs / "full"
+    m = _manifest(run)
+    assert m["status"] == "failed" and _stage(m, "00_build_data")["status"] == "ok"
+    err = _stage(m, "01_rubric_design")["error"]
+    assert _stage(m, "01_rubric_design")["status"] == "failed" and "storage fault: outputs full" in err and str(run) in err
+    assert (run / "data" / "prompts.txt").read_text() == "椰子水\n" * 100
+    (run / "rubric" / "big.bin").unlink()  # what the failed stage left
+    subprocess.run(["mount", "-o", "remount,size=16m", str(runs.parent)], check=True)
+    assert run_pipeline("", resume="full") == run
+    m = _manifest(run)
+    assert m["status"] == "ok" and [e["status"] for e in m["notebooks"]] == ["ok", "ok"]
+    assert (run / "rubric" / "big.bin").stat().st_size == 2 << 20 and not (run / ".space-reserve").exists()
