@@ -8,8 +8,9 @@
 Every run writes `manifest.json` (git SHA, package versions, host, per-notebook status and timings),
 rewritten atomically after every notebook so that a crash leaves a truthful record, and a one-line-per-event
 `pipeline.log`. The first failing notebook stops the run: its partial executed copy is kept and
-`PipelineError` is raised. Heavy packages are not imported here (versions come from importlib.metadata), except torch for
-the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
+`PipelineError` is raised. SIGINT / SIGTERM / SIGHUP mark the run and its stage `interrupted`; a run has one
+writer at a time, a dead one is found stale (lib.runlock, docs/reliability.md). Heavy packages are not imported
+here (versions come from importlib.metadata), except torch for the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
 from lib.estimate import size_for_machine
 from lib.run import PROGRESS_PREFIX, RunError, create_run_dir
-from lib.runlock import (hold_run, mark_stale, signal_name, space_reserve, staleness, stop_signals, storage_fault,
-                          write_safely)
+from lib.runlock import (atomic_write, hold_run, mark_stale, signal_name, space_reserve, staleness, stop_signals,
+                          storage_fault)
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
@@ -169,20 +170,8 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
-    """Atomic: a reader (or a crash) never sees half a manifest. On a full disk the run's space reserve is given up
-    for it (lib.runlock.write_safely); a manifest that cannot be written is a RunError naming it."""
-    tmp = Path(run_dir) / "manifest.json.tmp"
-    text = json.dumps(manifest, ensure_ascii=False, indent=2, default=str)
-
-    def write() -> None:
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, Path(run_dir) / "manifest.json")
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    write_safely(run_dir, Path(run_dir) / "manifest.json", write)
+    """Atomic: a reader (or a crash) never sees half a manifest; a full disk gives up the run's space reserve for it."""
+    atomic_write(run_dir, Path(run_dir) / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
 
 
 class _Log:

@@ -244,6 +244,21 @@ def write_safely(run_dir: Path, path: Path, write) -> None:
         raise RunError(f"cannot write {path}: {exc.strerror or exc}{free_space_note(path)}") from None
 
 
+def atomic_write(run_dir: Path, path: Path, text: str) -> None:
+    """`text` into `path` through `<path>.tmp` and a rename (never half a file), by `write_safely`."""
+    tmp = path.with_name(path.name + ".tmp")
+
+    def write() -> None:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    write_safely(run_dir, path, write)
+
+
 def free_space_note(path: Path) -> str:
     """` (N MiB free on the filesystem of DIR)` for the nearest existing folder of `path`; "" where unknown."""
     d = Path(path)
