@@ -2,6 +2,7 @@
 
     creative-grpo run --profile smoke [--run-id ID] [--set train.max_steps=5 ...] [--stages 00,01]
     creative-grpo run --resume RUN_ID              # run what did not finish ok in that run
+    creative-grpo runs                             # list the runs; says which `running` ones died (stale)
     creative-grpo stage RUN_ID 03                  # re-execute one stage of a run
     creative-grpo new --profile cpu [--set ...]    # an interactive run: notebooks opened with RUN_DIR "" continue it
     creative-grpo profiles | show-profile NAME | models
@@ -12,7 +13,8 @@
     creative-grpo compare RUN_ID ... | --sweep SWEEP_ID [--out DIR]   # one table, overlaid curves, compare.html
 
 Errors of ours (exceptions defined in `lib.*`) print one line `error: …` on stderr and exit with 2;
-a failed pipeline exits with 1. Anything else keeps its traceback.
+a failed pipeline exits with 1; a run stopped by SIGINT / SIGTERM / SIGHUP says so in one line and exits with 128 + the
+signal number (130, 143, 129). Anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a profile parameter (value parsed as YAML); repeatable")
     p.add_argument("--stages", type=_stages, help="comma-separated stage numbers or names to run, e.g. 00,01")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an existing run: re-run its stages that are not ok")
+
+    sub.add_parser("runs", help="list the runs in outputs/runs/ with their status (stale: `running` but its process died)")
 
     p = sub.add_parser("stage", help="re-execute one stage of an existing run (the previous copy is kept)")
     p.add_argument("run_id", metavar="RUN_ID", help="run id (under outputs/runs/) or run directory")
@@ -116,10 +120,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from lib.pipeline import run_pipeline
+    from lib.runlock import exit_code, signal_name
 
-    run_dir = run_pipeline(args.profile or "", run_id=args.run_id, overrides=args.overrides,
-                           stages=args.stages, resume=args.resume)
+    try:
+        run_dir = run_pipeline(args.profile or "", run_id=args.run_id, overrides=args.overrides,
+                               stages=args.stages, resume=args.resume)
+    except KeyboardInterrupt as exc:  # the manifest already says `interrupted`; pipeline.log has the resume command
+        print(f"interrupted by {signal_name(exc)}", file=sys.stderr)
+        return exit_code(exc)
     print(run_dir)
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from lib import paths
+    from lib.runlock import run_lines
+
+    for line in run_lines(paths.RUNS_DIR):
+        print(line)
     return 0
 
 
@@ -192,9 +210,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "stage": _cmd_stage, "new": _cmd_new, "profiles": _cmd_profiles, "show-profile": _cmd_show_profile,
-             "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve, "sweep": _cmd_sweep,
-             "compare": _cmd_compare}
+_COMMANDS = {"run": _cmd_run, "runs": _cmd_runs, "stage": _cmd_stage, "new": _cmd_new, "profiles": _cmd_profiles,
+             "show-profile": _cmd_show_profile, "models": _cmd_models, "infer": _cmd_infer, "serve": _cmd_serve,
+             "sweep": _cmd_sweep, "compare": _cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

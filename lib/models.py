@@ -78,7 +78,13 @@ def assemble_split_gguf(name: str, parts: list[Path], size: int, sha256: str, ca
     if found != size:
         raise ModelError(f"model {name!r}: its {len(parts)} GGUF parts hold {found:,} bytes, expected {size:,}: "
                          f"reinstall them (`make setup`)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cache_lock(target):  # a second process waits, then finds the file written
+        if target.exists() and target.stat().st_size == size:
+            return target
+        return _assemble(name, parts, sha256, target)
+
+
+def _assemble(name: str, parts: list[Path], sha256: str, target: Path) -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     h = hashlib.sha256()
     with tmp.open("wb") as out:
@@ -168,25 +174,47 @@ VLLM_CPU_BLOCK_SIZE = 32
 MATERIALIZE_VERSION = 3  # bump when _convert changes what it writes (v2: end-of-turn stops generation; v3: eos_token)
 
 
+def _read_index(index: Path) -> dict:
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError):  # absent (or cut by a writer of an older version): rebuilt below
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def cache_lock(path: Path):
+    """An inter-process lock beside a cache entry (`<path>.lock`): a second materializer waits, then reuses."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
 def materialize_gguf(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
-    """Dequantize a packaged GGUF once into a plain safetensors directory; return it."""
+    """Dequantize a packaged GGUF once into a plain safetensors directory; return it.
+
+    Safe with several processes at once (two runs, a run beside the reward server): the conversion and the index
+    are written under a file lock, the folder and the index each appear by an atomic rename, and a process that
+    waited on the lock finds the folder done and reuses it.
+    """
     gguf = spec.locate_gguf()
     cache_dir = cache_dir or paths.MODEL_CACHE_DIR
     # Key by (size, mtime) first to avoid hashing 250 MB on every call; the hash names the folder.
     stamp_key = f"v{MATERIALIZE_VERSION}:{gguf.resolve()}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}"
     index = cache_dir / f"{spec.name}.index.json"
-    if index.exists():
-        known = json.loads(index.read_text())
-        target = cache_dir / known.get(stamp_key, "__none__")
-        if (target / "config.json").exists():
-            return target
-    digest = _sha256(gguf)[:12]
-    target = cache_dir / f"{spec.name}-{digest}-v{MATERIALIZE_VERSION}"
-    if not (target / "config.json").exists():
-        _convert(gguf, target, spec)
-    known = json.loads(index.read_text()) if index.exists() else {}
-    known[stamp_key] = target.name
-    index.write_text(json.dumps(known, indent=1))
+    target = cache_dir / _read_index(index).get(stamp_key, "__none__")
+    if (target / "config.json").exists():
+        return target
+    with cache_lock(cache_dir / spec.name):
+        digest = _sha256(gguf)[:12]
+        target = cache_dir / f"{spec.name}-{digest}-v{MATERIALIZE_VERSION}"
+        if not (target / "config.json").exists():
+            _convert(gguf, target, spec)
+        known = _read_index(index)
+        known[stamp_key] = target.name
+        tmp = index.with_name(index.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, index)
     return target
 
 

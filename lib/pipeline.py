@@ -8,8 +8,9 @@
 Every run writes `manifest.json` (git SHA, package versions, host, per-notebook status and timings),
 rewritten atomically after every notebook so that a crash leaves a truthful record, and a one-line-per-event
 `pipeline.log`. The first failing notebook stops the run: its partial executed copy is kept and
-`PipelineError` is raised. Heavy packages are not imported here (versions come from importlib.metadata), except torch for
-the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
+`PipelineError` is raised. SIGINT / SIGTERM / SIGHUP mark the run and its stage `interrupted`; a run has one
+writer at a time, a dead one is found stale (lib.runlock, docs/reliability.md). Heavy packages are not imported
+here (versions come from importlib.metadata), except torch for the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from typing import Any, Iterable
 from lib import paths
 from lib.profiles import Profile, load_profile, parse_overrides
 from lib.estimate import size_for_machine
-from lib.run import PROGRESS_PREFIX, RunError, create_run_dir, new_run_id
+from lib.run import PROGRESS_PREFIX, RunError, create_run_dir
+from lib.runlock import (atomic_write, hold_run, mark_stale, signal_name, space_reserve, staleness, stop_signals,
+                          storage_fault)
 
 PROJECT_KERNEL = "creative-grpo"  # registered into the venv by `make setup`
 # Kernels inherit these; the vLLM ones are what worked on CPU (in-process engine core, a small KV cache).
@@ -177,10 +180,8 @@ def read_manifest(run_dir: Path) -> dict:
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
-    """Atomic: a reader (or a crash) never sees half a manifest."""
-    tmp = Path(run_dir) / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, Path(run_dir) / "manifest.json")
+    """Atomic: a reader (or a crash) never sees half a manifest; a full disk gives up the run's space reserve for it."""
+    atomic_write(run_dir, Path(run_dir) / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2, default=str))
 
 
 class _Log:
@@ -191,8 +192,11 @@ class _Log:
 
     def __call__(self, message: str, err: bool = False) -> None:
         line = f"{_now()} {message}"
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:  # a full or read-only disk: the terminal still gets the line, the manifest the outcome
+            pass
         from tqdm import tqdm
 
         tqdm.write(message, file=sys.stderr if err else sys.stdout)
@@ -305,6 +309,7 @@ def _execute(notebook: Path, run_dir: Path, profile_name: str, kernel: str, log:
     except Exception as exc:  # noqa: BLE001 - any failure of a notebook is recorded, then stops the run
         entry["status"] = "failed"
         entry["error"] = one_line(exc)
+        entry["error"] += storage_fault(entry["error"], run_dir)
     entry["seconds"] = round(time.monotonic() - t0, 1)
     entry["ended_at"] = _now()
     if entry["status"] == "ok":
@@ -372,16 +377,26 @@ def run_pipeline(
             raise RunError(f"run id {run_id!r} differs from the resumed run {run_dir.name!r}")
         prof = load_profile(run_dir / "profile.yaml")
         manifest = read_manifest(run_dir) or {"run_id": run_dir.name, "profile": prof.name, "notebooks": []}
+        if stale := staleness(run_dir, manifest):  # before taking the lock (it is free exactly when stale)
+            print(f"{stale}; resuming it", file=sys.stderr)
+            mark_stale(manifest, stale, _now())
         previous = {e["name"]: e for e in manifest.get("notebooks", [])}
         manifest.setdefault("resumed_at", []).append(_now())
     else:
         prof: Profile = load_profile(profile, overrides=parse_overrides(overrides))
         prof, sizing = size_for_machine(prof)  # the reduced sizing where the full one overruns the budget here
-        run_dir = create_run_dir(prof, run_id or new_run_id(prof.name))
+        run_dir = create_run_dir(prof, run_id)  # atomic; a default id taken by a run started together gets a suffix
         previous = {}
         manifest = {"run_id": run_dir.name, "profile": prof.name, "profile_source": str(profile),
                     "overrides": overrides, "sizing": sizing}
+    with hold_run(run_dir) as owner, space_reserve(run_dir), stop_signals():  # one writer; SIGTERM/SIGHUP as Ctrl-C
+        manifest["owner"] = owner
+        return _run_locked(run_dir, prof, manifest, previous, plan, names, selected, env, kernel)
 
+
+def _run_locked(run_dir: Path, prof: Profile, manifest: dict, previous: dict, plan: list, names: list[str],
+                selected: set[str], env: dict, kernel: str) -> Path:
+    """run_pipeline once it holds the run directory (lib.runlock): execute the plan, keep the manifest truthful."""
     log = _Log(run_dir)
     machine = machine_report(prof, manifest.get("sizing"))
     manifest["machine"], manifest["precision"] = machine["facts"], machine["precision"]
@@ -435,13 +450,14 @@ def run_pipeline(
                 failure = entry
             write_manifest(run_dir, manifest)
         bar.close()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (lib.runlock.RunInterrupted)
         for entry in entries:
             if entry.get("status") == "running":
-                entry.update(status="failed", error="interrupted (KeyboardInterrupt)", ended_at=_now())
-        manifest.update(status="failed", ended_at=_now())
+                entry.update(status="interrupted", error=f"interrupted ({signal_name(exc)})", ended_at=_now())
+        manifest.update(status="interrupted", ended_at=_now(), interrupted_by=signal_name(exc))
         write_manifest(run_dir, manifest)
-        log(f"run {run_dir.name}: interrupted", err=True)
+        log(f"run {run_dir.name}: interrupted by {signal_name(exc)}; continue it with "
+            f"`python -m lib.cli run --resume {run_dir.name}`", err=True)
         raise
 
     manifest["status"] = _overall(entries)
@@ -467,6 +483,12 @@ def run_stage(run_id_or_path: str | Path, stage: str) -> Path:
     The earlier executed notebook is kept as `<name>.prev-<utc>.ipynb`; the manifest gets an entry in
     `reruns`; the report is rebuilt. Returns the executed notebook; raises PipelineError when it fails.
     """
+    run_dir = _resolve_run(run_id_or_path)
+    with hold_run(run_dir), stop_signals():
+        return _run_stage_locked(run_dir, stage)
+
+
+def _run_stage_locked(run_id_or_path: str | Path, stage: str) -> Path:
     run_dir = _resolve_run(run_id_or_path)
     plan = dict(discover_stages())
     name = _match_stage(stage, list(plan))

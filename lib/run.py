@@ -80,13 +80,34 @@ def _jsonable(x: Any):
     return str(x)
 
 
+def _claim_dir(run_id: str | None, default: str) -> Path:
+    """Create the run directory atomically (mkdir either creates it or fails): two runs started together never share
+    one. A given `run_id` that exists is a RunError; the default id gets `-2`, `-3`, ... when taken."""
+    try:
+        paths.RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create {paths.RUNS_DIR}: {exc.strerror or exc}") from None
+    n = 1
+    while True:
+        run_dir = paths.RUNS_DIR / (run_id or (default if n == 1 else f"{default}-{n}"))
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            if run_id:
+                raise RunError(f"run directory already exists: {run_dir} (choose another --run-id)") from None
+            n += 1
+        except OSError as exc:
+            raise RunError(f"cannot create {run_dir}: {exc.strerror or exc}") from None
+
+
 def create_run_dir(profile: Profile, run_id: str | None = None, interactive: bool = False) -> Path:
-    run_id = run_id or new_run_id(profile.name)
-    run_dir = paths.RUNS_DIR / run_id
-    if run_dir.exists():
-        raise RunError(f"run directory already exists: {run_dir} (choose another --run-id)")
-    run_dir.mkdir(parents=True)
-    (run_dir / "profile.yaml").write_text(dump_profile(profile), encoding="utf-8")
+    run_dir = _claim_dir(run_id, new_run_id(profile.name) + ("-interactive" if interactive else ""))
+    run_id = run_dir.name
+    try:
+        (run_dir / "profile.yaml").write_text(dump_profile(profile), encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"cannot write {run_dir / 'profile.yaml'}: {exc.strerror or exc}") from None
     if interactive:  # the pipeline runner writes its own manifest; an interactive run is marked by this one
         manifest = {"run_id": run_id, "profile": profile.name, "interactive": True,
                     "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
@@ -100,12 +121,6 @@ def new_interactive_run(profile: str | Path = "smoke", overrides: dict | None = 
     from lib.estimate import size_for_machine
 
     prof, sizing = size_for_machine(load_profile(profile, overrides=overrides))
-    if run_id is None:
-        run_id = base = new_run_id(prof.name) + "-interactive"
-        n = 1
-        while (paths.RUNS_DIR / run_id).exists():  # two new runs within one second
-            n += 1
-            run_id = f"{base}-{n}"
     run_dir = create_run_dir(prof, run_id, interactive=True)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     (run_dir / "manifest.json").write_text(json.dumps({**manifest, "sizing": sizing}, indent=2, default=str), encoding="utf-8")

@@ -277,7 +277,7 @@ def test_interrupt_leaves_a_truthful_manifest(sandbox, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_pipeline("smoke", run_id="r-int")
     m = _manifest(runs / "r-int")
-    assert m["status"] == "failed" and _by_name(m)["00_build_data"]["error"] == "interrupted (KeyboardInterrupt)"
+    assert m["status"] == "interrupted" and _by_name(m)["00_build_data"]["error"] == "interrupted (SIGINT)"
 
 
 

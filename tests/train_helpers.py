@@ -4,7 +4,8 @@
     run_dir = make_training_run(tmp / "run", model_dir)   # profile.yaml + data/ stage with a few prompts
 
 Run as a script, it trains that run with the fake judge (the subprocess of the resume test):
-    python -m tests.train_helpers RUN_DIR RESULT_JSON [--judge-delay SECONDS]
+    python -m tests.train_helpers RUN_DIR RESULT_JSON [--judge-delay SECONDS] [--kill-at-step N]
+(`--kill-at-step N`: the process SIGKILLs itself at the end of optimizer step N, before that step is logged or saved.)
 """
 from __future__ import annotations
 
@@ -95,18 +96,39 @@ class SlowKeywordJudge:
         return self.inner.judge_section(section, entities, texts)
 
 
+def kill_at_step(step: int):
+    """A trainer callback that SIGKILLs its own process at the end of optimizer step `step`, before that step is
+    logged or checkpointed (a death between checkpoints, at a known step: no race with a watching test)."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class KillAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return control
+
+    return KillAtStep()
+
+
 def _main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("result_json")
     ap.add_argument("--judge-delay", type=float, default=0.0)
+    ap.add_argument("--kill-at-step", type=int, default=None)
     a = ap.parse_args()
     from lib import train
     from lib.run import open_run
 
     ctx = open_run(a.run_dir)
     judge = SlowKeywordJudge(a.judge_delay)
-    result = train.train(ctx.profile, ctx, judge)
+    trainer = train.build_trainer(ctx.profile, ctx, judge)  # its own JudgeRewards (the per-step cache lives there)
+    if a.kill_at_step is not None:
+        trainer.add_callback(kill_at_step(a.kill_at_step))
+    result = train.train(ctx.profile, ctx, judge, trainer=trainer)
     Path(a.result_json).write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
