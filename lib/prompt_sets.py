@@ -1,5 +1,7 @@
-"""Prompt sets in the original project's published format (parquet files, a `datasets` directory or a hub id):
-load them with a `split` column, and check that their prompts are ours (`summarize_prompts`).
+"""Prompt sets in the original project's published format: load them, and check that their prompts are ours.
+
+Sources: parquet files, a `datasets` directory or a hub id; `load_external` adds a `split` column and
+`summarize_prompts` compares the system prompt and user template with ours.
 
 Columns `prompt`, `completion`, `entity`; prompts and completions come back as lists of `{"role", "content"}` dicts.
 Bad input raises `lib.data.DataError` with one line naming the file, row or column.

@@ -1,5 +1,6 @@
-"""Does a training metric rise? The first vs the last logged steps of a run, with an interval that allows for the
-dependence between steps (Newey-West HAC), a verdict and a sentence (notebook 03).
+"""Whether a training metric rises: its first vs its last logged steps, with a HAC interval, a verdict, a sentence.
+
+The interval allows for the dependence between steps (Newey-West); notebook 03 reports it.
 
     comparison = first_last_comparison(log, "rewards/format_reward/mean", k=5)   # log: lib.train.logs.read_log input
     describe_comparison(comparison)

@@ -1,5 +1,8 @@
-"""Agreement and calibration of the judge against the labels: accuracy, kappa, Brier, ECE, log loss, AUROC per
-question and overall, and how the soft, hard and seed judge modes agree with the labels and with each other."""
+"""Agreement and calibration of the judge against the human labels, per question and overall; the judge modes compared.
+
+`metrics_table`: accuracy, kappa, Brier, ECE, log loss and AUROC per question and overall; `mode_frame` and
+`mode_agreement`: how the soft, hard and seed judge modes agree with the labels and with each other.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,8 @@
-"""Bias probes of the judge: does it reward length (good answers padded with bland sentences), and does it notice
-copy about another product (the same answer asked about a swapped entity)? Probe texts, runs and summaries."""
+"""Bias probes of the judge: whether it rewards length, and whether it notices copy about another product.
+
+The length probe pads good answers with bland sentences; the relevance probe asks about the same answer with a
+swapped entity. Probe texts, runs and summaries.
+"""
 from __future__ import annotations
 
 from dataclasses import replace

@@ -1,5 +1,8 @@
-"""Notebook 02's calibration summary: the numbers it records (`calibration_summary`), the same in plain sentences
-(`describe_calibration`), and both saved as `summary.json` / `summary.md`."""
+"""Notebook 02's calibration summary: the numbers it records, the same in plain sentences, both saved to files.
+
+`calibration_summary` computes the numbers, `describe_calibration` words them, `save_summary` writes
+`summary.json` / `summary.md`.
+"""
 from __future__ import annotations
 
 import json
