@@ -8,7 +8,7 @@ this project. Each entity becomes one conversational prompt, the original projec
     {'role': 'user', 'content': '请为无糖气泡水设计一段创意广告文案'}
 
 Prompt sets in the original's published format (columns `prompt`, `completion`, `entity`) load with
-`load_external`. Bad input raises `DataError` with a one-line message naming the file, row or column.
+`lib.prompt_sets.load_external`. Bad input raises `DataError` with a one-line message naming the file, row or column.
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ SYSTEM_PROMPT = (
 USER_TEMPLATE = "请为{entity}设计一段创意广告文案"
 
 CATALOGUE_COLUMNS = ("entity", "domain")
-EXTERNAL_COLUMNS = ("prompt", "completion", "entity")  # the original's published format
 
 # English labels for figures when no CJK font is installed (keys: the catalogue's domains).
 DOMAIN_NAMES_EN: dict[str, str] = {
@@ -108,7 +107,7 @@ def load_catalogue(path: str | Path | None = None) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: unreadable CSV: {_first_line(exc)}") from None
+        raise DataError(f"{path}: unreadable CSV: {first_line(exc)}") from None
     for col in CATALOGUE_COLUMNS:
         if col not in df.columns:
             raise DataError(f"{path}: missing column {col!r} (columns: {', '.join(map(str, df.columns))})")
@@ -313,8 +312,8 @@ def split_train_test(
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def _as_messages(x: object) -> object:
-    # Parquet/Arrow give back numpy arrays of dicts; the rest of the project expects lists of dicts.
+def as_messages(x: object) -> object:
+    """A chat cell as a list of dicts (Parquet/Arrow give back numpy arrays of dicts); anything else unchanged."""
     if isinstance(x, np.ndarray):
         x = x.tolist()
     if isinstance(x, list):
@@ -358,119 +357,9 @@ def load_split(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         part = pd.read_parquet(p)
         for col in ("prompt", "completion"):
             if col in part.columns:
-                part[col] = [_as_messages(x) for x in part[col]]
+                part[col] = [as_messages(x) for x in part[col]]
         parts.append(part)
     return parts[0], parts[1]
-
-
-# ---------------------------------------------------------------------------------------------------
-# External prompt sets (the original's format)
-
-
-def load_external(source: str | Path) -> pd.DataFrame:
-    """Load a prompt set in the original project's format into one DataFrame with a `split` column.
-
-    `source` may be a parquet file (split: the file's stem), a directory of `*.parquet` files such as
-    `train.parquet`/`test.parquet` (split: each stem), a `datasets` `save_to_disk` directory (split: the
-    DatasetDict's keys, or "train" for a single Dataset) or a hub id like `owner/name` (via
-    `datasets.load_dataset`). Required columns: `prompt`, `completion`, `entity`; prompts and completions
-    come back as lists of `{"role", "content"}` dicts.
-    """
-    src = str(source)
-    p = Path(src).expanduser()
-    if p.is_file():
-        if p.suffix != ".parquet":
-            raise DataError(f"{p}: not a parquet file")
-        parts = {p.stem: (_read_parquet(p), str(p))}
-    elif p.is_dir():
-        parts = _read_dir(p)
-    elif _looks_like_path(src):
-        raise DataError(f"{p}: prompt set not found")
-    else:
-        parts = _read_hub(src)
-    frames = [_check_external(df, where).assign(split=split) for split, (df, where) in parts.items()]
-    return pd.concat(frames, ignore_index=True)
-
-
-def _looks_like_path(src: str) -> bool:
-    return (
-        src.startswith(("/", ".", "~"))
-        or src.endswith(".parquet")
-        or "\\" in src
-        or src.count("/") != 1
-    )
-
-
-def _read_parquet(p: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(p)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{p}: unreadable parquet: {_first_line(exc)}") from None
-
-
-def _read_dir(d: Path) -> dict[str, tuple[pd.DataFrame, str]]:
-    if (d / "dataset_dict.json").is_file() or (d / "state.json").is_file():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(d))
-        except Exception as exc:
-            raise DataError(f"{d}: unreadable datasets directory: {_first_line(exc)}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            return {k: (v.to_pandas(), f"{d} [{k}]") for k, v in ds.items()}
-        return {"train": (ds.to_pandas(), str(d))}
-    files = sorted(d.glob("*.parquet"))
-    if not files:
-        raise DataError(f"{d}: no *.parquet files and not a datasets save_to_disk directory")
-    return {f.stem: (_read_parquet(f), str(f)) for f in files}
-
-
-def _read_hub(repo_id: str) -> dict[str, tuple[pd.DataFrame, str]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(repo_id)
-    except Exception as exc:  # offline, unknown id, no access: all mean "cannot use this id here"
-        raise DataError(f"hub dataset {repo_id!r} could not be loaded: {_first_line(exc)}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        return {k: (v.to_pandas(), f"{repo_id} [{k}]") for k, v in ds.items()}
-    return {"train": (ds.to_pandas(), repo_id)}
-
-
-def _check_external(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    for col in EXTERNAL_COLUMNS:
-        if col not in df.columns:
-            raise DataError(f"{where}: missing column {col!r} (columns: {', '.join(map(str, df.columns))})")
-    df = df.copy()
-    df["prompt"] = [_as_messages(x) for x in df["prompt"]]
-    df["completion"] = [_as_messages(x) for x in df["completion"]]
-    for i, msgs in enumerate(df["prompt"]):
-        if not (
-            isinstance(msgs, list)
-            and msgs
-            and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in msgs)
-        ):
-            raise DataError(f"{where}: row {i}: 'prompt' is not a list of {{role, content}} messages")
-    return df
-
-
-def summarize_prompts(df: pd.DataFrame) -> pd.DataFrame:
-    """Per split: prompts, distinct entities, share whose system turn is `SYSTEM_PROMPT` and whose user
-    turn is `USER_TEMPLATE` filled with the row's entity."""
-    def turn(msgs: list[dict], role: str) -> str | None:
-        return next((m["content"] for m in msgs if m.get("role") == role), None)
-
-    work = df.assign(
-        system_ok=[turn(m, "system") == SYSTEM_PROMPT for m in df["prompt"]],
-        user_ok=[turn(m, "user") == USER_TEMPLATE.format(entity=e) for m, e in zip(df["prompt"], df["entity"])],
-    )
-    by = work.groupby("split", sort=False) if "split" in work.columns else work.groupby(lambda _: "all")
-    return by.agg(
-        n_prompts=("entity", "size"),
-        n_entities=("entity", "nunique"),
-        system_prompt_match=("system_ok", "mean"),
-        user_template_match=("user_ok", "mean"),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -588,6 +477,7 @@ def domain_histogram(df: pd.DataFrame, path: str | Path | None = None) -> "Figur
     return fig
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

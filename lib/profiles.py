@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lib import paths
 from lib.reward_names import REWARD_NAMES, unknown_reward
+from lib.yamlio import read_yaml
 
 
 class ProfileError(ValueError):
@@ -303,17 +304,6 @@ def _first_error(path: Path, err: ValidationError) -> str:
     if e["type"] == "value_error" and (not e["loc"] or (isinstance(e.get("input"), dict) and f"{where}." in str(e["ctx"]["error"]))):
         return f"{path}: {e['ctx']['error']}"
     return f"{path}: {where}: {e['msg']} (got {e.get('input')!r})"
-
-
-def read_yaml(path: Path, error: type[Exception]):
-    """Parse a YAML file; malformed YAML raises `error` with one line naming the file and line."""
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise error(f"{path}:{at} malformed YAML: {problem}") from None
 
 
 def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import yaml
 
 from lib import paths
-from lib.profiles import read_yaml
+from lib.yamlio import read_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

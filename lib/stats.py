@@ -1,5 +1,7 @@
-"""General statistics of the project: bootstrap intervals (every bootstrap in lib goes through
-`bootstrap_interval`), Cohen's kappa, calibration bins and ECE, the threshold sweep of a yes/no judge."""
+"""General statistics of the project: bootstrap intervals, Cohen's kappa, calibration bins and ECE, threshold sweeps.
+
+Every bootstrap in lib goes through `bootstrap_interval`; the threshold sweep is that of a yes/no judge.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence

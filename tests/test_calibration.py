@@ -92,6 +92,18 @@ def test_probes_file_has_bland_chinese_fillers(calib):
         assert not any(e in s for e in calib.entity.unique()), s  # content-free: names no product
 
 
+@pytest.mark.parametrize("text, message", [
+    ("filler_sentences: [unclosed\n", r"probes\.yaml: line 2 malformed YAML"),
+    ("filler_sentences: []\n", r"probes\.yaml: field 'filler_sentences': expected a non-empty list"),
+])
+def test_bad_probe_file_is_one_line_naming_file_and_where(tmp_path, text, message):
+    p = tmp_path / "probes.yaml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(cal.CalibrationError, match=message) as err:
+        cal.load_probes(p)
+    assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Metrics against hand-computed values
 # ----------------------------------------------------------------------------------------------

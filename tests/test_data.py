@@ -1,10 +1,10 @@
-"""Tests for lib.data: catalogue, normalization, dedupe, prompts, split, save/load, external sets."""
+"""Tests for lib.data (catalogue, normalization, dedupe, prompts, split, save/load) and lib.prompt_sets (external sets)."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from lib import data, paths
+from lib import data, paths, prompt_sets
 from lib.data import DataError
 
 REFERENCE_SYSTEM_PROMPT_START = "你是一位创意广告设计师，负责为用户量身定制独特的广告文案。"
@@ -42,7 +42,7 @@ def test_catalogue_is_clean(catalogue):
 def test_catalogue_shares_no_entity_with_reference(catalogue):
     if not paths.REFERENCE_SEED_DIR.is_dir():
         pytest.skip(f"reference prompt set not present at {paths.REFERENCE_SEED_DIR}")
-    ref = data.load_external(paths.REFERENCE_SEED_DIR)
+    ref = prompt_sets.load_external(paths.REFERENCE_SEED_DIR)
     assert not set(catalogue["entity"]) & set(ref["entity"])
 
 
@@ -272,11 +272,11 @@ def _original_format(entities) -> pd.DataFrame:
 def test_load_external_parquet_file(tmp_path):
     p = tmp_path / "train.parquet"
     _original_format(["无糖气泡水", "山野露营灯"]).to_parquet(p)
-    df = data.load_external(p)
+    df = prompt_sets.load_external(p)
     assert df["split"].tolist() == ["train", "train"]
     assert df["prompt"].iloc[1][1]["content"] == "请为山野露营灯设计一段创意广告文案"
     assert isinstance(df["prompt"].iloc[0], list)
-    summary = data.summarize_prompts(df)
+    summary = prompt_sets.summarize_prompts(df)
     assert summary.loc["train", "n_prompts"] == 2
     assert summary.loc["train", "system_prompt_match"] == 1.0
 
@@ -284,7 +284,7 @@ def test_load_external_parquet_file(tmp_path):
 def test_load_external_directory_and_datasets_dir(tmp_path):
     _original_format(["a1", "a2", "a3"]).to_parquet(tmp_path / "train.parquet")
     _original_format(["b1"]).to_parquet(tmp_path / "test.parquet")
-    df = data.load_external(str(tmp_path))
+    df = prompt_sets.load_external(str(tmp_path))
     assert df.groupby("split").size().to_dict() == {"test": 1, "train": 3}
 
     import datasets
@@ -293,7 +293,7 @@ def test_load_external_directory_and_datasets_dir(tmp_path):
     datasets.DatasetDict(
         {"train": datasets.Dataset.from_pandas(_original_format(["c1", "c2"]), preserve_index=False)}
     ).save_to_disk(str(hf_dir))
-    df = data.load_external(hf_dir)
+    df = prompt_sets.load_external(hf_dir)
     assert df["entity"].tolist() == ["c1", "c2"] and set(df["split"]) == {"train"}
 
 
@@ -301,7 +301,7 @@ def test_load_external_missing_column_names_file_and_column(tmp_path):
     p = tmp_path / "prompts.parquet"
     _original_format(["无糖气泡水"]).drop(columns=["completion"]).to_parquet(p)
     with pytest.raises(DataError, match=r"prompts\.parquet: missing column 'completion'") as exc:
-        data.load_external(p)
+        prompt_sets.load_external(p)
     assert "\n" not in str(exc.value)
 
 
@@ -311,12 +311,12 @@ def test_load_external_bad_prompt_cell(tmp_path):
     df["prompt"] = ["请为x设计", "请为y设计"]
     df.to_parquet(p)
     with pytest.raises(DataError, match=r"prompts\.parquet: row 0: 'prompt'"):
-        data.load_external(p)
+        prompt_sets.load_external(p)
 
 
 def test_load_external_missing_path(tmp_path):
     with pytest.raises(DataError, match="missing.parquet") as exc:
-        data.load_external(tmp_path / "missing.parquet")
+        prompt_sets.load_external(tmp_path / "missing.parquet")
     assert "\n" not in str(exc.value)
 
 
@@ -328,15 +328,15 @@ def test_load_external_hub_failure_is_one_line(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"'someone/ad-prompts'") as exc:
-        data.load_external("someone/ad-prompts")
+        prompt_sets.load_external("someone/ad-prompts")
     assert "\n" not in str(exc.value)
 
 
 def test_reference_seed_set_loads():
     if not paths.REFERENCE_SEED_DIR.is_dir():
         pytest.skip(f"reference prompt set not present at {paths.REFERENCE_SEED_DIR}")
-    df = data.load_external(paths.REFERENCE_SEED_DIR)
-    summary = data.summarize_prompts(df)
+    df = prompt_sets.load_external(paths.REFERENCE_SEED_DIR)
+    summary = prompt_sets.summarize_prompts(df)
     assert set(summary.index) == {"train", "test"}
     assert (summary["n_prompts"] > 0).all()
     # Our prompts are the original's: same system prompt, same user template.

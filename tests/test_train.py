@@ -22,11 +22,12 @@ import yaml
 
 from lib import paths, rewards
 from lib.data import read_jsonl
-from lib.train import cpu_logprobs, grpo, logs
+from lib.train import cpu_logprobs, grpo, logs, trend
 from lib.profiles import TrainConfig, load_profile
 from lib.rubric import load_rubric
 from lib.train import TrainError
-from lib.train.logs import RewardRecorder, TrainingLogger, TrainLogError, first_last_comparison, plot_training
+from lib.train.logs import RewardRecorder, TrainingLogger, TrainLogError, plot_training
+from lib.train.trend import first_last_comparison
 from tests.fakes import KeywordJudge
 
 PROFILES = ("smoke", "cpu", "gpu")
@@ -486,8 +487,8 @@ def test_first_last_comparison_rising_flat_falling():
     r = first_last_comparison(flat.head(3), "m")
     assert r["verdict"] == "too few steps" and r["k"] == 1 and r["diff_lo"] is None
     assert first_last_comparison(flat.head(1), "m")["diff"] is None
-    assert "too few" in logs.describe_comparison(r)
-    assert "rises" in logs.describe_comparison(first_last_comparison(df, k=5))
+    assert "too few" in trend.describe_comparison(r)
+    assert "rises" in trend.describe_comparison(first_last_comparison(df, k=5))
     with pytest.raises(TrainLogError, match="not in the training log"):
         first_last_comparison(flat, "rewards/nope/mean")
 
@@ -511,7 +512,7 @@ def test_first_last_interval_respects_autocorrelated_windows():
     rows = [{"step": i + 1, "m": v} for i, v in enumerate(first + [0.55] * 6 + last)]
     r = first_last_comparison(rows, "m", k=5)
     assert r["diff"] == pytest.approx(0.04) and r["diff_lo"] < 0 < r["diff_hi"] and r["verdict"] == "no clear change"
-    assert "HAC" in r["interval"] and "HAC" in logs.describe_comparison(r)
+    assert "HAC" in r["interval"] and "HAC" in trend.describe_comparison(r)
 
 
 def test_hac_variance_of_mean_by_hand():
@@ -519,13 +520,13 @@ def test_hac_variance_of_mean_by_hand():
 
     x = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
     e = x - 3.0  # -2 -1 1 0 2; gamma sums: lag 0: 10, lag 1: 2 - 1 + 0 + 0 = 1, lag 2: -2 + 0 + 2 = 0
-    assert logs.hac_variance_of_mean(x, lags=2) == pytest.approx((10 + 2 * (2 / 3) * 1 + 2 * (1 / 3) * 0) / 25)
-    assert logs.hac_variance_of_mean(x, lags=0) == pytest.approx(float(e @ e) / 25)
-    assert logs.hac_variance_of_mean([0.5, 0.5, 0.5]) == 0.0
+    assert trend.hac_variance_of_mean(x, lags=2) == pytest.approx((10 + 2 * (2 / 3) * 1 + 2 * (1 / 3) * 0) / 25)
+    assert trend.hac_variance_of_mean(x, lags=0) == pytest.approx(float(e @ e) / 25)
+    assert trend.hac_variance_of_mean([0.5, 0.5, 0.5]) == 0.0
     # the interval is diff +- t(2k-2) * sqrt(sum of the windows' HAC variances)
     rows = [{"step": i + 1, "m": v} for i, v in enumerate([1.0, 2.0, 4.0, 3.0, 5.0, 9.0, 9.5, 8.0, 9.0, 10.0])]
     r = first_last_comparison(rows, "m", k=5)
-    se = np.sqrt(logs.hac_variance_of_mean(x) + logs.hac_variance_of_mean([9.0, 9.5, 8.0, 9.0, 10.0]))
+    se = np.sqrt(trend.hac_variance_of_mean(x) + trend.hac_variance_of_mean([9.0, 9.5, 8.0, 9.0, 10.0]))
     assert r["diff_hi"] - r["diff"] == pytest.approx(stats.t.ppf(0.975, 8) * se)
 
 

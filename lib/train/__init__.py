@@ -1,7 +1,8 @@
 """GRPO training (notebook 03, `python -m lib.train`).
 
 - grpo: the trainer from a profile (`build_trainer`, `train`), its config and reward functions
-- logs: the training logs (log.jsonl, samples, curves, first-vs-last comparison, summary)
+- logs: the training logs (log.jsonl, samples, curves, summary)
+- trend: does a metric rise? the first vs the last logged steps with a HAC interval
 - rollouts: rollouts from the judge's vLLM engine with the current LoRA adapter (CPU)
 - cpu_logprobs: TRL's Triton log-prob kernel replaced by PyTorch off CUDA
 - precision: bf16 vs float32 training log-probs (`python -m lib.bench precision`)
