@@ -108,13 +108,12 @@ def resolve_runs(runs: Sequence[str | Path] = (), sweep: str | Path | None = Non
 
 
 def _json(p: Path) -> dict:
-    if not p.exists():
-        return {}
+    from lib.eval.report import ReportError, read_json_object
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CompareError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return data if isinstance(data, dict) else {}
+        return read_json_object(p)
+    except ReportError as exc:
+        raise CompareError(str(exc)) from None
 
 
 def _csv(p: Path) -> pd.DataFrame | None:

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from lib import paths
 from lib.eval.errors import GenerationError, MergeMismatch
-from lib.eval.merge import (  # noqa: F401 - merged_model_dir, prune_merged re-exported
-    MERGE_TOLERANCE, check_merge, check_texts, merged_model_dir, prune_merged, token_logprobs,
+from lib.eval.merge import (  # noqa: F401 - merged_model_dir, prune_merged, ADAPTER_FILES re-exported
+    ADAPTER_FILES, MERGE_TOLERANCE, adapter_key, check_merge, merged_model_dir, peft_reference, prune_merged,
 )
 from lib.hardware import eval_precision
 from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available, load_tokenizer, resolve_model,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from lib.profiles import EvalConfig, EvalModel
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 CHUNK = 64  # requests per engine call: completions are cached after each chunk (a crash loses at most one)
 FULL_MODEL_DIR = "model"  # lib.train.grpo saves a full fine-tune (train.peft: false) here, not an adapter
 
@@ -206,23 +205,6 @@ def request_seeds(seed: int, prompts: Sequence[str]) -> list[int]:
         seen[p] = k + 1
         out.append((seed + zlib.crc32(p.encode("utf-8")) + k) % 2**31)
     return out
-
-
-def adapter_key(adapter: str | Path | None) -> str | None:
-    """The cache identity of a LoRA adapter: `sha256:<hex>` over its config and weight files, None for none."""
-    if adapter is None:
-        return None
-    d = Path(adapter)
-    files = [d / f for f in ADAPTER_FILES if (d / f).is_file()]
-    if not (d / "adapter_config.json").is_file() or len(files) < 2:
-        raise GenerationError(f"{d}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def resolve_adapter(adapter: str | Path | None, run_dir: str | Path | None = None) -> Path | None:
@@ -500,14 +482,7 @@ def load_for_generation(model: str, adapter: str | Path | None = None, merge_tol
     dtype = "bfloat16" if cuda and adapter is None else "float32"
     lm, tok = load_causal_lm(model, dtype=dtype, device="cuda" if cuda else "cpu")
     if adapter is not None:
-        from peft import PeftModel
-
-        try:
-            peft_model = PeftModel.from_pretrained(lm, str(adapter))
-        except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
-            raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        texts = check_texts(tok)
-        reference = token_logprobs(peft_model, tok, texts)
+        peft_model, texts, reference = peft_reference(lm, tok, adapter, model)
         lm = peft_model.merge_and_unload()
         lm.eval()
         check_merge(reference, lm, tok, texts, MERGE_TOLERANCE if merge_tolerance is None else merge_tolerance, dtype)

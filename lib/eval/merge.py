@@ -23,6 +23,8 @@ from lib import paths
 from lib.eval.errors import GenerationError, MergeMismatch
 from lib.models import chat_prompt, resolve_model
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
 MERGED_KEEP = 3  # merged models kept in the cache (least recently used go first): each is a full model
 # Per-token |log p(merged, as served) - log p(base + adapter, PEFT, float32)| allowed on the check texts (653 tokens
 # with Qwen's tokenizer). Measured on a cpu-profile adapter (Qwen2.5-Coder-0.5B, reduced sizing; avx512_bf16 class):
@@ -44,14 +46,13 @@ def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache
     difference is in the merge's MERGED_FROM.json, and a cached merge above the tolerance is refused too.
     """
     import torch
-    from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tolerance = MERGE_TOLERANCE if tolerance is None else tolerance
     base = resolve_model(model)
     if dtype == "auto":
         dtype = str(getattr(AutoConfig.from_pretrained(base), "dtype", None) or "float32").removeprefix("torch.")
-    digest = hashlib.sha256(f"{base}\0{_adapter_key(adapter)}\0{dtype}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{base}\0{adapter_key(adapter)}\0{dtype}".encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)[-60:]
     target = (cache_dir or paths.CACHE_DIR / "merged") / f"{safe}-{digest}"
     if (target / "config.json").exists():
@@ -67,12 +68,7 @@ def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in float32: no rounding of the delta
-    try:
-        peft_model = PeftModel.from_pretrained(lm, str(adapter))
-    except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
-        raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    texts = check_texts(tokenizer)
-    reference = token_logprobs(peft_model, tokenizer, texts)
+    peft_model, texts, reference = peft_reference(lm, tokenizer, adapter, model)
     merged = peft_model.merge_and_unload()
     merged.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
     del merged, peft_model, lm
@@ -87,7 +83,7 @@ def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache
         gc.collect()
     tokenizer.save_pretrained(tmp)
     (tmp / "MERGED_FROM.json").write_text(json.dumps({"model": model, "base": base, "adapter": str(adapter),
-                                                      "adapter_key": _adapter_key(adapter), "dtype": dtype,
+                                                      "adapter_key": adapter_key(adapter), "dtype": dtype,
                                                       "max_logprob_diff": diff, "tolerance": tolerance,
                                                       "check_tokens": int(sum(r.numel() for r in reference))}, indent=1))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +146,31 @@ def prune_merged(cache_dir: Path, keep: int = MERGED_KEEP) -> list[Path]:
     return done[keep:]
 
 
-def _adapter_key(adapter):
-    from lib.eval.generation import adapter_key  # the generation cache's adapter identity
+def adapter_key(adapter: str | Path | None) -> str | None:
+    """The cache identity of a LoRA adapter: `sha256:<hex>` over its config and weight files, None for none."""
+    if adapter is None:
+        return None
+    d = Path(adapter)
+    files = [d / f for f in ADAPTER_FILES if (d / f).is_file()]
+    if not (d / "adapter_config.json").is_file() or len(files) < 2:
+        raise GenerationError(f"{d}: not a PEFT adapter directory (needs adapter_config.json and adapter_model.safetensors)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
-    return adapter_key(adapter)
+
+def peft_reference(lm, tokenizer, adapter, model: str):
+    """`lm` with the LoRA `adapter` (PEFT), the check texts and their per-token log-probs under it: what a merge of it
+    must reproduce. A one-line GenerationError when the adapter does not fit the model."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(lm, str(adapter))
+    except Exception as exc:  # noqa: BLE001 - peft raises many types for a mismatched adapter
+        raise GenerationError(f"adapter {adapter} does not fit model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    texts = check_texts(tokenizer)
+    return peft_model, texts, token_logprobs(peft_model, tokenizer, texts)

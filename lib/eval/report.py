@@ -335,7 +335,8 @@ REPORT_SECTIONS = (
 )
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A run's JSON file as a dict ({} when missing); a ReportError naming the file when it is not a JSON object."""
     if not path.exists():
         return {}
     try:
@@ -432,8 +433,8 @@ def build_run_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run directory not found: {run_dir}")
-    manifest = _read_json(run_dir / "manifest.json")
-    results = _read_json(run_dir / "results.json")
+    manifest = read_json_object(run_dir / "manifest.json")
+    results = read_json_object(run_dir / "results.json")
     profile_file = run_dir / "profile.yaml"
     profile_text = profile_file.read_text(encoding="utf-8") if profile_file.exists() else ""
     try:
