@@ -26,6 +26,7 @@ NATIVE_BF16_CLASSES = ("amx_bf16", "avx512_bf16")
 PROBE_SHAPE = (256, 896, 1024)
 # bf16 slower than this fraction of float32 in the probe means it is emulated, whatever the flags say.
 BF16_MIN_SPEED_RATIO = 0.8
+PROBE_ROUNDS = 3  # alternating float32 / bf16 rounds of the matmul probe
 
 
 class HardwareError(ValueError):
@@ -157,30 +158,33 @@ def eval_precision(requested: str, device: str, any_adapter: bool) -> Precision:
 
 @functools.lru_cache(maxsize=1)
 def matmul_probe() -> dict:
-    """GFLOP/s of a PROBE_SHAPE matmul in float32 and bf16 on this CPU (best of a few, torch's own thread count),
+    """GFLOP/s of a PROBE_SHAPE matmul in float32 and bf16 on this CPU (best of several, torch's own thread count),
     and their ratio.
 
-    Takes well under a second where bf16 is native, about a second where it is emulated.
+    The two dtypes are timed in alternating rounds and each keeps its best time, so a burst of other work on the
+    machine slows both alike instead of one (a one-off slow bf16 sample would otherwise veto native bf16 for a
+    whole run). Takes about a second where bf16 is native, a few where it is emulated.
     """
     import torch
 
     m, k, n = PROBE_SHAPE
     flop = 2.0 * m * k * n
-    out = {}
+    mats, best = {}, {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(m, k, generator=g).to(dtype)
-        b = torch.randn(k, n, generator=g).to(dtype)
-        a @ b  # warm-up: kernel selection, page faults
-        best = float("inf")
-        deadline = time.perf_counter() + 0.5
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-            if time.perf_counter() > deadline:
-                break
-        out[f"{name}_gflops"] = round(flop / best / 1e9, 2)
+        mats[name] = (torch.randn(m, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype))
+        mats[name][0] @ mats[name][1]  # warm-up: kernel selection, page faults
+        best[name] = float("inf")
+    for _ in range(PROBE_ROUNDS):
+        for name, (a, b) in mats.items():
+            deadline = time.perf_counter() + 0.25
+            for _ in range(3):
+                t0 = time.perf_counter()
+                a @ b
+                best[name] = min(best[name], time.perf_counter() - t0)
+                if time.perf_counter() > deadline:
+                    break
+    out = {f"{name}_gflops": round(flop / t / 1e9, 2) for name, t in best.items()}
     out["bf16_over_fp32"] = round(out["bfloat16_gflops"] / out["float32_gflops"], 3)
     out["threads"] = torch.get_num_threads()
     return out
