@@ -18,6 +18,7 @@ from tests.train_helpers import build_tiny_policy, make_training_run
 
 TOLERANCE = 1e-4  # nats per token, float32 on both sides
 TEMPERATURE = 0.9
+SHARED = os.environ.get("J18_SHARED", "1") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_a_training_step_logs_the_logprob_difference(tiny_vllm_policy, engine, t
     model_dir = tiny_vllm_policy[0]
     run_dir = make_training_run(tmp_path / "run", model_dir, rollout_engine="vllm_lora", max_steps=1,
                                 reward_weights={"format": 1.0}, lora_rank=8, lora_alpha=16, dtype="float32",
-                                temperature=TEMPERATURE)
+                                temperature=TEMPERATURE, shared_prompt=SHARED)
     profile = load_profile(run_dir / "profile.yaml")  # the judge (whose engine writes the rollouts) is the policy
     profile = profile.model_copy(update={"judge": profile.judge.model_copy(update={"model": str(model_dir)})})
     (run_dir / "profile.yaml").write_text(dump_profile(profile), encoding="utf-8")
