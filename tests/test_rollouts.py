@@ -86,6 +86,17 @@ def test_rollouts_use_the_current_adapter_and_the_chat_template(tiny_policy, tmp
     assert rollouts.calls == 2 and rollouts.completion_tokens == 6 and rollouts.seconds > 0
 
 
+def test_two_rollouts_on_one_engine_never_share_a_lora_id(tmp_path):
+    # vLLM keeps the adapters it loaded by id: a restarted count would serve the first instance's weights
+    cfg = load_profile("smoke").train
+    tok = SimpleNamespace(eos_token_id=0, convert_tokens_to_ids=lambda t: None)
+    llm = FakeLLM(stop_id=0)
+    for k in range(2):
+        r = LoRARollouts(llm, tok, cfg, seed=0, adapter_dir=tmp_path / str(k))
+        r.generate([[1, 2]], r.save_adapter(FakeAdapterModel(), 0), 0)
+    assert llm.calls[0].lora.lora_int_id != llm.calls[1].lora.lora_int_id
+
+
 def test_rollouts_refuse_an_engine_with_raw_logprobs_at_another_temperature(tmp_path):
     from lib.train.rollouts import RolloutError
 

@@ -15,6 +15,7 @@ Sampling: temperature/top_p/max tokens from the profile; each completion gets it
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ class LoRARollouts:
     (`vllm_importance_sampling_*`, the profile's `train.importance_sampling`).
     """
 
+    _lora_ids = itertools.count(1)  # LoRARequest ids, unique in the process
+
     def __init__(self, llm, tokenizer, cfg: TrainConfig, seed: int, adapter_dir: str | Path):
         engine = getattr(llm, "llm_engine", None)
         mode = getattr(getattr(engine, "model_config", None), "logprobs_mode", None)
@@ -73,7 +76,6 @@ class LoRARollouts:
         self.seconds = 0.0  # wall time in rollouts (adapter save + generation), summed over calls
         self.completion_tokens = 0
         self.calls = 0
-        self._lora_id = 0
 
     def save_adapter(self, model, step: int) -> Path:
         """Write the trainer model's current LoRA adapter to `adapter_dir/step-N` (the older copy is removed)."""
@@ -112,8 +114,10 @@ class LoRARollouts:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
-        self._lora_id += 1  # a new id makes vLLM load the new weights
-        lora = LoRARequest(f"policy-step-{step}", self._lora_id, str(adapter))
+        # a new id makes vLLM load the new weights; ids are unique in the process, since an engine keeps the adapters
+        # it loaded under their ids (a second LoRARollouts on the same engine would otherwise get the first one's)
+        lora_id = next(LoRARollouts._lora_ids)
+        lora = LoRARequest(f"policy-step-{step}", lora_id, str(adapter))
         params = [SamplingParams(max_tokens=self.cfg.max_completion_length, temperature=self.cfg.temperature,
                                  top_p=self.cfg.top_p, seed=sample_seed(self.seed, step, i), stop_token_ids=self.stop_ids,
                                  logprobs=0)  # 0: the sampled token's log-prob only
