@@ -39,10 +39,12 @@ from lib.rubric import RubricItem, RubricSection
 SEED_BATCH = 6  # the original's client batch size
 SEED_MAX_TOKENS = 3
 TRUNCATION_MARK = "……"
-# Filler that aligns a text's shared prefix to a KV-block boundary: space tokens, placed right after the judged
-# text (trailing whitespace). On the calibration set with Qwen2.5-Coder-0.5B this moved P(yes) least of the
-# fillers and places tried (mean |change| 0.021, 6 of 756 verdicts flipped, agreement with the labels unchanged
-# within its interval). A tokenizer that has no single token for it gets no padding.
+# Filler that aligns a text's shared prefix to a KV-block boundary (`judge.prefix_pad: true`, opt-in): space tokens,
+# placed right after the judged text (trailing whitespace). On the calibration set with Qwen2.5-Coder-0.5B this moved
+# P(yes) least of the fillers and places tried (mean |change| 0.021, 6 of 756 verdicts flipped, agreement with the
+# labels unchanged within its interval); on 132 calibration questions with the smoke judge (Gemma 3 270M, float32) up
+# to 0.049 (mean 0.0070), against 1.3e-6 between vLLM and transformers unpadded (tests/test_judge_backends_real.py):
+# far outside any tolerance that would make it a free default. A tokenizer with no single token for it gets none.
 PAD_TEXT = " "
 
 
