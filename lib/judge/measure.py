@@ -1,6 +1,6 @@
 """Measure a judge model on the calibration set in notebook 02's terms: AUROC per section, kappa, judgements/s.
 
-    python scripts/measure_judge.py --model qwen2.5-coder-1.5b-instruct [--profile cpu] [--prefix-pad] [--json PATH]
+    python -m lib.judge.measure --model qwen2.5-coder-1.5b-instruct [--profile cpu] [--prefix-pad] [--json PATH]
 
 The profile's judge settings (answer scoring, also_no, context, dtype) with `--model` replacing the model; every
 text of the calibration set (lib/data/calibration.jsonl), soft mode, threshold from the profile. Prints one JSON
@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lib.judge.measure", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--prefix-pad", action="store_true", help="judge.prefix_pad: true (vLLM prefixes padded to KV blocks)")
