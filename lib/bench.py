@@ -11,7 +11,8 @@ the profile's (`--profile`, default `cpu`: its `judge` section: model, answer sc
 memory share); `--model` replaces only the model. On a machine with CUDA, vLLM runs there (`--profile gpu`).
 
 - soft_vllm: our in-process soft judge (VLLMBackend: both sections in one batch, as a training step sends them;
-  warm prefix first, identical prompts once, prefix caching, prefixes padded to a KV-block boundary);
+  warm prefix first, identical prompts once, prefix caching; prefixes padded to a KV-block boundary only with the
+  profile's `judge.prefix_pad: true`);
 - seed_http: the original's topology: a local `vllm serve` (its module form) over HTTP, seed mode (greedy 3 tokens, batches of 6);
   the server is started for this mode only and stopped before the next (2 cores: nothing else may run);
 - soft_transformers: the TransformersBackend, soft (full prefill of every prompt, batched).

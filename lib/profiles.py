@@ -63,6 +63,10 @@ class JudgeConfig(_Strict):
     # the model's family for the evaluation tables' independence mark (a held-out judge of another family than the
     # training judge is independent of it); None: the registry's (lib.models.model_family), unknown for other models
     family: str | None = None
+    # vllm backend, soft/hard mode: pad each text's shared prefix to a KV-block boundary with filler spaces so every
+    # question after the first computes only its own part (faster), at the cost of other tokens than the plain prompt:
+    # it moves P(yes) (lib.judge.engine.PAD_TEXT says by how much). Off: every backend scores the same token ids.
+    prefix_pad: bool = False
 
 
 class SubstanceConfig(_Strict):
@@ -125,6 +129,10 @@ class TrainConfig(_Strict):
     # when a micro-batch holds several completions of a prompt (per_device_train_batch_size >= num_generations / 2)
     shared_prompt: bool = False
     resume: bool = True  # continue from the run's last checkpoint; false refuses a run that already has checkpoints
+    # rollouts from vLLM (vllm_lora, TRL's vLLM, Unsloth): TRL's correction for the rollout engine's log-probs differing
+    # from the trainer's (`vllm_importance_sampling_mode`): token_truncate clips each token's ratio at 3 (TRL's
+    # sequence_mask default drops a whole completion whose summed difference exceeds log 3); off: no correction
+    importance_sampling: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = "token_truncate"
     first_last_k: int = Field(5, ge=1)  # logged steps averaged at each end to ask whether the format reward rose
     # Reward designs (docs/reward-designs.md). TRL's multi_objective_aggregation: sum_then_normalize (TRL's default:
     # weighted sum, then scale_rewards) or normalize_then_sum (GDPO: each reward normalized within its group first, so

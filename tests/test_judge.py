@@ -355,7 +355,7 @@ def test_aligned_prefix_same_prompts_and_answers(rubric, mode):
 
     plain = engine(FakeBackend(p_yes=rule), mode=mode)
     aligned_backend = BlockCacheBackend(block=8, p_yes=rule)
-    aligned = engine(aligned_backend, mode=mode)
+    aligned = engine(aligned_backend, mode=mode, prefix_pad=True)
     jobs = [(rubric["answer"], ["可乐"] * 3, texts), (rubric["think"], ["可乐"] * 3, texts)]
     want = plain.judge_sections(jobs)
     got = aligned.judge_sections(jobs)
@@ -407,14 +407,29 @@ def test_seed_mode_and_backends_without_block_cache_are_not_padded(rubric):
     assert all(isinstance(p, str) for _, batch in plain.calls for p in batch)
 
 
+def test_prefix_pad_is_opt_in_and_unpadded_prompts_go_as_text(rubric):
+    # off by default: a backend with a block prefix cache gets the plain prompts, as every other backend does
+    backend = BlockCacheBackend(block=8)
+    judge = engine(backend)
+    assert judge.pad_id is None
+    judge.judge_section(rubric["answer"], ["可乐"] * 2, ["可乐真好喝，快乐加倍", "一口清凉"])
+    assert all(isinstance(p, str) for _, batch in backend.calls for p in batch)
+    # on, a text whose prefix is not worth padding is sent as text too (not as separately tokenized pieces)
+    backend = BlockCacheBackend(block=64, max_model_len=74)
+    judge = engine(backend, prefix_pad=True)
+    assert judge.pad_id is not None
+    judge.judge_section(rubric["answer"], ["可乐"], ["想" * 30])  # padded to the 64-token block it would not fit
+    assert all(isinstance(p, str) for _, batch in backend.calls for p in batch)
+
+
 def test_padding_never_overflows_the_context(rubric):
     # a 30-character text: prompts of 51-54 tokens; padded to the 64-token block they would need 74-77 (+1 answer)
     for max_len, padded in ((74, False), (80, True)):
         backend = BlockCacheBackend(block=64, max_model_len=max_len)  # every prompt must fit (FakeBackend._n asserts it)
-        judge = engine(backend)
+        judge = engine(backend, prefix_pad=True)
         res = judge.judge_section(rubric["answer"], ["可乐"], ["想" * 30])
         assert set(res[0]) == set(rubric["answer"].keys) and not any(j.truncated for j in res[0].values())
-        assert any(judge.pad_id in p for _, batch in backend.calls for p in batch) == padded
+        assert any(isinstance(p, list) and judge.pad_id in p for _, batch in backend.calls for p in batch) == padded
 
 
 def test_judge_sections_one_batch_same_results(rubric):

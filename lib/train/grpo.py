@@ -190,6 +190,9 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         bf16=profile.device == "cuda" and train_precision(profile).dtype == "bfloat16",
         log_completions=False,
         remove_unused_columns=False,  # keep `entity` for the judge rewards
+        # rollouts from vLLM: correct for its log-probs differing from the trainer's (lib.train.rollouts.LoRARollouts.attach)
+        vllm_importance_sampling_correction=cfg.importance_sampling != "off",
+        vllm_importance_sampling_mode="token_truncate" if cfg.importance_sampling == "off" else cfg.importance_sampling,
     )
     if cfg.backend == "unsloth":
         # Unsloth's engine (fast_inference) generates; its patched trainer reads these (UNVERIFIED until run on a GPU)
@@ -304,7 +307,8 @@ _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset fil
               "dtype": "(loader; bf16 on CUDA)", "shared_prompt": "(log-prob forward)",
               "reward_aggregation": "multi_objective_aggregation", "format_gate": "(judge rewards)",
               "substance": "(reward substance)", "overlong_buffer": "(reward overlong)", "relative": "(rewards relative*)",
-              "peft": "peft_config (None: full fine-tune)"}
+              "peft": "peft_config (None: full fine-tune)",
+              "importance_sampling": "vllm_importance_sampling_correction / _mode"}
 
 
 def train_config_table(profile: Profile) -> pd.DataFrame:
@@ -492,6 +496,8 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     )
     if timer is not None:
         timer.attach(trainer)
+    if rollouts is not None:
+        rollouts.attach(trainer)  # TRL's importance-sampling correction and |Δ log p| log for the vLLM rollouts
     if profile.train.backend == "unsloth":
         check_unsloth_trainer(trainer, model)
     elif profile.train.shared_prompt:

@@ -7,7 +7,10 @@ Files in the run's `train/` folder (appended; a resumed run skips the steps alre
                           `completions/mean_length`, `completions/clipped_ratio`, `loss`, `learning_rate`,
                           `grad_norm`) plus `step_seconds`, `judge_seconds` and `judge_share` (judge time / step time),
                           and, when the rollouts are timed (LoRARollouts, or lib.train.rollouts.GenerationTimer on
-                          TRL's own generation), `rollout_seconds`, `rollout_share` and `gradient_seconds`
+                          TRL's own generation), `rollout_seconds`, `rollout_share` and `gradient_seconds`;
+                          with rollouts from vLLM and TRL's importance-sampling correction on, TRL's
+                          `sampling/sampling_logp_difference/mean` and `/max` (|rollout - trainer| log-prob per
+                          completion token, nats) and `sampling/importance_sampling_ratio/min|mean|max`
     samples.jsonl         a few completions of every logged step with each reward, each judge question's
                           P(yes) and the section scores
 
@@ -340,6 +343,8 @@ PANELS: tuple[tuple[str, str, str, str | None, str], ...] = (
     ("clipped_ratio", "completions cut at max length", "completions/clipped_ratio", None, "share"),
     ("zero_std_share", "groups with zero reward spread", "frac_reward_zero_std", None, "share"),
     ("judge_share", "judge share of step time", "judge_share", None, "share"),
+    ("rollout_logp_delta", "rollout vs trainer |Δ log p| (mean per token)", "sampling/sampling_logp_difference/mean",
+     None, "nats"),
 )
 
 

