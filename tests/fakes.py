@@ -82,3 +82,16 @@ def quiet_keyword_judge() -> KeywordJudge:
             pass
 
     return Quiet()
+
+
+def stage_notebook(path, body: str, title: bool = True):
+    """A notebook like ours for pipeline tests: (a title,) a `parameters` cell of RUN_DIR and PROFILE, then `body`."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('RUN_DIR: str = ""  # run dir\nPROFILE: str = "smoke"  # profile')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = ([nbformat.v4.new_markdown_cell(f"# {path.stem}")] if title else []) + [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path

@@ -14,20 +14,14 @@ import pytest
 from lib import paths
 from lib.cli import main
 from lib.run import RunError
+from tests.fakes import stage_notebook
 from lib.pipeline import PipelineError, discover_stages, kernel_name, run_pipeline, run_stage
 
 ENV_VARS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
 
 
 def _notebook(path: Path, body: str) -> Path:
-    """A notebook like ours: title, parameters cell, then `body`, which may use RUN_DIR and PROFILE."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('RUN_DIR: str = ""  # run dir\nPROFILE: str = "smoke"  # profile')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-    return path
+    return stage_notebook(path, body)
 
 
 def _log_stage(name: str) -> str:

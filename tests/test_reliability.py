@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from lib import paths
 from lib.cli import main
 from lib.pipeline import run_pipeline
 from lib.run import RunError
+from tests.fakes import stage_notebook
 from lib.runlock import LOCK_FILE, hold_run, run_lines, staleness
 
 # `python -c` wrapper: the CLI with the notebooks folder (and optionally the default run id) of a test sandbox
@@ -29,13 +29,7 @@ SLEEPER = ("import os, time\nfrom pathlib import Path\nmark = Path(RUN_DIR) / 's
 
 
 def _notebook(path: Path, body: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('RUN_DIR: str = ""  # run dir\nPROFILE: str = "smoke"  # profile')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
-    return path
+    return stage_notebook(path, body)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from lib.profiles import load_profile
 from lib.sweep import SHARED_STAGES, SweepError, load_sweep, load_sweep_dir, plan, run_sweep, stage_key
 
 STAGE_BODY = """
+from tests.fakes import stage_notebook
 from lib.run import open_run
 ctx = open_run(RUN_DIR, PROFILE, setup=False)
 with open(ctx.dir / 'order.txt', 'a') as f:
@@ -32,12 +33,7 @@ if os.path.exists(flag):
 
 
 def _notebook(path: Path, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('RUN_DIR: str = ""  # run dir\nPROFILE: str = "smoke"  # profile')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nbformat.write(nb, path)
+    stage_notebook(path, body, title=False)
 
 
 @pytest.fixture
