@@ -1,5 +1,6 @@
-"""What the benchmarks share (a leaf module: nothing in lib above lib.paths): BenchError, report paths and
-JSON writing, machine facts, free ports and a local `vllm serve` process, CPU seconds of a process tree.
+"""What the benchmarks share: BenchError, report JSON, machine facts, ports, a local `vllm serve`.
+
+A leaf module (nothing in lib above lib.paths): report paths and JSON writing, machine facts, free ports and a local `vllm serve` process, CPU seconds of a process tree.
 
 `lib.bench` (judge), `lib.bench_step`, `lib.serve.bench`, `lib.serve.soak` and the reward server's `ServerThread`
 import from here, so none of them imports another to get these.

@@ -1,5 +1,6 @@
-"""The names of the rewards a profile can weight (`train.reward_weights`): a leaf, so validating a profile
-imports no reward code."""
+"""The names of the rewards a profile can weight (`train.reward_weights`).
+
+A leaf, so validating a profile imports no reward code."""
 from __future__ import annotations
 
 # Rule-based rewards: plain functions of the completions (lib.rewards.rules).

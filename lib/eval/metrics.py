@@ -1,5 +1,6 @@
-"""Evaluation metrics: diagnostics of completions, score tables with bootstrap intervals,
-a two-judge comparison that flags likely reward hacking, and the bar chart of the scores.
+"""Evaluation metrics: completion diagnostics, score tables with intervals, the reward-hacking test.
+
+Diagnostics of completions, score tables with bootstrap intervals, a two-judge comparison that flags likely reward hacking, and the bar chart of the scores.
 
 Pure logic: the evaluation notebook generates and judges; this module only counts and summarises.
 

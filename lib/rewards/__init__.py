@@ -1,4 +1,6 @@
-"""Rewards with TRL's signature `(completions, **kwargs) -> list[float]`: rule rewards (`lib.rewards.rules`) and the
+"""The rewards, by profile name: rule rewards, judge rewards (`JudgeRewards`) and the designs' guards.
+
+Rewards with TRL's signature `(completions, **kwargs) -> list[float]`: rule rewards (`lib.rewards.rules`) and the
 judge rewards of a `JudgeRewards` object (`lib.rewards.judged`; its relative judging: `lib.rewards.relative`); the
 guards against rewards won by writing less (`lib.rewards.guards`); `reward_funcs` gives them by profile name.
 

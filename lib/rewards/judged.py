@@ -1,5 +1,6 @@
-"""Judge rewards as an object: `JudgeRewards(judge, rubric)` holds the judge, the rubric, the per-step cache and the
-details and statistics of its calls; its bound methods are the reward functions TRL calls.
+"""Judge rewards as an object: `JudgeRewards(judge, rubric)`, whose methods are TRL reward functions.
+
+It holds the judge, the rubric, the per-step cache and the details and statistics of its calls; its bound methods are the reward functions TRL calls.
 
 - `think_quality_reward`, `answer_quality_reward`: the judge answers a rubric section's yes/no checklist
   (lib.rubric) about the think / answer part; the section score is the reward. TRL passes the dataset's `entity`

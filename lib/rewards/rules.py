@@ -1,5 +1,6 @@
-"""Rule-based rewards with TRL's signature `(completions, **kwargs) -> list[float]`, each in [0, 1], and the text
-helpers every reward shares.
+"""Rule-based rewards (format, diversity, tag count) and the text helpers every reward shares.
+
+Each has TRL's signature `(completions, **kwargs) -> list[float]` and gives values in [0, 1].
 
 - `format_reward`: the original's rule-based format check (`<think>…</think><answer>…</answer>`).
 - `diversity_reward`, `tag_count_reward`: optional helpers (within-group novelty; partial credit for tags).

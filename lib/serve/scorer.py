@@ -1,5 +1,6 @@
-"""The reward server's scoring: `RewardScorer` (the rewards on one judge, several requests in one judge call) and
-`Batcher` (merges concurrent requests into those calls), with the request `Limits` and `ServeError`.
+"""The reward server's scoring: `RewardScorer`, `Batcher`, the request `Limits`.
+
+`RewardScorer` (the rewards on one judge, several requests in one judge call) and `Batcher` (merges concurrent requests into those calls), with the request `Limits` and `ServeError`.
 
 No HTTP here: `lib.serve.app` builds the app on a scorer, `lib.serve.server` runs it.
 """

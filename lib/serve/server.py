@@ -1,5 +1,6 @@
-"""Running the reward server: `ServerThread` (uvicorn in a thread: tests, benchmarks) and `serve()` (the process
-behind `python -m lib.cli serve`: build the profile's judge once, warm it up, serve until stopped)."""
+"""Running the reward server: `ServerThread` and `serve()`.
+
+`ServerThread` (uvicorn in a thread: tests, benchmarks) and `serve()` (the process behind `python -m lib.cli serve`: build the profile's judge once, warm it up, serve until stopped)."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
-"""`python -m lib.bench soak`: the reward server for minutes under mixed load, fuzzed bodies, killed clients and an
-injected judge failure; says whether anything was lost, answered wrongly or leaked.
+"""`python -m lib.bench soak`: the reward server under load, fuzzing and faults, for minutes.
+
+Mixed load, fuzzed bodies, killed clients and an injected judge failure; says whether anything was lost, answered wrongly or leaked.
 
     python -m lib.bench soak [--seconds 300] [--clients 24] [--profile smoke] [--judge module:factory]
                              [--bad-bodies 1200] [--rss-growth-mib 512] [--json PATH]

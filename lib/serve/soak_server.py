@@ -1,4 +1,6 @@
-"""The soak's server process: the profile's judge (or a test double) wrapped so that one entity's judging fails,
+"""The soak's server process, with one entity's judging made to fail.
+
+The profile's judge (or a test double) wrapped so that one entity's judging fails,
 served on 127.0.0.1 with the soak's token and the default `Limits` (`lib.serve.soak` starts and measures it)."""
 from __future__ import annotations
 
