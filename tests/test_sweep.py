@@ -13,9 +13,9 @@ from lib import paths
 from lib.cli import main
 from lib.profiles import load_profile
 from lib.sweep import SHARED_STAGES, SweepError, load_sweep, load_sweep_dir, plan, run_sweep, stage_key
+from tests.fakes import stage_notebook
 
 STAGE_BODY = """
-from tests.fakes import stage_notebook
 from lib.run import open_run
 ctx = open_run(RUN_DIR, PROFILE, setup=False)
 with open(ctx.dir / 'order.txt', 'a') as f:

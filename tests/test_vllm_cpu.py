@@ -49,11 +49,14 @@ def test_install_cpu_lora_ops_replaces_vllms_ops_where_they_are_looked_up(monkey
     from lib import vllm_cpu
 
     names = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
-    for module in (lora_ops, punica_cpu):  # monkeypatch puts vLLM's own back after the test
+    def stand_in(*args, **kwargs):  # what vLLM's module holds before the install, whatever ran earlier in the process
+        raise AssertionError("vLLM's own op was called")
+
+    for module in (lora_ops, punica_cpu):  # monkeypatch puts back what the modules held after the test
         for name in names:
             if hasattr(module, name):
-                monkeypatch.setattr(module, name, getattr(module, name))
-    assert lora_ops.bgmv_shrink is not vllm_cpu.bgmv_shrink
+                monkeypatch.setattr(module, name, stand_in)
+    assert lora_ops.bgmv_shrink is stand_in
     vllm_cpu.install_cpu_lora_ops()
     vllm_cpu.install_cpu_lora_ops()  # idempotent
     for name in names:
