@@ -1,5 +1,8 @@
 """Completions for evaluation and case studies: cached, seeded per request, with vLLM or transformers.
 
+(Over 500 lines: one job, the generation of notebook 04 and 05 and its cache; the merge and its check already live
+in lib.eval.merge.)
+
     cache = GenerationCache(ctx.stage("eval") / "generations.jsonl")
     texts = generate("gemma3-270m", "/path/run/train/adapter", [make_prompt("椰子水")],
                      {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95}, seed=42, cache=cache,
