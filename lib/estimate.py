@@ -20,28 +20,30 @@ from lib import paths
 from lib.hardware import NATIVE_BF16_CLASSES
 from lib.profiles import Profile, deep_merge
 
-# The reference: cold `make run`, `cpu` profile, git 5ab76fd (micro-batches of 8, shared-prompt log-probs), 2 cores,
-# CPU class avx512_bf16 (2026-12-01): 16 min 20 s with set-up. Each stage is split into parts by the engine whose dtype
-# decides its speed ("judge", "train", "eval", or None: no model work): (engine, fixed seconds, seconds that scale
-# with the part's work). The fixed parts are engine starts and model loads.
+# The reference: `make run` of the `cpu` profile from a fresh clone of git e231202 (model cache warm: 00 without the
+# conversion), 2 cores, CPU class avx512_bf16 (2026-12-01): 28.3 min for the stages. Each stage is split into parts by
+# the engine whose dtype decides its speed ("judge", "train", "eval", or None: no model work): (engine, fixed
+# seconds, seconds that scale with the part's work). The fixed parts are engine starts and model loads.
 REFERENCE = {
     "cpu_class": "avx512_bf16",
-    "probe_gflops": {"float32": 202.0, "bfloat16": 889.0},  # lib.hardware.matmul_probe at that run's start
+    "probe_gflops": {"float32": 155.0, "bfloat16": 816.0},  # lib.hardware.matmul_probe at that run's start
     "dtypes": {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
     "parts": {
-        "00": [(None, 12.0, 0.0)],  # + CONVERSION_SECONDS on a cold model cache (55.9 s in all)
-        "01": [(None, 2.9, 0.0)],
-        "02": [("judge", 25.0, 73.1)],  # 98.1 s
-        "03": [("train", 45.0, 481.4)],  # 526.4 s: rollouts and judge run on the judge's engine, in the same dtype
-        "04": [("eval", 40.0, 75.4), ("judge", 25.0, 69.8)],  # 210.2 s: generation 115.4 s, then the two judges
-        "05": [(None, 6.2, 0.0)],
+        "00": [(None, 16.4, 0.0)],  # + CONVERSION_SECONDS on a cold model cache
+        "01": [(None, 3.0, 0.0)],
+        "02": [("judge", 25.0, 102.1)],  # 127.1 s: the 756 labels, seed mode, probes and adversarial probes
+        # 795.9 s: rollouts and judge run on the judge's engine, in the same dtype; with the rollouts' log-probs TRL
+        # makes one more no-grad forward per step (its importance-sampling correction)
+        "03": [("train", 45.0, 750.9)],
+        "04": [("eval", 40.0, 144.5), ("judge", 25.0, 537.9)],  # 747.4 s: generation 184.5 s, then the two judges
+        "05": [(None, 8.0, 0.0)],
     },
-    # the reference evaluation: 50 prompts x 2 models, one sample each, 256 new tokens
-    "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 2 * 2 * 250 + 16 * 128,
-             "calibration_texts": 86, "eval_sequences": 100, "eval_new_tokens": 256},
-    # of a training step's time in that run: rollouts 26% and judge 15% (scale with the completions), the rest is
+    # the reference evaluation: 50 prompts x 2 models x (4 samples + greedy), 128 new tokens
+    "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 4 * 2 * 250 + 16 * 128,
+             "calibration_texts": 86, "eval_sequences": 500, "eval_new_tokens": 128},
+    # of a training step's time in that run: rollouts 20% and judge 13% (scale with the completions), the rest is
     # the policy's log-probs, backward and optimizer (scales with the tokens it computes)
-    "generation_share": 0.417,
+    "generation_share": 0.330,
 }
 # float32 / bf16 seconds of the same work on the reference machine: between the reference run and a float32 run of
 # the reduced sizing there (probe-adjusted): calibration 2.6, training 2.4, evaluation's judging 2.5.
@@ -113,13 +115,10 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
 
     `dtypes`: the dtype of each engine ("judge", "train", "eval"), from lib.hardware.profile_precisions.
     >>> from lib.profiles import load_profile
-    >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 202.0, "bfloat16_gflops": 889.0}}
-    >>> as_then = {"train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
-    ...            "eval": {"samples_per_prompt": 1, "greedy": False, "max_new_tokens": 256}}
-    >>> est = estimate_run(load_profile("cpu", as_then), ref, {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
-    ...                    model_cached=False)
-    >>> round(est["total_s"])  # the reference run itself: 900 s
-    900
+    >>> ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 155.0, "bfloat16_gflops": 816.0}}
+    >>> est = estimate_run(load_profile("cpu"), ref, {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"})
+    >>> round(est["total_s"])  # the reference run itself: 1697.8 s
+    1698
     """
     dtypes = {**REFERENCE["dtypes"], **(dtypes or {})}
     native = facts.get("cpu_class") in NATIVE_BF16_CLASSES

@@ -167,6 +167,35 @@ def test_two_runs_started_together_get_their_own_directories(sandbox):
         assert (d / "mine").read_text() == str(p.pid)  # the stage's kernel was this process's child
 
 
+@pytest.mark.smoke
+def test_two_smoke_jobs_at_once_share_a_cold_model_cache(tmp_path):
+    """Two real smoke jobs started together (`lib.cli run --profile smoke --stages 00`, the real notebook 00: it
+    materializes the policy from its packaged GGUF and generates a sample) with the same default run id, one
+    outputs/ and an empty model cache: two directories, each written by its own process only, one converted model
+    folder (a second materializer waited and reused it: a second conversion would fail its rename), equal data."""
+    outputs, cache = tmp_path / "outputs", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(paths.PROJ_ROOT), "CREATIVE_GRPO_OUTPUTS": str(outputs),
+           "CREATIVE_GRPO_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", CLI, str(paths.NOTEBOOKS_DIR), "both", "run", "--profile", "smoke",
+                               "--stages", "00"], cwd=paths.PROJ_ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    dirs = [outputs / "runs" / Path(o[0].strip().splitlines()[-1]).name for o in outs]
+    assert sorted(d.name for d in dirs) == ["both", "both-2"]
+    for p, d in zip(procs, dirs):
+        m = _manifest(d)
+        assert m["status"] == "ok" and m["owner"]["pid"] == p.pid and _stage(m, "00_build_data")["status"] == "ok"
+        log = (d / "pipeline.log").read_text()
+        assert f"run {d.name}: profile smoke" in log and f"run {dirs[1 - dirs.index(d)].name}:" not in log
+    models = sorted(f.name for f in (cache / "models").iterdir() if f.is_dir())
+    assert len(models) == 1 and ".tmp" not in models[0], models  # one model folder, no half-written one left
+    index = json.loads(next((cache / "models").glob("*.index.json")).read_text())
+    assert list(index.values()) == models
+    a, b = ((d / "data" / "train.parquet").read_bytes() for d in dirs)
+    assert a == b  # same seed, same data: neither job wrote into the other's files
+
+
 def test_a_given_run_id_that_exists_is_one_line(sandbox):
     nb_dir, runs = sandbox
     (runs / "x").mkdir(parents=True)

@@ -146,3 +146,37 @@ def test_soak_refuses_bad_arguments(tmp_path):
     taken = tmp_path / "soak.json"
     taken.write_text("{}")
     assert bench.main(["soak", "--json", str(taken)]) == 2
+
+
+def test_the_judge_thread_hands_freed_memory_back_at_most_every_trim_interval(rubric, monkeypatch):
+    """RewardScorer calls malloc_trim(0) after a judge call once `trim_every_s` have passed (and after the warm-up),
+    on the judge's thread; `trim_every_s=None` never does. (The soak measures what it saves: RSS growth.)"""
+    import threading
+
+    from lib.serve import scorer as scorer_mod
+
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert scorer_mod.malloc_trim() is not None  # the real one, found in this machine's C library
+    calls = []
+    monkeypatch.setattr(scorer_mod, "malloc_trim", lambda: (lambda pad: calls.append((pad, threading.current_thread().name))))
+    job = [(GOOD["completions"], [GOOD["entity"]], ["answer"])]
+    s = RewardScorer(KeywordJudge(), rubric, trim_every_s=3600.0)
+    s.executor.submit(s.warm_up).result()
+    assert s.trims == 1 and calls[0][0] == 0 and calls[0][1].startswith("judge")
+    s.executor.submit(s.score_batch, job).result()
+    assert s.trims == 1  # not due yet
+    s._last_trim -= 3600.0
+    s.executor.submit(s.score_batch, job).result()
+    assert s.trims == 2
+    s._last_trim -= 3600.0
+    with pytest.raises(Exception, match="reads P"):  # a failing call (relative judging needs an engine) trims too
+        s.executor.submit(s.relative, "relative", GOOD["completions"] * 2, [GOOD["entity"]] * 2, [[1], [1]]).result()
+    assert s.trims == 3 and len(calls) == 3
+    s.close()
+    never = RewardScorer(KeywordJudge(), rubric, trim_every_s=None)
+    never.warm_up()
+    never.score_batch(job)
+    assert never.trims == 0 and len(calls) == 3
+    never.close()
