@@ -31,7 +31,9 @@ REFERENCE = {
     "parts": {
         "00": [(None, 16.4, 0.0)],  # + CONVERSION_SECONDS on a cold model cache
         "01": [(None, 3.0, 0.0)],
-        "02": [("judge", 25.0, 102.1)],  # 127.1 s: the 756 labels, seed mode, probes and adversarial probes
+        # 127.1 s: engine start, the probes and adversarial probes (fixed), and the labels (scale with the texts); the
+        # split from this run and the float32 reduced run beside it (191.2 s at 40 texts)
+        "02": [("judge", 94.0, 33.1)],
         # 795.9 s: rollouts and judge run on the judge's engine, in the same dtype; with the rollouts' log-probs TRL
         # makes one more no-grad forward per step (its importance-sampling correction)
         "03": [("train", 45.0, 750.9)],

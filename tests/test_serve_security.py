@@ -180,3 +180,46 @@ def test_the_judge_thread_hands_freed_memory_back_at_most_every_trim_interval(ru
     never.score_batch(job)
     assert never.trims == 0 and len(calls) == 3
     never.close()
+
+
+def test_the_server_caps_onednn_s_primitive_cache_before_building_its_judge(monkeypatch):
+    """`serve()` and the soak's server set ONEDNN_PRIMITIVE_CACHE_CAPACITY (8) before the judge engine exists (oneDNN
+    reads it once), unless the environment sets it already."""
+    from lib.judge import engine
+    from lib.serve import scorer as scorer_mod, server, soak_server
+
+    seen = []
+
+    def build_judge(cfg, seed=0):
+        seen.append(__import__("os").environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(engine, "build_judge", build_judge)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    with pytest.raises(RuntimeError, match="stop here"):
+        server.serve("smoke")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    with pytest.raises(RuntimeError, match="stop here"):
+        soak_server.main(["--port", "1", "--profile", "smoke"])
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    with pytest.raises(RuntimeError, match="stop here"):
+        server.serve("smoke")
+    assert seen == [scorer_mod.ONEDNN_CACHE_CAPACITY, scorer_mod.ONEDNN_CACHE_CAPACITY, "64"]
+
+
+def test_memprobe_reports_rss_before_and_after_a_final_trim(tmp_path, monkeypatch, capsys):
+    """`python -m lib.serve.memprobe` for a second on the keyword judge: judged completions, the scorer's trims, the
+    RSS at start, end and after a final trim in its JSON; an existing --json is refused."""
+    from lib.serve import memprobe
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    out = tmp_path / "m.json"
+    args = ["--judge", "tests.fakes:quiet_keyword_judge", "--seconds", "1", "--trim-every", "0.1", "--json", str(out)]
+    assert memprobe.main(args) == 0
+    rep = json.loads(out.read_text())
+    assert rep["completions"] > 0 and rep["trims"] >= 2 and rep["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
+    assert set(rep["rss_mib"]) == {"start", "end", "after_final_trim"} and rep["rss_mib"]["start"] > 0
+    assert "after a final trim" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        memprobe.main(args)
+    assert "exists" in capsys.readouterr().err

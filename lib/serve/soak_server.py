@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         judge = getattr(importlib.import_module(module), attr)()
     else:
         from lib.judge.engine import build_judge
+        from lib.serve.scorer import bound_native_caches
 
+        bound_native_caches()
         judge = build_judge(profile.judge, seed=profile.seed)
     scorer = RewardScorer(FaultInjector(judge), load_rubric(profile.rubric.path), profile.train.reward_weights,
                           {"profile": profile.name, "model": profile.judge.model, "backend": profile.judge.backend})
