@@ -10,6 +10,7 @@
 - `lib.serve.bench`: `python -m lib.bench serve` (throughput and latency vs concurrent clients).
 - `lib.serve.soak`: `python -m lib.bench soak` (minutes of mixed, fuzzed and killed clients and an injected judge failure);
   `lib.serve.soak_server`: its server process; `lib.serve.fuzz`: bad bodies from the request schemas (hypothesis).
+- `lib.serve.memprobe`: `python -m lib.serve.memprobe` (a judge process's memory without HTTP: live or only kept).
 """
 TOKEN_ENV = "CREATIVE_GRPO_REWARD_TOKEN"  # bearer token of the server (and of the clients)
 URL_ENV = "CREATIVE_GRPO_REWARD_URL"  # where clients find the server
