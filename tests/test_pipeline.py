@@ -313,5 +313,6 @@ def test_sizing_keeps_the_full_job_within_the_budget():
     assert fits is prof and rec["chosen"] == "full" and "within the 40-minute budget" in rec["why"]
     est = {"cpu": 60.0 * 60}
     reduced, rec = choose_sizing(prof, lambda p: {"total_s": est["cpu"] if p.train.max_steps == 24 else 1500.0, "stages": {}})
-    assert rec["chosen"] == "reduced" and reduced.train.max_steps == 18 and reduced.eval.n_prompts == 30
+    assert rec["chosen"] == "reduced" and reduced.train.max_steps == 18 and reduced.eval.n_prompts == 24
+    assert reduced.eval.samples_per_prompt == 2 and reduced.eval.greedy
     assert reduced.train.learning_rate == 1e-4 and reduced.train.per_device_train_batch_size == 4
