@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 
 import pytest
@@ -151,11 +152,10 @@ def test_soak_refuses_bad_arguments(tmp_path):
 def test_the_judge_thread_hands_freed_memory_back_at_most_every_trim_interval(rubric, monkeypatch):
     """RewardScorer calls malloc_trim(0) after a judge call once `trim_every_s` have passed (and after the warm-up),
     on the judge's thread; `trim_every_s=None` never does. (The soak measures what it saves: RSS growth.)"""
+    import platform
     import threading
 
     from lib.serve import scorer as scorer_mod
-
-    import platform
 
     if platform.libc_ver()[0] == "glibc":
         assert scorer_mod.malloc_trim() is not None  # the real one, found in this machine's C library
@@ -191,7 +191,7 @@ def test_the_server_caps_onednn_s_primitive_cache_before_building_its_judge(monk
     seen = []
 
     def build_judge(cfg, seed=0):
-        seen.append(__import__("os").environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+        seen.append(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(engine, "build_judge", build_judge)

@@ -32,21 +32,12 @@ def probe(seconds: float, trim_every: float, profile: str = "smoke", judge: str 
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
     from lib.serve.bench import workload
-    from lib.serve.scorer import ONEDNN_CACHE_ENV, RewardScorer, bound_native_caches, malloc_trim
+    from lib.serve.scorer import ONEDNN_CACHE_ENV, RewardScorer, malloc_trim, server_judge
 
     if onednn_cache is not None:
         os.environ[ONEDNN_CACHE_ENV] = onednn_cache
-    bound_native_caches()
     prof = load_profile(profile)
-    if judge:
-        import importlib
-
-        module, _, attr = judge.partition(":")
-        engine = getattr(importlib.import_module(module), attr)()
-    else:
-        from lib.judge.engine import build_judge
-
-        engine = build_judge(prof.judge, seed=prof.seed)
+    engine = server_judge(prof, judge)
     scorer = RewardScorer(engine, load_rubric(prof.rubric.path), prof.train.reward_weights,
                           trim_every_s=trim_every if trim_every > 0 else None)
     proc, rng = psutil.Process(), random.Random(seed)

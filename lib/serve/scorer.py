@@ -59,6 +59,20 @@ def bound_native_caches() -> str:
     return os.environ.setdefault(ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY)
 
 
+def server_judge(profile: Any, factory: str | None = None) -> Any:
+    """The judge of a long-running server process: `factory` ("module:function", a test double) called, or the
+    profile's judge engine; built after `bound_native_caches()`."""
+    import importlib
+
+    bound_native_caches()
+    if factory:
+        module, _, attr = factory.partition(":")
+        return getattr(importlib.import_module(module), attr)()
+    from lib.judge.engine import build_judge
+
+    return build_judge(profile.judge, seed=profile.seed)
+
+
 class RewardScorer:
     """The rewards on one judge and rubric; judged rewards of several requests in one judge call.
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from lib.serve import TOKEN_ENV
 from lib.serve.app import create_app
-from lib.serve.scorer import Limits, RewardScorer, ServeError, bound_native_caches
+from lib.serve.scorer import Limits, RewardScorer, ServeError, server_judge
 
 
 @dataclass
@@ -57,15 +57,13 @@ def serve(profile_name: str, host: str = "127.0.0.1", port: int = 8000, token: s
     """Build the profile's judge once and serve until stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
 
-    from lib.judge.engine import build_judge
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
 
     profile = load_profile(profile_name, overrides=overrides)
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     rubric = load_rubric(profile.rubric.path)
-    bound_native_caches()
-    judge = build_judge(profile.judge, seed=profile.seed)
+    judge = server_judge(profile)
     info = {"profile": profile.name, "model": profile.judge.model, "backend": profile.judge.backend}
     scorer = RewardScorer(judge, rubric, profile.train.reward_weights, info)
     try:

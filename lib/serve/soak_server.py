@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
     from lib.serve.app import create_app
-    from lib.serve.scorer import Limits, RewardScorer
+    from lib.serve.scorer import Limits, RewardScorer, server_judge
 
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
@@ -54,17 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge", default=None)
     args = p.parse_args(argv)
     profile = load_profile(args.profile)
-    if args.judge:
-        import importlib
-
-        module, _, attr = args.judge.partition(":")
-        judge = getattr(importlib.import_module(module), attr)()
-    else:
-        from lib.judge.engine import build_judge
-        from lib.serve.scorer import bound_native_caches
-
-        bound_native_caches()
-        judge = build_judge(profile.judge, seed=profile.seed)
+    judge = server_judge(profile, args.judge)
     scorer = RewardScorer(FaultInjector(judge), load_rubric(profile.rubric.path), profile.train.reward_weights,
                           {"profile": profile.name, "model": profile.judge.model, "backend": profile.judge.backend})
     try:
