@@ -55,7 +55,7 @@ lab: setup
 		--IdentityProvider.token=$$token $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: setup
-	$(PY) -m lib.bench judge --json outputs/bench/judge.json
+	$(PY) -m bench judge --json outputs/bench/judge.json
 
 # The first run on a GPU machine (after `make setup EXTRAS=gpu,dev`): about 10 minutes, stops at the first failing stage.
 gpu-check:

@@ -8,7 +8,7 @@
     creative-grpo profiles | show-profile NAME | models
     creative-grpo infer --entity 椰子水 [--model NAME] [--adapter PATH_OR_RUN_ID]
     creative-grpo serve --profile cpu [--host 127.0.0.1 --port 8000 --token T]   # the reward server (lib.serve)
-    creative-grpo sweep lib/sweeps/smoke_lr.yaml [--sweep-id ID] [--only V1,V2] [--dry-run]   # variants of a profile
+    creative-grpo sweep lib/assets/sweeps/smoke_lr.yaml [--sweep-id ID] [--only V1,V2] [--dry-run]   # variants of a profile
     creative-grpo sweep --resume SWEEP_ID          # continue a sweep: finished runs are not redone
     creative-grpo compare RUN_ID ... | --sweep SWEEP_ID [--out DIR]   # one table, overlaid curves, compare.html
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the notebook pipeline into outputs/runs/<run-id>/")
-    p.add_argument("--profile", help="profile name (lib/profiles/NAME.yaml) or a YAML path")
+    p.add_argument("--profile", help="profile name (lib/assets/profiles/NAME.yaml) or a YAML path")
     p.add_argument("--run-id", help="name of the run directory (default: <utc-time>-<profile>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
                    help="override a profile parameter (value parsed as YAML); repeatable")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=20.0, help="how long a request waits for others to merge with")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE")
     p = sub.add_parser("sweep", help="run the variants of a sweep file, each a run (lib.sweep; docs/experiments.md)")
-    p.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="sweep definition (e.g. lib/sweeps/smoke_lr.yaml)")
+    p.add_argument("file", nargs="?", metavar="SWEEP.yaml", help="sweep definition (e.g. lib/assets/sweeps/smoke_lr.yaml)")
     p.add_argument("--resume", metavar="SWEEP_ID", help="continue a sweep (id under outputs/sweeps/ or its directory)")
     p.add_argument("--sweep-id", help="name of the sweep directory (default: <utc-time>-<name>)")
     p.add_argument("--only", type=_stages, help="comma-separated variants to run (one process per variant: joins the sweep)")

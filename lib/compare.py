@@ -221,7 +221,7 @@ def run_rows(label: str, rd: Path) -> list[dict]:
 
 
 def compare_table(runs: Iterable[tuple[str, Path]]) -> pd.DataFrame:
-    """One row per run and evaluated model, indexed "label/model"; `lib.eval.metrics.display_table` shows the intervals."""
+    """One row per run and evaluated model, indexed "label/model"; `lib.eval.tables.display_table` shows the intervals."""
     rows = [r for label, rd in runs for r in run_rows(label, rd)]
     table = pd.DataFrame(rows)
     table.index = [f"{r['run']}/{r['model']}" if r["model"] is not None else r["run"] for r in rows]
@@ -299,7 +299,7 @@ def overlay_curves(runs: Sequence[tuple[str, Path]], out_dir: str | Path) -> lis
 
 def build_compare_report(runs: Sequence[tuple[str, Path]], out_dir: str | Path, title: str = "Run comparison") -> Path:
     """The table (csv/md/html), the overlaid curves and ONE self-contained `compare.html` (images inline) in `out_dir`."""
-    from lib.eval.metrics import display_table, save_table
+    from lib.eval.tables import display_table, save_table
     from lib.eval.report import _page, png_data_uri
 
     out = Path(out_dir)
@@ -346,7 +346,7 @@ def default_out_dir(sweep: str | Path | None) -> Path:
 
 def compare_cli(runs: Sequence[str], sweep: str | None, out: str | None) -> Path:
     """What `lib.cli compare` does: resolve, build the report, print the table; returns compare.html's path."""
-    from lib.eval.metrics import display_table, markdown_table
+    from lib.eval.tables import display_table, markdown_table
 
     found = resolve_runs(runs, sweep)
     page = build_compare_report(found, Path(out) if out else default_out_dir(sweep),

@@ -1,6 +1,6 @@
 """Prompt data: the entity catalogue, cleaning, chat prompts in TRL's format, the train/test split.
 
-The catalogue (`lib/data/entities.csv`, columns `entity,domain`) lists Chinese ad subjects written for
+The catalogue (`lib/assets/entities.csv`, columns `entity,domain`) lists Chinese ad subjects written for
 this project. Each entity becomes one conversational prompt, the original project's system prompt plus
 `USER_TEMPLATE` filled with the entity:
 

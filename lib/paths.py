@@ -6,9 +6,12 @@ from pathlib import Path
 
 PROJ_ROOT = Path(__file__).resolve().parents[1]
 LIB_DIR = PROJ_ROOT / "lib"
-DATA_DIR = LIB_DIR / "data"  # small data files written in this project (catalogue, calibration set)
-PROFILES_DIR = LIB_DIR / "profiles"
-RUBRICS_DIR = LIB_DIR / "rubrics"
+ASSETS_DIR = LIB_DIR / "assets"  # files, not code: profiles, rubrics, sweeps, the catalogue and the labelled sets
+DATA_DIR = ASSETS_DIR  # small data files written in this project (catalogue, calibration set)
+PROFILES_DIR = ASSETS_DIR / "profiles"
+RUBRICS_DIR = ASSETS_DIR / "rubrics"
+SWEEPS_DIR = ASSETS_DIR / "sweeps"
+ACCELERATE_DIR = ASSETS_DIR / "accelerate"
 NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 OUTPUTS_DIR = Path(os.environ.get("CREATIVE_GRPO_OUTPUTS", PROJ_ROOT / "outputs"))
 RUNS_DIR = OUTPUTS_DIR / "runs"

@@ -1,6 +1,6 @@
 """Profiles: one YAML file holds every parameter of a pipeline run, validated on load.
 
-`load_profile("smoke")` finds `lib/profiles/smoke.yaml`; a path to any YAML file works too.
+`load_profile("smoke")` finds `lib/assets/profiles/smoke.yaml`; a path to any YAML file works too.
 An unknown key or a wrong type raises `ProfileError` naming the file and the field.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ class DataConfig(_Strict):
 
 
 class RubricConfig(_Strict):
-    path: str | None = None  # None: lib/rubrics/default.yaml (the original's checklists)
-    heldout_path: str | None = None  # rubric of the held-out judge; None: lib/rubrics/heldout.yaml
+    path: str | None = None  # None: lib/assets/rubrics/default.yaml (the original's checklists)
+    heldout_path: str | None = None  # rubric of the held-out judge; None: lib/assets/rubrics/heldout.yaml
 
 
 class JudgeConfig(_Strict):
@@ -223,7 +223,7 @@ class Profile(_Strict):
     sizing: SizingConfig = SizingConfig()
     calibration_max_texts: int | None = None  # cap on calibration texts (smoke); None: all
     calibration_probe_texts: int | None = Field(None, ge=1)  # cap on answers in notebook 02's length/relevance probes; None: all
-    # notebook 02's adversarial probes (lib.judge.probes): a probe that passes a must-have item for more than this share
+    # notebook 02's adversarial probes (lib.judge.adversarial): a probe that passes a must-have item for more than this share
     # of the probed entities is flagged
     calibration_adversarial_max_pass: float = Field(0.2, ge=0, le=1)
     calibration_adversarial_entities: int = Field(4, ge=1)  # test entities each adversarial probe is asked about

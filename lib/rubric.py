@@ -5,7 +5,7 @@ questions). `must-have` items gate the score multiplicatively, `plausible` items
 
     score = prod(must-have indicators) * min(mean(plausible indicators) + 0.05, 1)
 
-`lib/rubrics/default.yaml` reproduces CreativeTinyZero's checklists exactly; `lib/rubrics/heldout.yaml`
+`lib/assets/rubrics/default.yaml` reproduces CreativeTinyZero's checklists exactly; `lib/assets/rubrics/heldout.yaml`
 rewords them for a held-out judge. Load with `load_rubric()` (default), `load_rubric("heldout")` or a path.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _fill(template: str, **values: str) -> str:
 
 @dataclass(frozen=True)
 class RelativeSpec:
-    """The pairwise question of relative judging (lib.judge.relative): which of two texts, A or B, is the better ad.
+    """The pairwise question of relative judging (lib.judge.pairwise): which of two texts, A or B, is the better ad.
 
     `template` holds {a}, {b} and {question}, usually {entity}; `question` may hold {entity}."""
 
@@ -152,7 +152,7 @@ def canonical_json(sections: Mapping[str, RubricSection]) -> str:
 
 
 def rubric_path(name_or_path: str | Path | None = None) -> Path:
-    """None -> the default rubric; a bare name (`"heldout"`) -> `lib/rubrics/<name>.yaml`; else a path."""
+    """None -> the default rubric; a bare name (`"heldout"`) -> `lib/assets/rubrics/<name>.yaml`; else a path."""
     if name_or_path is None:
         return paths.DEFAULT_RUBRIC
     p = Path(name_or_path)
@@ -168,7 +168,7 @@ def rubric_path(name_or_path: str | Path | None = None) -> Path:
 
 
 def load_rubric(path: str | Path | None = None) -> Rubric:
-    """Load and validate a rubric YAML (None: `lib/rubrics/default.yaml`).
+    """Load and validate a rubric YAML (None: `lib/assets/rubrics/default.yaml`).
 
     Every problem raises `RubricError` with one line naming the file and the section/item at fault.
 

@@ -1,6 +1,6 @@
 """Sweeps: one base profile, several named variants (`--set` overrides or a small grid), each an ordinary run.
 
-    python -m lib.cli sweep lib/sweeps/smoke_lr.yaml             # a new sweep: outputs/sweeps/<utc>-<name>/
+    python -m lib.cli sweep lib/assets/sweeps/smoke_lr.yaml             # a new sweep: outputs/sweeps/<utc>-<name>/
     python -m lib.cli sweep --resume 20261201-130000-smoke_lr    # continue it: finished runs are never redone
     python -m lib.cli sweep S.yaml --sweep-id night --only lr-big  # one variant (one process per variant, any launcher)
 

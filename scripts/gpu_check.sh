@@ -6,7 +6,7 @@
 #   bash scripts/gpu_check.sh                  # or: make gpu-check
 #   PROFILE=gpu STEPS=3 TEXTS=20 PROMPTS=5 RUN_ID=... PY=.venv/bin/python bash scripts/gpu_check.sh
 #
-# Stages (lib/gpu_check.py says what each prints): preflight, judge, train, eval, gpu-tests, bench.
+# Stages (bench/gpu_check.py says what each prints): preflight, judge, train, eval, gpu-tests, bench.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,10 +31,10 @@ stage() {
   echo "== gpu_check stage $name ok in $((SECONDS - t0)) s"
 }
 
-stage preflight "$PY" -m lib.gpu_check preflight --profile "$PROFILE"
-stage judge "$PY" -m lib.gpu_check judge --profile "$PROFILE" --texts "$TEXTS"
-stage train "$PY" -m lib.gpu_check train --profile "$PROFILE" --run-id "$RUN_ID" --steps "$STEPS"
-stage eval "$PY" -m lib.gpu_check eval --run-id "$RUN_ID" --prompts "$PROMPTS"
+stage preflight "$PY" -m bench.gpu_check preflight --profile "$PROFILE"
+stage judge "$PY" -m bench.gpu_check judge --profile "$PROFILE" --texts "$TEXTS"
+stage train "$PY" -m bench.gpu_check train --profile "$PROFILE" --run-id "$RUN_ID" --steps "$STEPS"
+stage eval "$PY" -m bench.gpu_check eval --run-id "$RUN_ID" --prompts "$PROMPTS"
 stage gpu-tests "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-stage bench "$PY" -m lib.gpu_check bench --profile "$PROFILE"
+stage bench "$PY" -m bench.gpu_check bench --profile "$PROFILE"
 echo "gpu_check: every stage passed in $SECONDS s; the run is outputs/runs/$RUN_ID"

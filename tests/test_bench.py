@@ -1,4 +1,4 @@
-"""lib.bench without a model or a server: token minimum, measurement bookkeeping, the JSON report's layout."""
+"""bench without a model or a server: token minimum, measurement bookkeeping, the JSON report's layout."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lib import bench, bench_common
+from bench import cli as bench, common as bench_common
 from lib.judge import JudgeEngine
 from lib.profiles import JudgeConfig, load_profile
 from lib.rubric import parse_rubric
@@ -197,7 +197,7 @@ def test_serve_command():
 
 # ------------------------------------------------------------------------------------------------ `step`
 
-from lib import bench_step  # noqa: E402
+from bench import step as bench_step  # noqa: E402
 
 
 def _rows(*steps):
@@ -301,5 +301,5 @@ def test_step_default_json_path(tmp_path, monkeypatch):
 
 def test_step_child_command():
     cmd = bench_step.child_command("original", 3, "cpu", bench_step.Path("/w"), bench_step.Path("/w/r.json"))
-    assert cmd[:3] == [sys.executable, "-m", "lib.bench_step"]
+    assert cmd[:3] == [sys.executable, "-m", "bench.step"]
     assert cmd[cmd.index("--child") + 1] == "original" and cmd[cmd.index("--steps") + 1] == "3"

@@ -140,7 +140,7 @@ def parse_module_args(module: str, args: list[str], where: str) -> argparse.Name
     try:
         with contextlib.redirect_stderr(err), warnings.catch_warnings():
             # runpy warns that lib.x is already imported: expected here, as the module runs only up to parse_args
-            warnings.filterwarnings("ignore", "'lib", RuntimeWarning)
+            warnings.filterwarnings("ignore", "'(lib|bench)", RuntimeWarning)
             runpy.run_module(module, run_name="__main__", alter_sys=False)
     except _Parsed as parsed:
         return parsed.namespace
@@ -180,7 +180,7 @@ def check_repo_paths(tokens: list[str], where: str) -> None:
     for t in tokens:
         for piece in re.split(r"[=,]", t):
             piece = re.sub(r"^(\$PWD|RUN-ID)/", "", piece)
-            if re.match(r"^(lib|scripts|docs|notebooks|tests)/[\w./-]+$", piece) and "RUN-ID" not in piece:
+            if re.match(r"^(lib|bench|scripts|docs|notebooks|tests)/[\w./-]+$", piece) and "RUN-ID" not in piece:
                 assert (REPO_ROOT / piece).exists(), f"{where}: {piece} does not exist"
 
 
@@ -191,7 +191,7 @@ def check_python_m(tokens: list[str], where: str) -> None:
         if prefix.startswith("python -m ") and (module + ".").startswith(prefix.split()[-1] + "."):
             check_repo_paths(args, where)
             return
-    assert module.startswith("lib."), f"{where}: `python -m {module}` is neither ours nor in EXTERNAL"
+    assert module.split(".")[0] in ("lib", "bench"), f"{where}: `python -m {module}` is neither ours nor in EXTERNAL"
     parse_module_args(module, args, where)
     check_profile_args(args, where)
     check_repo_paths(args, where)
@@ -406,7 +406,7 @@ def run_sweep_file(block, monkeypatch, capsys):
 
     first = block.text.splitlines()[0]
     shipped = REPO_ROOT / first.lstrip("# ").strip()
-    assert first.startswith("# lib/sweeps/") and shipped.exists(), f"{block.where}: first line names no file in lib/sweeps/"
+    assert first.startswith("# lib/assets/sweeps/") and shipped.exists(), f"{block.where}: first line names no file in lib/assets/sweeps/"
     written = Path(os.environ.get("TMPDIR", "/tmp")) / f"docs-sweep-{os.getpid()}" / shipped.name
     written.parent.mkdir(exist_ok=True)
     written.write_text(block.text, encoding="utf-8")
@@ -568,7 +568,7 @@ def test_named_code_and_paths_exist():
                     problems.append(f"{p.relative_to(REPO_ROOT)}: `{span}`: {why}")
                 continue
             m = re.fullmatch(r"((?:lib|tests|docs|scripts|notebooks)/[\w./*-]*)(?:::(\w+))?", span)
-            if not m or re.search(r"/[A-Z_]+\.", m.group(1)):  # `lib/profiles/NAME.yaml`: a placeholder
+            if not m or re.search(r"/[A-Z_]+\.", m.group(1)):  # `lib/assets/profiles/NAME.yaml`: a placeholder
                 continue
             path = m.group(1)
             if not list(REPO_ROOT.glob(path)) and not (REPO_ROOT / path).exists():
@@ -597,7 +597,7 @@ def test_relative_links_resolve():
 # ------------------------------------------------------------------------------------------ the layout table
 
 def layout_rows() -> dict[str, str]:
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    text = (REPO_ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
     section = text.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
@@ -648,4 +648,4 @@ def test_layout_table_matches_the_tree():
         rel = d.relative_to(REPO_ROOT).as_posix() + "/"
         if not any(r.startswith(rel) for r in rows):
             problems.append(f"the layout table has no row for the folder `{rel}`")
-    assert not problems, "README layout table vs tree:\n" + "\n".join(problems)
+    assert not problems, "docs/layout.md vs tree:\n" + "\n".join(problems)

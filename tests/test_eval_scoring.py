@@ -9,7 +9,7 @@ from lib.eval.scoring import (
     ScoringError, base_pairs, before_after, build_cases, find_detail, headline, load_details, save_details,
     score_completions, score_with_reuse, side_by_side,
 )
-from lib.eval.metrics import score_table
+from lib.eval.tables import score_table
 from lib.profiles import EvalModel, JudgeConfig, load_profile
 from lib.eval.report import case_study_html
 from lib.rubric import load_rubric

@@ -1,4 +1,4 @@
-"""lib.eval.metrics: diagnostics, score tables, two-judge comparison, bar chart."""
+"""lib.eval.tables: diagnostics, score tables, two-judge comparison, bar chart."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.eval.metrics import (
+from lib.eval.tables import (
     EvaluateError,
     clause_overlap,
     compare_judges,
@@ -207,7 +207,7 @@ def test_compare_judges_standardizes_each_judges_scale():
 
 
 def test_effect_gap_ci_by_hand_and_bad_input():
-    from lib.eval.metrics import effect_gap_ci
+    from lib.eval.tables import effect_gap_ci
 
     tb, tm = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 2.0, 1.0, 2.0])  # gain 1, pooled SD of 0,1,0,1,1,2,1,2
     hb, hm = np.array([0.0, 0.5, 0.0, 0.5]), np.array([0.0, 0.5, 0.0, 0.5])  # gain 0
@@ -247,7 +247,7 @@ def test_grouped_bar_chart_saves_png(tmp_path):
 
 
 def test_paired_gains_and_reported_rows():
-    from lib.eval.metrics import ORIGINAL_REPORTED, paired_gains, score_table, with_reported_rows
+    from lib.eval.tables import ORIGINAL_REPORTED, paired_gains, score_table, with_reported_rows
 
     items = pd.DataFrame({"model": ["base"] * 4 + ["grpo"] * 4, "entity": list("abcd") * 2,
                           "format": [0, 0.5, 0, 0.6, 0.8, 0.9, 0.7, 0.9]})
@@ -262,7 +262,7 @@ def test_paired_gains_and_reported_rows():
 
 
 def test_reported_rows_sit_in_their_own_block_with_the_caveat():
-    from lib.eval.metrics import ORIGINAL_REPORTED, REPORTED_CAVEAT, REPORTED_HEADER, with_reported_rows
+    from lib.eval.tables import ORIGINAL_REPORTED, REPORTED_CAVEAT, REPORTED_HEADER, with_reported_rows
 
     table = with_reported_rows(score_table(_items(), n_resamples=50))
     assert list(table.index) == ["base", "trained", REPORTED_HEADER, *ORIGINAL_REPORTED]

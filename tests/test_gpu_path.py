@@ -1,4 +1,4 @@
-"""The GPU path's likely first-run failures (issue 13), checked where a CPU can check them, and lib.gpu_check.
+"""The GPU path's likely first-run failures (issue 13), checked where a CPU can check them, and bench.gpu_check.
 
 Tests marked `gpu` need a CUDA device (skipped elsewhere); scripts/gpu_check.sh runs them on the GPU machine.
 """
@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from packaging.requirements import Requirement
 
-from lib import gpu_check, models, paths, rewards
+from bench import gpu_check
+from lib import models, paths, rewards
 from lib.eval import generation
 from lib.judge import backends, engine
 from lib.train import cpu_logprobs, grpo
@@ -303,15 +304,15 @@ def test_train_stage_run_has_the_check_overrides(monkeypatch, tmp_path):
 
 
 def test_bench_stage_uses_the_profile_flag_only_when_lib_bench_has_it(monkeypatch, tmp_path):
-    helps = {"without": "usage: python -m lib.bench judge [--json JSON] [--model MODEL]",
-             "with": "usage: python -m lib.bench judge [--json JSON] [--profile PROFILE]"}
+    helps = {"without": "usage: python -m bench judge [--json JSON] [--model MODEL]",
+             "with": "usage: python -m bench judge [--json JSON] [--profile PROFILE]"}
     for kind, text in helps.items():
         monkeypatch.setattr(gpu_check.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stdout=text))
         cmd = gpu_check.bench_command("gpu", tmp_path / "b.json")
         if kind == "without":
             assert cmd is None
         else:
-            assert cmd[1:] == ["-m", "lib.bench", "judge", "--profile", "gpu", "--json", str(tmp_path / "b.json")]
+            assert cmd[1:] == ["-m", "bench", "judge", "--profile", "gpu", "--json", str(tmp_path / "b.json")]
 
 
 @pytest.mark.smoke
@@ -364,10 +365,10 @@ def test_closed_engine_gives_its_memory_to_the_next():
 
 
 def test_tiny_check_trains_through_our_path_here(monkeypatch, tmp_path, capsys):
-    """lib.gpu_tiny_check on this machine (CUDA when there is one): one GRPO step of a random Qwen2 policy with the
+    """bench.gpu_tiny_check on this machine (CUDA when there is one): one GRPO step of a random Qwen2 policy with the
     tiny BPE tokenizer of tests.train_helpers, judged by a random Qwen2 on the transformers backend, then the
     evaluation (transformers generation of the base and the adapter, training and held-out judge); every check passes."""
-    from lib import gpu_tiny_check
+    from bench import gpu_tiny_check
     from tests.train_helpers import build_tiny_policy
 
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")

@@ -376,7 +376,7 @@ def test_aligned_prefix_same_prompts_and_answers(rubric, mode):
 
 
 def test_aligned_prefix_computes_each_prefix_once(rubric):
-    from lib.bench import min_prompt_tokens
+    from bench.cli import min_prompt_tokens
 
     section = rubric["answer"]
     texts = [f"第{i}段文案" + "好" * i for i in range(8)]

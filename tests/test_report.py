@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lib.eval.metrics import save_table
+from lib.eval.tables import save_table
 from lib.judge import Judgement
 from lib.profiles import Profile, dump_profile
 from lib.eval.report import (

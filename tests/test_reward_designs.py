@@ -7,8 +7,8 @@ import re
 import pandas as pd
 import pytest
 
-from lib.judge.probes import PROBE_NAMES, flagged_probes, probe_summary, run_probes
-from lib.judge.relative import RelativeJudge, debiased_win, ring_pairs
+from lib.judge.adversarial import PROBE_NAMES, flagged_probes, probe_summary, run_probes
+from lib.judge.pairwise import RelativeJudge, debiased_win, ring_pairs
 from lib.profiles import JudgeConfig, ProfileError, load_profile
 from lib.rewards import format_reward
 from lib.rewards.guards import gated, overlong_reward, substance_reward, with_options

@@ -141,7 +141,7 @@ def test_trl_functions_share_one_request_per_batch_and_match_in_process(serve_ke
 
 
 def test_client_retries_then_names_the_server():
-    from lib.bench_common import free_port
+    from bench.common import free_port
 
     remote = RemoteRewards(f"http://127.0.0.1:{free_port()}", retries=1, backoff=0.01, timeout=2)
     with pytest.raises(RemoteRewardError, match=r"failed after 2 tries: ConnectError"):

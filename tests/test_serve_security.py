@@ -1,5 +1,5 @@
 """The reward server's security defaults and its input handling under fuzzing (keyword judge, fast), and the short
-soak (`python -m lib.bench soak` for a few seconds on the keyword judge in a server process)."""
+soak (`python -m bench soak` for a few seconds on the keyword judge in a server process)."""
 from __future__ import annotations
 
 import inspect
@@ -111,7 +111,7 @@ def test_no_answer_echoes_input_as_markup(client):
 
 
 def test_fuzzed_bodies_from_the_schema_get_a_one_line_4xx_before_any_judge_call(client):
-    from lib.serve.fuzz import bad_bodies
+    from bench.fuzz import bad_bodies
 
     limits = Limits()
     bodies = bad_bodies(300, limits, seed=1)
@@ -129,7 +129,7 @@ def test_fuzzed_bodies_from_the_schema_get_a_one_line_4xx_before_any_judge_call(
 
 def test_short_soak_on_a_keyword_judge_loses_nothing():
     """The soak's bounded version: 3 s, 12 clients, the keyword judge (tests.fakes) in a server process."""
-    from lib.serve.soak import format_lines, soak
+    from bench.soak import format_lines, soak
 
     rep = soak(seconds=3, clients=12, judge="tests.fakes:quiet_keyword_judge", n_bad=120, kill_every=0.5, inject_every=1.0,
                fuzz_pause=0.01, startup_timeout=120)
@@ -141,7 +141,7 @@ def test_short_soak_on_a_keyword_judge_loses_nothing():
 
 
 def test_soak_refuses_bad_arguments(tmp_path):
-    from lib import bench
+    from bench import cli as bench
 
     assert bench.main(["soak", "--seconds", "0"]) == 2
     taken = tmp_path / "soak.json"
@@ -186,7 +186,8 @@ def test_the_server_caps_onednn_s_primitive_cache_before_building_its_judge(monk
     """`serve()` and the soak's server set ONEDNN_PRIMITIVE_CACHE_CAPACITY (8) before the judge engine exists (oneDNN
     reads it once), unless the environment sets it already."""
     from lib.judge import engine
-    from lib.serve import scorer as scorer_mod, server, soak_server
+    from lib.serve import scorer as scorer_mod, server
+    from bench import soak_server
 
     seen = []
 
@@ -208,9 +209,9 @@ def test_the_server_caps_onednn_s_primitive_cache_before_building_its_judge(monk
 
 
 def test_memprobe_reports_rss_before_and_after_a_final_trim(tmp_path, monkeypatch, capsys):
-    """`python -m lib.serve.memprobe` for a second on the keyword judge: judged completions, the scorer's trims, the
+    """`python -m bench.memprobe` for a second on the keyword judge: judged completions, the scorer's trims, the
     RSS at start, end and after a final trim in its JSON; an existing --json is refused."""
-    from lib.serve import memprobe
+    from bench import memprobe
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     out = tmp_path / "m.json"

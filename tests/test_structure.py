@@ -183,6 +183,17 @@ def test_judge_imports_nothing_from_training():
         assert not train, f"{name} imports training: " + " -> ".join(min(train.values(), key=len))
 
 
+def test_lib_never_imports_the_bench_tooling():
+    """bench/ measures lib/; lib/ (what notebooks, the CLI and the server import) stands without it."""
+    offenders = []
+    for src in sorted(paths.LIB_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(src.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{src.relative_to(paths.PROJ_ROOT)}: {n}" for n in names if n == "bench" or n.startswith("bench.")]
+    assert not offenders, offenders
+
+
 @pytest.mark.parametrize("name", LEAF_MODULES)
 def test_leaf_modules_import_no_lib(name):
     assert import_graph()[name] == set(), f"{name} is a leaf module: it may import no other lib module"

@@ -108,7 +108,7 @@ def test_bad_sweep_files_name_the_file_and_field(tmp_path, text, message):
 
 
 def test_the_example_sweeps_load():
-    for f in sorted((paths.LIB_DIR / "sweeps").glob("*.yaml")):
+    for f in sorted((paths.SWEEPS_DIR).glob("*.yaml")):
         assert load_sweep(f).variants, f
 
 

@@ -1,4 +1,4 @@
-"""A real two-variant sweep on the smoke profile (lib/sweeps/smoke_lr.yaml: the learning rate differs, training
+"""A real two-variant sweep on the smoke profile (lib/assets/sweeps/smoke_lr.yaml: the learning rate differs, training
 only), then `lib.cli compare` and notebook 06 on its two runs. Slow (minutes, one smoke pipeline plus stages 03-05
 once more): marked `smoke`. Doubles as the sharing test: the second run takes stages 00-02 from the first."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ def smoke_sweep(tmp_path_factory):
     mp.setattr(paths, "RUNS_DIR", outputs / "runs")
     try:
         prepare_environment()
-        code = main(["sweep", str(paths.LIB_DIR / "sweeps" / "smoke_lr.yaml"), "--sweep-id", "t"])
+        code = main(["sweep", str(paths.SWEEPS_DIR / "smoke_lr.yaml"), "--sweep-id", "t"])
         yield code, outputs
     finally:
         mp.undo()

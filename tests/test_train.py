@@ -31,7 +31,7 @@ from lib.train.trend import first_last_comparison
 from tests.fakes import KeywordJudge
 
 PROFILES = ("smoke", "cpu", "gpu")
-ACCELERATE_DIR = paths.LIB_DIR / "accelerate"
+ACCELERATE_DIR = paths.ACCELERATE_DIR
 
 
 def _params(obj) -> tuple[set[str], bool]:

@@ -6,7 +6,7 @@
 
 The scores are the training rewards themselves (lib.rewards: format_reward and a JudgeRewards' think_quality_reward,
 answer_quality_reward), so evaluation measures exactly what training optimized; the held-out judge
-(`heldout_judge`) asks the reworded checklists (lib/rubrics/heldout.yaml) to see whether gains transfer.
+(`heldout_judge`) asks the reworded checklists (lib/assets/rubrics/heldout.yaml) to see whether gains transfer.
 """
 from __future__ import annotations
 

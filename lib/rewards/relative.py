@@ -2,7 +2,7 @@
 
 Two references (`reference`):
 - "group": the other members of its GRPO group (completions of the same prompt), round-robin: each against the
-  next `opponents` members (lib.judge.relative.ring_pairs), both orders: 2 * opponents judge prompts per completion,
+  next `opponents` members (lib.judge.pairwise.ring_pairs), both orders: 2 * opponents judge prompts per completion,
   linear in the group, no extra generation. The reward is the mean win probability over its pairs: a group-relative
   score in [0, 1] (GRPO's advantage then compares members on what the judge prefers, not on fixed yes/no items).
 - "base": the base model's (greedy) answer for the same prompt, generated once per prompt and cached; the reward is
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Sequence
 
-from lib.judge.relative import PairResult, ring_pairs
+from lib.judge.pairwise import PairResult, ring_pairs
 from lib.rewards.rules import RewardError, completion_text, extract_answer
 
 REFERENCES = ("group", "base")
@@ -34,7 +34,7 @@ def group_keys(prompts: Sequence[Any] | None, n: int) -> list[str]:
 class RelativeReward:
     """A reward with TRL's signature: `RelativeReward(comparer, ...)(completions, entity=[...], prompts=[...])`.
 
-    `comparer.compare(entities, xs, ys) -> list[PairResult]` (lib.judge.relative.RelativeJudge).
+    `comparer.compare(entities, xs, ys) -> list[PairResult]` (lib.judge.pairwise.RelativeJudge).
     `reference_fn(prompts) -> list[str]` (reference "base"): the base model's completions for prompts not yet cached.
     `details` holds, per completion of the last call, win, pairs and the mean position bias; `stats` running totals.
     """
@@ -130,12 +130,12 @@ def relative_reward(judge_rewards, name: str = "relative", opponents: int = 1,
     on a `JudgeRewards`' judge and rubric (its `relative:` spec); details and stats go to
     `judge_rewards.details[name]` / `.stats[name]`. `base_max_tokens`: the base answers' length (None: 256).
     `JudgeRewards.func(name)` builds it with the object's `relative_options`."""
-    from lib.judge.relative import RelativeJudge
+    from lib.judge.pairwise import RelativeJudge
 
     rubric = judge_rewards.rubric
     if rubric.relative is None:
         raise RewardError(f"reward {name!r}: rubric {rubric.source} has no 'relative:' template and question "
-                          f"(lib/rubrics/default.yaml has one)")
+                          f"(lib/assets/rubrics/default.yaml has one)")
     engine = judge_rewards.judge
     if not hasattr(engine, "backend"):
         raise RewardError(f"reward {name!r} reads P(A)/P(B) from a judge engine's backend (lib.judge.engine.JudgeEngine); "

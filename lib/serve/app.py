@@ -35,7 +35,7 @@ from fastapi import Request  # at module level: the routes' annotations are reso
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lib.rewards import RELATIVE_REWARDS, RewardError, completion_text
-from lib.serve.metrics import Metrics
+from lib.serve.prometheus import Metrics
 from lib.serve.scorer import JUDGED, Batcher, Limits, RewardScorer, ServeError
 
 PUBLIC_PATHS = ("/health",)  # answered without the token (load balancers, readiness probes)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,13 @@ from typing import Any
 from lib.serve import TOKEN_ENV
 from lib.serve.app import create_app
 from lib.serve.scorer import Limits, RewardScorer, ServeError, server_judge
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -33,8 +41,6 @@ class ServerThread:
         import uvicorn
 
         if not self.port:
-            from lib.bench_common import free_port
-
             self.port = free_port()
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name="reward-server", daemon=True)

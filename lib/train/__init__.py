@@ -5,7 +5,6 @@
 - trend: does a metric rise? the first vs the last logged steps with a HAC interval
 - rollouts: rollouts from the judge's vLLM engine with the current LoRA adapter (CPU)
 - cpu_logprobs: TRL's Triton log-prob kernel replaced by PyTorch off CUDA
-- precision: bf16 vs float32 training log-probs (`python -m lib.bench precision`)
 """
 from lib.train.grpo import (
     TrainError,

@@ -21,7 +21,7 @@ How notebook 02 (judge calibration) calls it, in order::
 
     # 1 agreement and calibration, per question and overall
     table = cal.metrics_table(long["label"], long["p_yes"], threshold=t, by=long["section"] + "/" + long["key"])
-    save_table(table, out / "metrics")                        # lib.eval.metrics: metrics.csv, .md, .html
+    save_table(table, out / "metrics")                        # lib.eval.tables: metrics.csv, .md, .html
     cal.reliability_diagram(long["label"], long["p_yes"], out / "reliability.png")
     sweep = threshold_sweep(long["label"], long["p_yes"]); cal.plot_threshold_sweep(sweep, out / "threshold_sweep.png")
 
@@ -51,7 +51,7 @@ from lib.judge.calibration.dataset import (
     rubric_keys,
     select_calibration_texts,
 )
-from lib.judge.calibration.metrics import LOG_LOSS_EPS, MODES, OVERALL, metrics_table, mode_agreement, mode_frame
+from lib.judge.calibration.agreement import LOG_LOSS_EPS, MODES, OVERALL, metrics_table, mode_agreement, mode_frame
 from lib.judge.calibration.plots import plot_probe, plot_threshold_sweep, reliability_diagram
 from lib.judge.calibration.probes import (
     PROBES_FILE,

@@ -1,6 +1,6 @@
 """The calibration set: read and validate the labelled texts, subset them, and ask a judge every question.
 
-`lib/data/calibration.jsonl` (see `lib/data/CALIBRATION.md`) holds answer texts and think sections, each with a
+`lib/assets/calibration.jsonl` (see `lib/assets/CALIBRATION.md`) holds answer texts and think sections, each with a
 human yes/no label for every question of its rubric section. Pure logic, no LLM: the judge is passed in (any
 `lib.judge.SectionJudge`). Bad data raises `CalibrationError` naming the file, line and field.
 """
@@ -72,7 +72,7 @@ def load_calibration_set(
             if section not in rubric_keys:
                 raise CalibrationError(f"{where}: field 'section': {section!r} is not in the rubric's sections {sorted(rubric_keys)}")
             _check_key_set(keys, list(rubric_keys[section]), where, f"the rubric's {section!r} items; a new or renamed "
-                           f"rubric item needs a true/false label on every {section!r} line of this file (lib/data/CALIBRATION.md)")
+                           f"rubric item needs a true/false label on every {section!r} line of this file (lib/assets/CALIBRATION.md)")
         elif section in first_keys:
             ref, ref_line = first_keys[section]
             _check_key_set(keys, ref, where, f"line {ref_line} (first {section!r} line)")

@@ -26,7 +26,7 @@ PROBES_FILE = paths.DATA_DIR / "probes.yaml"  # filler sentences for the length 
 
 
 def load_probes(path: str | Path | None = None) -> dict[str, Any]:
-    """Read `lib/data/probes.yaml`: at least `filler_sentences`, a non-empty list of strings."""
+    """Read `lib/assets/probes.yaml`: at least `filler_sentences`, a non-empty list of strings."""
     p = Path(path) if path is not None else PROBES_FILE
     if not p.exists():
         raise CalibrationError(f"{p}: probe file not found")

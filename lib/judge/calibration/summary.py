@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lib.judge.calibration.metrics import label_metrics
+from lib.judge.calibration.agreement import label_metrics
 from lib.stats import as_labels, as_probs, bootstrap_ci, kappa_ci, threshold_sweep
 
 

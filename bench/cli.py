@@ -1,9 +1,9 @@
 """Benchmarks (commands, not tests): how fast the judge is, measured the same way for each way of running it.
 
-    python -m lib.bench judge [--json PATH] [--profile NAME] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
-    python -m lib.bench step [--json PATH] [--steps 3] [--setups ours,original]   (lib/bench_step.py)
-    python -m lib.bench serve ... (lib/serve/bench.py); python -m lib.bench soak ... (lib/serve/soak.py)
-    python -m lib.bench precision ... (lib/train/precision.py)
+    python -m bench judge [--json PATH] [--profile NAME] [--model NAME] [--texts N] [--modes soft_vllm,seed_http,soft_transformers]
+    python -m bench step [--json PATH] [--steps 3] [--setups ours,original]   (bench/step.py)
+    python -m bench serve ... (bench/serve.py); python -m bench soak ... (bench/soak.py)
+    python -m bench precision ... (bench/precision.py)
 
 `judge` judges the same N calibration completions (N answers and N think sections, every question of the
 default rubric: 20 per completion) with the same model, one mode after the other in one process. The judge is
@@ -38,9 +38,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.bench_common import (BENCH_DIR, SERVER_START_TIMEOUT_S, BenchError, default_json_path, free_port,  # noqa: F401
+from bench.common import (BENCH_DIR, SERVER_START_TIMEOUT_S, BenchError, default_json_path, free_port,  # noqa: F401
                                machine_info, process_cpu_seconds, serve_command, stop_server, versions, wait_for_health,
-                               write_json)  # re-exported: `from lib.bench import BenchError` keeps working
+                               write_json)  # re-exported: `from bench.cli import BenchError` keeps working
 
 MODES = ("soft_vllm", "seed_http", "soft_transformers")
 DEFAULT_PROFILE = "cpu"  # whose `judge` the benchmark uses unless --profile says otherwise
@@ -350,7 +350,7 @@ def bench_judge(model: str | None, n_texts: int, json_path: Path | None, modes: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("judge", help="judgements per second: in-process soft vLLM vs seed over HTTP vs transformers")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/judge-<timestamp>.json)")
@@ -358,16 +358,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", help="registry name or local path (default: the profile's judge.model)")
     p.add_argument("--texts", type=int, default=16, help="answers and think sections each (default 16)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
-    from lib.serve.bench import add_serve_parser  # `serve`: the reward server's benchmark (lib/serve/bench.py)
+    from bench.serve import add_serve_parser  # `serve`: the reward server's benchmark (bench/serve.py)
 
     add_serve_parser(sub)
-    from lib.serve.soak import add_soak_parser  # `soak`: the reward server under load, fuzz and faults (lib/serve/soak.py)
+    from bench.soak import add_soak_parser  # `soak`: the reward server under load, fuzz and faults (bench/soak.py)
 
     add_soak_parser(sub)
-    from lib.bench_step import add_step_parser  # `step`: seconds per GRPO step, ours vs the original's setup
+    from bench.step import add_step_parser  # `step`: seconds per GRPO step, ours vs the original's setup
 
     add_step_parser(sub)
-    p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (lib/train/precision.py)")
+    p = sub.add_parser("precision", help="bf16 vs float32: one GRPO-style gradient step and a few optimizer steps (bench/precision.py)")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/precision.json)")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name or local path")
     p.add_argument("--sequences", type=int, default=4, help="calibration answers in the fixed batch (default 4)")
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "soak", "step"):
         return args.run(args)
     if args.command == "precision":
-        from lib.train import precision
+        from bench import precision
 
         precision.main(args.model, args.json or BENCH_DIR / "precision.json", args.sequences, args.steps)
         return 0

@@ -1,9 +1,8 @@
 """What the benchmarks share: BenchError, report JSON, machine facts, ports, a local `vllm serve`.
 
-A leaf module (nothing in lib above lib.paths): report paths and JSON writing, machine facts, free ports and a local `vllm serve` process, CPU seconds of a process tree.
-
-`lib.bench` (judge), `lib.bench_step`, `lib.serve.bench`, `lib.serve.soak` and the reward server's `ServerThread`
-import from here, so none of them imports another to get these.
+Report paths and JSON writing, machine facts, a local `vllm serve` process, CPU seconds of a process tree.
+`bench.cli` (judge), `bench.step`, `bench.serve` and `bench.soak` import from here, so none of them imports another
+to get these.
 """
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import paths
+from lib.serve.server import free_port  # noqa: F401  (re-exported for the benchmarks)
 
 BENCH_DIR = paths.OUTPUTS_DIR / "bench"
 SERVER_START_TIMEOUT_S = 600.0  # a cold `vllm serve` on 2 cores: ~1-2 minutes
@@ -83,12 +82,6 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_cpu_seconds(pid: int | None = None) -> float:

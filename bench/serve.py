@@ -1,6 +1,6 @@
-"""`python -m lib.bench serve`: the reward server's throughput and latency against concurrent clients.
+"""`python -m bench serve`: the reward server's throughput and latency against concurrent clients.
 
-    python -m lib.bench serve [--json PATH] [--profile smoke] [--clients 1,2,4,8] [--batch 8] [--requests 1]
+    python -m bench serve [--json PATH] [--profile smoke] [--clients 1,2,4,8] [--batch 8] [--requests 1]
                               [--rewards think,answer] [--original-batch 6]
 
 One judge engine (the profile's), one server (uvicorn in a thread of this process, dynamic batching on), then:
@@ -32,7 +32,7 @@ DEFAULT_CLIENTS = (1, 2, 4, 8)
 
 
 def add_serve_parser(sub) -> None:
-    """The `serve` subcommand of `python -m lib.bench` (dispatched by lib.bench.main)."""
+    """The `serve` subcommand of `python -m bench` (dispatched by bench.main)."""
     p = sub.add_parser("serve", help="reward server: judgements/s and latency vs concurrent clients (lib.serve)")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/serve-<timestamp>.json); the figure goes next to it")
     p.add_argument("--profile", default="smoke", help="profile whose judge is served (default smoke: Gemma 3 270M)")
@@ -47,7 +47,7 @@ def add_serve_parser(sub) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from lib.bench_common import BenchError
+    from bench.common import BenchError
 
     try:
         clients = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -67,7 +67,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def workload(n: int, think_and_answer: bool = True) -> tuple[list[str], list[str]]:
     """n distinct (completion, entity) pairs: catalogue entities, calibration think and answer texts."""
     from lib.judge import calibration as cal
-    from lib.bench_common import BenchError
+    from bench.common import BenchError
     from lib.data import load_catalogue
     from lib.rubric import think_shortcut
 
@@ -82,7 +82,7 @@ def workload(n: int, think_and_answer: bool = True) -> tuple[list[str], list[str
 
 
 def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
-    from lib.serve.metrics import percentile
+    from lib.serve.prometheus import percentile
 
     s = sorted(latencies)
     return {"p50_s": percentile(s, 0.5), "p99_s": percentile(s, 0.99), "min_s": s[0], "max_s": s[-1]}
@@ -91,7 +91,7 @@ def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
 def bench_serve(profile_name: str, json_path: Path | None, clients: Sequence[int], batch: int, requests: int,
                 rewards: Sequence[str], original_batch: int, max_wait_ms: float = 20.0, max_batch: int = 128) -> dict[str, Any]:
     from lib import rewards as rewards_mod
-    from lib.bench_common import BenchError, machine_info, versions, write_json
+    from bench.common import BenchError, machine_info, versions, write_json
     from lib.judge.engine import build_judge
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
@@ -235,7 +235,7 @@ def _record(judgements: int, seconds: float, completions: int, load_before: floa
 
 
 def default_json_path(now: datetime | None = None) -> Path:
-    from lib.bench_common import default_json_path as default
+    from bench.common import default_json_path as default
 
     return default(now, stem="serve")
 

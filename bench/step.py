@@ -1,6 +1,6 @@
-"""`python -m lib.bench step`: seconds per GRPO step, our training setup vs the original's, same machine and model.
+"""`python -m bench step`: seconds per GRPO step, our training setup vs the original's, same machine and model.
 
-    python -m lib.bench step [--json PATH] [--steps 3] [--setups ours,original] [--profile cpu]
+    python -m bench step [--json PATH] [--steps 3] [--setups ours,original] [--profile cpu]
 
 A few GRPO steps of the profile's shape (default `cpu`: Qwen2.5-Coder-0.5B-Instruct policy and judge, 2 prompts x 8
 generations, <= 128 completion tokens, LoRA r16, `dtype: auto`), run both ways one after the other, each in its own
@@ -14,7 +14,7 @@ profile overrides only:
   adapter (`train.rollout_engine: vllm_lora`, lib/train/rollouts.py), the in-process soft judge (`judge.backend:
   vllm`, `judge.mode: soft`: one judge batch per step for every judged section), TRL's gradient step;
 - original: the original's setup: TRL's own HF-generation rollouts (`train.rollout_engine: hf`), the judge over
-  HTTP in the original's pattern: a local `vllm serve` (lib.bench_common.serve_command, the server's defaults) started
+  HTTP in the original's pattern: a local `vllm serve` (bench.common.serve_command, the server's defaults) started
   before training, `judge.backend: openai`, `judge.mode: seed` (greedy 3 tokens, requests in batches of 6,
   must-have questions first, plausible ones only when all must-have passed), TRL's gradient step with its own per-row
   log-probs (`train.shared_prompt: false`, micro-batches of 2), where ours computes each prompt once per micro-batch.
@@ -102,7 +102,7 @@ def setup_overrides(setup: str, steps: int, reward_weights: Mapping[str, float],
     """Profile overrides of one setup: `steps` steps, a log row each, one checkpoint at the end (after the last
     step's row), `max_train` prompts; the original's setup: HF rollouts and the seed judge at `base_url`."""
     if setup not in SETUPS:
-        from lib.bench_common import BenchError
+        from bench.common import BenchError
 
         raise BenchError(f"unknown setup {setup!r}; known: {', '.join(SETUPS)}")
     over: dict[str, Any] = {
@@ -132,7 +132,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], warmup: int = WARMUP_STEPS) 
     Keys of MEAN_KEYS (None when no measured step logged one), `n_measured`, `measured_steps`, `discarded_steps`
     and `warmup_step_seconds` (the discarded steps' mean). BenchError when no step is left to measure.
     """
-    from lib.bench_common import BenchError
+    from bench.common import BenchError
 
     rows = {}
     for r in records:
@@ -170,7 +170,7 @@ def ratios(ours: Mapping[str, Any] | None, original: Mapping[str, Any] | None) -
 def report(profile: str, steps: int, reward_weights: Mapping[str, float], setups: Mapping[str, dict | None],
            errors: Mapping[str, str], shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON layout: run facts, one entry per setup (None when it failed, see `errors`), the ratios."""
-    from lib.bench_common import machine_info, versions
+    from bench.common import machine_info, versions
 
     means = {s: (setups.get(s) or {}).get("mean") for s in SETUPS}
     r = ratios(means["ours"], means["original"])
@@ -251,7 +251,7 @@ def prepare_run(profile, run_dir: Path):
 
 def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict[str, Any]:
     """Train `steps` steps of one setup (this process; the parent runs each setup in a fresh one); its record."""
-    from lib import bench_common
+    from bench import common as bench_common
     from lib.data import read_jsonl
     from lib.judge.engine import build_judge
     from lib.models import resolve_model
@@ -319,7 +319,7 @@ def run_setup(setup: str, profile_name: str, steps: int, work_dir: Path) -> dict
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.bench_step")
+    ap = argparse.ArgumentParser(prog="python -m bench.step")
     ap.add_argument("--child", required=True, choices=SETUPS)
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
@@ -342,7 +342,7 @@ def _child_main(argv: Sequence[str]) -> int:
 
 
 def child_command(setup: str, steps: int, profile: str, work_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "lib.bench_step", "--child", setup, "--steps", str(steps), "--profile", profile,
+    return [sys.executable, "-m", "bench.step", "--child", setup, "--steps", str(steps), "--profile", profile,
             "--work-dir", str(work_dir), "--out", str(out)]
 
 
@@ -354,7 +354,7 @@ def _children_cpu_seconds() -> float:
 def bench_step(steps: int = DEFAULT_STEPS, json_path: Path | None = None, setups: Sequence[str] = SETUPS,
                profile: str = DEFAULT_PROFILE, keep_runs: bool = False) -> dict[str, Any]:
     """Run each setup in a fresh process, one after the other; write and print the report."""
-    from lib.bench_common import BenchError, default_json_path, write_json
+    from bench.common import BenchError, default_json_path, write_json
     from lib.profiles import ProfileError, load_profile
 
     unknown = [s for s in setups if s not in SETUPS]
@@ -412,7 +412,7 @@ def bench_step(steps: int = DEFAULT_STEPS, json_path: Path | None = None, setups
 
 
 def add_step_parser(sub) -> None:
-    """The `step` subcommand of `python -m lib.bench` (dispatched by lib.bench.main)."""
+    """The `step` subcommand of `python -m bench` (dispatched by bench.main)."""
     p = sub.add_parser("step", help="seconds per GRPO step: ours (vLLM LoRA rollouts, in-process soft judge) vs the "
                                     "original's setup (HF rollouts, seed judge over HTTP)")
     p.add_argument("--json", type=Path, help="report path (default outputs/bench/step-<timestamp>.json)")
@@ -425,7 +425,7 @@ def add_step_parser(sub) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from lib.bench_common import BenchError
+    from bench.common import BenchError
 
     try:
         bench_step(args.steps, args.json, [s.strip() for s in args.setups.split(",") if s.strip()], args.profile,

@@ -1,11 +1,11 @@
-"""`python -m lib.bench soak`: the reward server under load, fuzzing and faults, for minutes.
+"""`python -m bench soak`: the reward server under load, fuzzing and faults, for minutes.
 
 Mixed load, fuzzed bodies, killed clients and an injected judge failure; says whether anything was lost, answered wrongly or leaked.
 
-    python -m lib.bench soak [--seconds 300] [--clients 24] [--profile smoke] [--judge module:factory]
+    python -m bench soak [--seconds 300] [--clients 24] [--profile smoke] [--judge module:factory]
                              [--bad-bodies 1200] [--rss-growth-mib 512] [--json PATH]
 
-The server runs in its own process (`python -m lib.serve.soak_server`, uvicorn on 127.0.0.1, a bearer token,
+The server runs in its own process (`python -m bench.soak_server`, uvicorn on 127.0.0.1, a bearer token,
 the default `Limits`), on the profile's judge (default `smoke`: the real Gemma 3 270M, loaded once) or on a judge
 built by `--judge module:factory` (a test double: the suite's short run). The judge is wrapped so that judging
 the entity `INJECTED_ENTITY` raises: the injected failure. For `--seconds`, from this process:
@@ -13,7 +13,7 @@ the entity `INJECTED_ENTITY` raises: the injected failure. For `--seconds`, from
 - 2/3 of `--clients` (threads, one keep-alive connection each) send valid requests back to back: every endpoint,
   format-only, judged, with details, TRL's message form, Unicode edge cases (emoji, ZWJ, RTL, combining marks,
   NUL) as completions; each must get a 200 of the right shape;
-- 1/3 send bad requests: `--bad-bodies` distinct bodies from `lib.serve.fuzz` (hypothesis, the real schemas),
+- 1/3 send bad requests: `--bad-bodies` distinct bodies from `bench.fuzz` (hypothesis, the real schemas),
   cycled, plus a wrong Content-Type, no/wrong token, an unknown path, a wrong method, a body over the byte limit;
   each must get a 4xx with a one-line `{"error"}`, JSON, `nosniff`;
 - every `--kill-every` seconds a client dies mid-request: a connection reset after a full or half-sent judged
@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lib.serve.soak_server import INJECTED_ENTITY, TOKEN
+from bench.soak_server import INJECTED_ENTITY, TOKEN
 
 UNICODE_EDGE = ("椰子水😀👩‍👩‍👧，一口清凉。", "مرحبا 椰子水 שלום", "e\u0301\u0301\u0301椰子水", "椰子\x00水", "\u200b\u200d\ufeff椰子水",
                 "𠀀𪚥𝒜", "Ａｄ　全角", "<script>alert(1)</script>&amp;")
@@ -72,7 +72,7 @@ class Record:
 
 def valid_requests(n: int) -> list[tuple[str, dict, int, bool]]:
     """(endpoint, body, completions, judged) of `n` distinct valid requests of every kind."""
-    from lib.serve.bench import workload
+    from bench.serve import workload
 
     comps, ents = workload(n)
     out = []
@@ -171,7 +171,7 @@ def soak(seconds: float = 300.0, clients: int = 24, profile: str = "smoke", judg
     import httpx
 
     from lib import paths
-    from lib.bench_common import BenchError, free_port, machine_info, stop_server, versions, wait_for_health, write_json
+    from bench.common import BenchError, free_port, machine_info, stop_server, versions, wait_for_health, write_json
     from lib.serve.scorer import Limits
 
     if seconds <= 0 or clients < 3:
@@ -179,7 +179,7 @@ def soak(seconds: float = 300.0, clients: int = 24, profile: str = "smoke", judg
     if json_path is not None and json_path.exists():
         raise BenchError(f"{json_path} exists; benchmarks never overwrite (choose another --json)")
     try:
-        from lib.serve.fuzz import bad_bodies
+        from bench.fuzz import bad_bodies
     except ImportError as exc:
         raise BenchError(f"the soak needs hypothesis ({exc}); install the dev extra: pip install -e '.[dev]'") from None
     limits = Limits()
@@ -194,7 +194,7 @@ def soak(seconds: float = 300.0, clients: int = 24, profile: str = "smoke", judg
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths.PROJ_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    cmd = [sys.executable, "-m", "lib.serve.soak_server", "--port", str(port), "--profile", profile] + (["--judge", judge] if judge else [])
+    cmd = [sys.executable, "-m", "bench.soak_server", "--port", str(port), "--profile", profile] + (["--judge", judge] if judge else [])
     proc = subprocess.Popen(cmd, cwd=paths.PROJ_ROOT, env=env, start_new_session=True)
     rec = Record()
     rss: list[tuple[float, int]] = []
@@ -344,7 +344,7 @@ def soak(seconds: float = 300.0, clients: int = 24, profile: str = "smoke", judg
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    from lib.serve.metrics import percentile
+    from lib.serve.prometheus import percentile
 
     return round(percentile(sorted(values), q), 3) if values else None
 
@@ -411,7 +411,7 @@ def format_lines(rep: dict[str, Any]) -> list[str]:
 
 
 def add_soak_parser(sub) -> None:
-    """The `soak` subcommand of `python -m lib.bench` (dispatched by lib.bench.main)."""
+    """The `soak` subcommand of `python -m bench` (dispatched by bench.main)."""
     p = sub.add_parser("soak", help="reward server: minutes of mixed, fuzzed and killed clients and an injected judge failure")
     p.add_argument("--seconds", type=float, default=300.0, help="how long the load lasts (default 300)")
     p.add_argument("--clients", type=int, default=24, help="concurrent clients, 1/3 of them sending bad requests (default 24)")
@@ -427,7 +427,7 @@ def add_soak_parser(sub) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from lib.bench_common import BenchError, default_json_path
+    from bench.common import BenchError, default_json_path
 
     try:
         rep = soak(args.seconds, args.clients, args.profile, args.judge, args.bad_bodies, args.kill_every, args.inject_every,

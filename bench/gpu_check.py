@@ -1,11 +1,11 @@
 """The first run on a GPU machine: the `gpu` profile's parts one at a time, in about 10 minutes.
 
     bash scripts/gpu_check.sh                       # every stage; stops at the first failure, naming it
-    python -m lib.gpu_check preflight --profile gpu
-    python -m lib.gpu_check judge --profile gpu [--texts 20]
-    python -m lib.gpu_check train --profile gpu --run-id ID [--steps 3]
-    python -m lib.gpu_check eval --run-id ID [--prompts 5]
-    python -m lib.gpu_check bench --profile gpu
+    python -m bench.gpu_check preflight --profile gpu
+    python -m bench.gpu_check judge --profile gpu [--texts 20]
+    python -m bench.gpu_check train --profile gpu --run-id ID [--steps 3]
+    python -m bench.gpu_check eval --run-id ID [--prompts 5]
+    python -m bench.gpu_check bench --profile gpu
 
 The script runs each stage in its own process, so every stage starts on an empty card. Each stage prints
 `gpu_check <stage>: {json}` and exits 0, or exits non-zero (our errors: one line `gpu_check <stage> FAILED: ...`).
@@ -21,7 +21,7 @@ The script runs each stage in its own process, so every stage starts on an empty
   with the training judge, then the held-out judge (notebook 04's score tables in the run's eval/). The two
   generation engines start one after the other, each asking for most of the card: the second starts only if the
   first gave its memory back.
-- bench: `python -m lib.bench judge` with the profile's judge, when lib.bench accepts `--profile`; otherwise skipped.
+- bench: `python -m bench judge` with the profile's judge, when bench accepts `--profile`; otherwise skipped.
 """
 from __future__ import annotations
 
@@ -310,7 +310,7 @@ def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
     """`eval_models` on the first `n_prompts` test prompts (generation engines one after the other), scored as
     notebook 04 scores them: the training judge, then the held-out judge (`scoring.heldout_judge`: its own engine
     only after the training judge's is closed); both score tables saved in the run's eval/ (`scores_*.csv`)."""
-    from lib.eval import generation, metrics, scoring
+    from lib.eval import generation, scoring, tables
     from lib.data import load_split
     from lib.eval.generation import GenerationCache
     from lib.rubric import load_rubric
@@ -337,14 +337,14 @@ def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
         for j in (heldout, judge):  # closing twice is harmless (a shared engine is the same backend)
             if j is not None:
                 j.close()
-    tables = {"train": metrics.score_table(train_items, n_resamples=cfg.n_bootstrap, seed=cfg.seed),
-              "heldout": metrics.score_table(heldout_items, metrics=("think", "answer"), n_resamples=cfg.n_bootstrap,
-                                             seed=cfg.seed)}
-    for name, table in tables.items():
-        metrics.save_table(table, ctx.stage("eval") / f"scores_{name}")
+    score_tables = {"train": tables.score_table(train_items, n_resamples=cfg.n_bootstrap, seed=cfg.seed),
+                    "heldout": tables.score_table(heldout_items, metrics=("think", "answer"),
+                                                  n_resamples=cfg.n_bootstrap, seed=cfg.seed)}
+    for name, table in score_tables.items():
+        tables.save_table(table, ctx.stage("eval") / f"scores_{name}")
     out = {"prompts": len(test), "models": [m.label for m in models], "generation_s": round(generation_s, 1),
-           "means": {name: t[metrics.interval_columns(t)].round(3).to_dict(orient="index")
-                     for name, t in tables.items()}}
+           "means": {name: t[tables.interval_columns(t)].round(3).to_dict(orient="index")
+                     for name, t in score_tables.items()}}
     if memory["start"] is not None:
         out["free_gib"] = {k: v["free_gib"] for k, v in memory.items() if v}
     return out
@@ -354,12 +354,12 @@ def eval_stage(ctx, n_prompts: int = 5) -> dict[str, Any]:
 
 
 def bench_command(profile_name: str, json_path: Path) -> list[str] | None:
-    """`python -m lib.bench judge --profile NAME --json PATH`, or None while lib.bench has no `--profile` option."""
-    probe = subprocess.run([sys.executable, "-m", "lib.bench", "judge", "--help"], cwd=paths.PROJ_ROOT,
+    """`python -m bench judge --profile NAME --json PATH`, or None while bench has no `--profile` option."""
+    probe = subprocess.run([sys.executable, "-m", "bench", "judge", "--help"], cwd=paths.PROJ_ROOT,
                            capture_output=True, text=True, timeout=120)
     if probe.returncode != 0 or "--profile" not in probe.stdout:
         return None
-    return [sys.executable, "-m", "lib.bench", "judge", "--profile", profile_name, "--json", str(json_path)]
+    return [sys.executable, "-m", "bench", "judge", "--profile", profile_name, "--json", str(json_path)]
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -371,7 +371,7 @@ def _run_dir(run_id: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.gpu_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="stage", required=True)
     for name in ("preflight", "judge", "bench"):
         p = sub.add_parser(name)
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cmd = bench_command(a.profile, paths.OUTPUTS_DIR / "bench" / f"judge-{a.profile}-{time.strftime('%Y%m%d-%H%M%S')}.json")
             if cmd is None:
-                print("gpu_check bench: skipped: `python -m lib.bench judge` has no --profile option to take the "
+                print("gpu_check bench: skipped: `python -m bench judge` has no --profile option to take the "
                       f"{a.profile} profile's judge")
                 return 0
             return subprocess.run(cmd, cwd=paths.PROJ_ROOT).returncode

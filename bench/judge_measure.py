@@ -1,9 +1,9 @@
 """Measure a judge model on the calibration set in notebook 02's terms: AUROC per section, kappa, judgements/s.
 
-    python -m lib.judge.measure --model qwen2.5-coder-1.5b-instruct [--profile cpu] [--prefix-pad] [--json PATH]
+    python -m bench.judge_measure --model qwen2.5-coder-1.5b-instruct [--profile cpu] [--prefix-pad] [--json PATH]
 
 The profile's judge settings (answer scoring, also_no, context, dtype) with `--model` replacing the model; every
-text of the calibration set (lib/data/calibration.jsonl), soft mode, threshold from the profile. Prints one JSON
+text of the calibration set (lib/assets/calibration.jsonl), soft mode, threshold from the profile. Prints one JSON
 object: per section and overall: n, AUROC, accuracy, kappa (95% bootstrap interval), ECE, predicted-yes rate; the
 judge's start and judging seconds and judgements per second; the CPU class. `--p-yes CSV` also writes every P(yes).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m lib.judge.measure", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.judge_measure", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--prefix-pad", action="store_true", help="judge.prefix_pad: true (vLLM prefixes padded to KV blocks)")

@@ -1,11 +1,11 @@
-"""`python -m lib.serve.memprobe`: where a judge process's memory goes, without HTTP.
+"""`python -m bench.memprobe`: where a judge process's memory goes, without HTTP.
 
 The profile's judge (or `--judge module:factory`) judged in-process as the reward server judges
 (`RewardScorer.score_batch` on its judge thread), random batches of 1-16 of the soak's distinct requests, for
 `--seconds`; every 10 s the RSS, Python's allocated blocks and the number of gc objects. At the end one more RSS
 after a `malloc_trim(0)`: what is left then is live memory, the rest was freed memory the allocator kept.
 
-    python -m lib.serve.memprobe [--profile smoke] [--seconds 180] [--trim-every 10 | --trim-every 0]
+    python -m bench.memprobe [--profile smoke] [--seconds 180] [--trim-every 10 | --trim-every 0]
                                  [--onednn-cache N] [--json PATH]
 
 `--trim-every 0` turns the scorer's trims off; `--onednn-cache N` sets ONEDNN_PRIMITIVE_CACHE_CAPACITY (default:
@@ -31,7 +31,7 @@ def probe(seconds: float, trim_every: float, profile: str = "smoke", judge: str 
 
     from lib.profiles import load_profile
     from lib.rubric import load_rubric
-    from lib.serve.bench import workload
+    from bench.serve import workload
     from lib.serve.scorer import ONEDNN_CACHE_ENV, RewardScorer, malloc_trim, server_judge
 
     if onednn_cache is not None:
@@ -70,7 +70,7 @@ def probe(seconds: float, trim_every: float, profile: str = "smoke", judge: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.serve.memprobe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.memprobe", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="smoke")
     p.add_argument("--judge", default=None, help="module:factory of a judge instead of the profile's (tests)")
     p.add_argument("--seconds", type=float, default=180.0)

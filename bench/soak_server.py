@@ -1,7 +1,7 @@
 """The soak's server process, with one entity's judging made to fail.
 
 The profile's judge (or a test double) wrapped so that one entity's judging fails,
-served on 127.0.0.1 with the soak's token and the default `Limits` (`lib.serve.soak` starts and measures it)."""
+served on 127.0.0.1 with the soak's token and the default `Limits` (`bench.soak` starts and measures it)."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +40,7 @@ class FaultInjector:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The server under test: `python -m lib.serve.soak_server --port P [--profile smoke | --judge module:factory]`."""
+    """The server under test: `python -m bench.soak_server --port P [--profile smoke | --judge module:factory]`."""
     import uvicorn
 
     from lib.profiles import load_profile

@@ -1,6 +1,6 @@
 """Is bf16 training sound on CPU? The same GRPO-style gradient step of the policy in float32 and in bf16, side by side.
 
-    python -m lib.bench precision [--model qwen2.5-coder-0.5b-instruct] [--json PATH]
+    python -m bench precision [--model qwen2.5-coder-0.5b-instruct] [--json PATH]
 
 For each dtype: the policy with a fresh LoRA (same seed), a fixed batch of prompts with completions taken from the
 calibration set's texts (wrapped in the think/answer format), fixed advantages of +1/-1, one forward and backward

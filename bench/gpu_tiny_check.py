@@ -1,12 +1,12 @@
 """Our training path on a GPU without vLLM, Unsloth or hub weights: a few GRPO steps of random tiny Qwen2 models.
 
-    python -m lib.gpu_tiny_check [--tokenizer NAME_OR_PATH] [--steps 3] [--run-id ID] [--json PATH]
+    python -m bench.gpu_tiny_check [--tokenizer NAME_OR_PATH] [--steps 3] [--run-id ID] [--json PATH]
 
-Runs `lib.gpu_check.train_stage` (judge, rewards, `lib.train.build_trainer`, `lib.train.train`, the log report) on the
+Runs `bench.gpu_check.train_stage` (judge, rewards, `lib.train.build_trainer`, `lib.train.train`, the log report) on the
 `gpu` profile shrunk to toy sizes, with `train.backend: trl` and HF rollouts: a random 2-layer Qwen2 policy and a
 random Qwen2 judge (`judge.backend: transformers`, soft mode, restricted 是/否 scoring), all built from a config with
 the tokenizer of `--tokenizer` (default: the gpu profile's policy, Qwen2.5-1.5B-Instruct, from the local hub cache;
-any tokenizer directory works). Then `lib.gpu_check.eval_stage` evaluates as notebook 04 does on a machine without
+any tokenizer directory works). Then `bench.gpu_check.eval_stage` evaluates as notebook 04 does on a machine without
 vLLM (`eval.generation_backend: transformers`): the base policy and the trained adapter on 4 test prompts (16 new
 tokens), scored by the training judge, then by a held-out judge (another random Qwen2, its own engine), both score
 tables saved in the run's eval/. bf16, gradient checkpointing and `report_to` are the gpu profile's.
@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib import gpu_check
+from bench import gpu_check
 from lib.eval import generation
 from lib.judge import engine as judge_engine
 from lib.train import cpu_logprobs, grpo
@@ -172,7 +172,7 @@ def run(tokenizer: str, steps: int = 3, run_id: str | None = None) -> dict[str, 
     import torch
 
     from lib import data
-    from lib.eval import metrics
+    from lib.eval import tables
     from lib.models import resolve_model
     from lib.profiles import dump_profile, load_profile
     from lib.run import RunContext, create_run_dir
@@ -239,13 +239,13 @@ def run(tokenizer: str, steps: int = 3, run_id: str | None = None) -> dict[str, 
     eval_judges = eval_probe.seen.get("judges", {})
     checks["eval_judges_on_device"] = set(eval_judges) == {judge_dir.name, heldout_dir.name} and all(
         j["weights"].startswith(want) and j["prompts"] > 0 for j in eval_judges.values())
-    tables = {name: pd.read_csv(eval_dir / f"scores_{name}.csv", index_col=0) for name in TABLE_METRICS
+    saved = {name: pd.read_csv(eval_dir / f"scores_{name}.csv", index_col=0) for name in TABLE_METRICS
               if (eval_dir / f"scores_{name}.csv").is_file()}
-    checks["eval_tables"] = len(tables) == len(TABLE_METRICS) and all(
+    checks["eval_tables"] = len(saved) == len(TABLE_METRICS) and all(
         list(t.index) == list(EVAL_MODELS) and (t["n"] == n_test).all()
-        and set(metrics.interval_columns(t)) == set(TABLE_METRICS[name])
+        and set(tables.interval_columns(t)) == set(TABLE_METRICS[name])
         and t[[c + s for c in TABLE_METRICS[name] for s in ("", "_lo", "_hi")]].map(math.isfinite).all().all()
-        for name, t in tables.items())
+        for name, t in saved.items())
     out.update(
         policy={"param_devices": dict(devices), "param_dtypes": dict(dtypes), "bf16": bool(trainer.args.bf16),
                 "gradient_checkpointing": bool(trainer.args.gradient_checkpointing)},
@@ -260,7 +260,7 @@ def run(tokenizer: str, steps: int = 3, run_id: str | None = None) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.gpu_tiny_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_tiny_check", description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", default="qwen2.5-1.5b-instruct", help="registry name, hub id or tokenizer directory")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--run-id", default=None, help="new run directory name under outputs/runs/")
