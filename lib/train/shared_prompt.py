@@ -7,7 +7,7 @@ group of 8 completions computes its ~250-token prompt 8 times, forward and backw
 are grouped by prompt (its tokens without padding); each prompt but its last token runs once with `use_cache=True`,
 its cache is repeated for the group's rows, and the rows then run [last prompt token, completion] on that cache.
 Gradients reach the prompt's computation through the shared keys/values (summed over the rows), so loss and
-gradients equal TRL's up to float rounding (tests/test_train.py checks both on a tiny model). The log-probs come
+gradients equal TRL's up to float rounding (tests/test_shared_prompt.py checks both on a tiny model). The log-probs come
 from the same `_ChunkedLogProbFunction` TRL's fused LM head calls (the Triton kernel on CUDA, lib.train.cpu_logprobs
 off it), with TRL's temperature, logit scale and `cast_lm_head_to_fp32`. Micro-batches with images or other extra
 inputs take TRL's own path.
@@ -82,8 +82,6 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
     cfg = lm.config.get_text_config()
     softcap = getattr(cfg, "final_logit_softcapping", None)
     scale = logit_scale(cfg)
-    # TRL's cast_lm_head_to_fp32: the head (already float32) projects float32 hidden states outside autocast
-    head_ctx = (lambda: torch.autocast(head.weight.device.type, enabled=False)) if cast_lm_head_to_fp32 else contextlib.nullcontext
     outputs = ("log_probs", "entropy") if compute_entropy else ("log_probs",)
     rows_n, width = input_ids.shape
     c = logits_to_keep
@@ -104,9 +102,9 @@ def shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep: int, t
         mask = torch.cat([torch.ones(g, past + 1, dtype=attention_mask.dtype, device=attention_mask.device), cmask], dim=1)
         hidden = backbone(input_ids=x, attention_mask=mask, past_key_values=cache, use_cache=cache is not None).last_hidden_state
         hidden = hidden[:, :c].to(head.weight.device)  # position k predicts completion token k
-        if cast_lm_head_to_fp32:
+        if cast_lm_head_to_fp32:  # TRL's option: the (float32) head projects float32 hidden states outside autocast
             hidden = hidden.float()
-        with head_ctx():
+        with torch.autocast(hidden.device.type, enabled=False) if cast_lm_head_to_fp32 else contextlib.nullcontext():
             flat = trl_utils._ChunkedLogProbFunction.apply(
                 hidden.reshape(-1, hidden.size(-1)), head.weight, head.bias, completion.reshape(-1), temperature,
                 trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, softcap, scale, outputs)
@@ -122,8 +120,8 @@ def install_shared_prompt_logps(trainer) -> None:
 
     Refuses (`SharedPromptError`) a trainer with gradient checkpointing on or more than one process."""
     if getattr(trainer.args, "gradient_checkpointing", False):
-        raise SharedPromptError("train.shared_prompt: true needs gradient checkpointing off, which the trl backend turns "
-                                "on for device: cuda; set train.shared_prompt: false")
+        raise SharedPromptError("train.shared_prompt: true needs gradient checkpointing off (the trl backend turns it "
+                                "on for device: cuda); set train.shared_prompt: false")
     if trainer.accelerator.num_processes > 1:
         raise SharedPromptError(f"train.shared_prompt: true runs one process only (got {trainer.accelerator.num_processes}: "
                                 f"DDP's gradient all-reduce would be skipped); set train.shared_prompt: false")
