@@ -278,6 +278,14 @@ class Profile(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _shared_prompt_without_checkpointing(self) -> "Profile":
+        # the trl backend checkpoints on CUDA (lib.train.config), and checkpointed layers drop the shared prompt's cache
+        if self.train.shared_prompt and self.train.backend == "trl" and self.device == "cuda":
+            raise ValueError("train.shared_prompt: true needs gradient checkpointing off, which train.backend 'trl' turns "
+                             "on for device: cuda; set train.shared_prompt: false")
+        return self
+
+    @model_validator(mode="after")
     def _standby_leaves_no_room_for_the_judge(self) -> "Profile":
         # Unsloth's standby sizes its engine to ~0.88 of the free memory: an in-process judge on the same GPU
         # (started first) would then starve it, or (started later) find nothing left.

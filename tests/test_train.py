@@ -129,11 +129,13 @@ def test_rollout_engines_of_the_trl_backend(tmp_path):
     from trl import GRPOConfig
 
     fields, _ = _params(GRPOConfig)
-    over = {"device": "cuda", "train": {"rollout_engine": "vllm_server", "vllm_server_base_url": "http://h:8000"}}
+    # shared_prompt off: the profiles refuse it with CUDA's gradient checkpointing
+    over = {"device": "cuda", "train": {"rollout_engine": "vllm_server", "vllm_server_base_url": "http://h:8000",
+                                        "shared_prompt": False}}
     kw = grpo.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
     assert kw["use_vllm"] and kw["vllm_mode"] == "server" and kw["vllm_server_base_url"] == "http://h:8000"
     assert set(kw) <= fields
-    over = {"device": "cuda", "train": {"rollout_engine": "vllm_colocate", "gpu_memory_utilization": 0.4}}
+    over = {"device": "cuda", "train": {"rollout_engine": "vllm_colocate", "gpu_memory_utilization": 0.4, "shared_prompt": False}}
     kw = grpo.grpo_config_kwargs(load_profile("smoke", overrides=over), tmp_path)
     assert kw["vllm_mode"] == "colocate" and kw["vllm_gpu_memory_utilization"] == 0.4 and set(kw) <= fields
     with pytest.raises(TrainError, match="vllm_server_base_url"):
