@@ -209,15 +209,33 @@ def test_compare_judges_standardizes_each_judges_scale():
 def test_effect_gap_ci_by_hand_and_bad_input():
     from lib.eval.tables import effect_gap_ci
 
-    tb, tm = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 2.0, 1.0, 2.0])  # gain 1, pooled SD of 0,1,0,1,1,2,1,2
+    tb, tm = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 2.0, 1.0, 2.0])  # gain 1, each model's variance 1/3
     hb, hm = np.array([0.0, 0.5, 0.0, 0.5]), np.array([0.0, 0.5, 0.0, 0.5])  # gain 0
     gap, lo, hi = effect_gap_ci(tb, tm, hb, hm, n_resamples=200)
-    assert gap == pytest.approx(1 / np.std([0, 1, 0, 1, 1, 2, 1, 2], ddof=1))
+    assert gap == pytest.approx(1 / np.sqrt((1 / 3 + 1 / 3) / 2))  # the pooled within-model SD
     assert lo <= gap <= hi
     same = np.full(4, 0.5)
     assert effect_gap_ci(same, same, same, same) == (0.0, 0.0, 0.0)
     with pytest.raises(EvaluateError, match="aligned"):
         effect_gap_ci([1, 2], [1, 2], [1, 2], [1, 2, 3])
+
+
+
+def test_standardized_gains_are_not_compressed():
+    # true effects of 5 (training judge) and 2 (held-out judge) in units of the within-model SD between prompts:
+    # recovered as such (the SD of base and model scores together holds the shift, giving about 1.9 and 1.4)
+    rng = np.random.default_rng(5)
+    n = 400
+    rows = {"train": [], "heldout": []}
+    for judge, effect, scale in (("train", 5.0, 0.1), ("heldout", 2.0, 0.02)):
+        for model, shift in (("base", 0.0), ("trained", effect)):
+            for i, v in enumerate(scale * (rng.normal(0.0, 1.0, n) + shift)):
+                rows[judge].append({"model": model, "entity": f"e{i}", "think": v})
+    out = compare_judges(pd.DataFrame(rows["train"]), pd.DataFrame(rows["heldout"]), metrics=("think",),
+                         n_resamples=200).iloc[0]
+    # SE of a standardized gain d over 400 independent pairs: about sqrt((2 + d^2 / 2) / 400), 0.13 at d = 5
+    assert out.train_effect == pytest.approx(5.0, abs=0.4) and out.heldout_effect == pytest.approx(2.0, abs=0.3)
+    assert out.effect_gap == pytest.approx(3.0, abs=0.5) and out.effect_gap_lo > 2
 
 
 def test_compare_judges_aligns_prompts_and_checks_labels():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -203,9 +204,108 @@ def test_format_gate_scores_and_asks_only_valid_completions():
     g = gated(judge_reward, "answer_quality_reward")
     comps = ["no format", ad("可乐"), "<think>x</think>"]
     out = g(comps, entity=["a", "b", "c"], prompts=["p1", "p2", "p3"], trainer_state="S")
-    assert out == [0.0, 0.7, 0.0] and g.__name__ == "answer_quality_reward"
+    assert out == [None, 0.7, None] and g.__name__ == "answer_quality_reward"
     assert seen == [([ad("可乐")], ["b"], ["p2"], "S")]  # rows cut together, other kwargs passed as they are
-    assert g(["bad"], entity=["a"]) == [0.0] and len(seen) == 1  # none valid: the judge is not asked
+    assert g(["bad"], entity=["a"]) == [None] and len(seen) == 1  # none valid: the judge is not asked
+
+
+
+
+def test_format_gate_none_passes_through_the_training_logs():
+    import json
+
+    from lib.train.logs import RewardRecorder, progress_line, sample_rows
+
+    recorder = RewardRecorder()
+    g = recorder.wrap("answer_quality_reward", gated(lambda completions, **kw: [0.5] * len(completions), "answer_quality_reward"))
+    assert g(["no format", ad("可乐")], entity=["a", "b"], prompts=["p", "q"]) == [None, 0.5]
+    rows = sample_rows(recorder.drain()[-1], step=1, n=2)
+    assert [r["rewards"]["answer_quality_reward"] for r in rows] == [None, 0.5]
+    assert json.loads(json.dumps(rows, ensure_ascii=False))[0]["rewards"] == {"answer_quality_reward": None}
+    # a step where no completion had the format: TRL's nanmean is NaN, which the logger leaves out
+    assert "answer" not in progress_line({"step": 1, "reward": 0.1, "rewards/answer_quality_reward/mean": None})
+
+# TRL 1.15.0, trl/trainer/grpo_trainer.py, GRPOTrainer._generate_and_score_completions: the rewards matrix (None
+# already NaN, line 1588) to advantages under multi_objective_aggregation="normalize_then_sum", lines 2682-2684 (the
+# unscorable mask), 2716-2725 and 2735. Inline code there, not a function, so its lines are copied; the test below
+# checks that they are still in TRL's source.
+TRL_NORMALIZE_THEN_SUM_LINES = (
+    "unscorable_mask = torch.isnan(rewards_per_func).all(dim=1)",
+    "grouped = rewards_per_func.view(-1, num_generations, len(self.reward_funcs))",
+    "mean_k = torch.nanmean(grouped, dim=1, keepdim=True)",
+    "std_k = nanstd(grouped, dim=1, keepdim=True) if num_generations > 1 else torch.zeros_like(mean_k)",
+    "reward_k = (grouped - mean_k) / (std_k + 1e-4)",
+    "reward_k = reward_k.view(-1, len(self.reward_funcs))",
+    "rewards = (reward_k * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)",
+    "rewards[unscorable_mask] = torch.nan",
+    "std_rewards = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)",
+    "advantages = (rewards - torch.nanmean(rewards)) / (std_rewards + 1e-4)",
+    "advantages = torch.nan_to_num(advantages, nan=0.0)",
+    "output_reward_func = [reward if reward is not None else torch.nan for reward in output_reward_func]",
+)
+
+
+def _trl_normalize_then_sum(columns, weights, num_generations):
+    """(advantages, per-reward weighted terms) as TRL computes them (TRL_NORMALIZE_THEN_SUM_LINES), from one list
+    of rewards per reward function (None allowed, as a reward function returns them)."""
+    import torch
+    from trl.trainer.utils import nanstd
+
+    rewards_per_func = torch.tensor([[torch.nan if r is None else r for r in row] for row in zip(*columns)],
+                                    dtype=torch.float32)
+    weights = torch.tensor(weights, dtype=torch.float32)
+    unscorable_mask = torch.isnan(rewards_per_func).all(dim=1)
+    grouped = rewards_per_func.view(-1, num_generations, len(columns))
+    mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
+    std_k = nanstd(grouped, dim=1, keepdim=True) if num_generations > 1 else torch.zeros_like(mean_k)
+    reward_k = (grouped - mean_k) / (std_k + 1e-4)
+    reward_k = reward_k.view(-1, len(columns))
+    rewards = (reward_k * weights.unsqueeze(0)).nansum(dim=1)
+    rewards[unscorable_mask] = torch.nan
+    std_rewards = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+    advantages = (rewards - torch.nanmean(rewards)) / (std_rewards + 1e-4)
+    advantages = torch.nan_to_num(advantages, nan=0.0)
+    # each reward's term in the sum, as nansum counts it (a NaN term adds 0)
+    return advantages, torch.nan_to_num(reward_k * weights.unsqueeze(0), nan=0.0)
+
+
+def test_trl_normalize_then_sum_lines_are_trls():
+    import importlib.util
+    from pathlib import Path
+
+    # the source read as text: importing the trainer takes many seconds
+    source = (Path(importlib.util.find_spec("trl").origin).parent / "trainer" / "grpo_trainer.py").read_text()
+    missing = [line for line in TRL_NORMALIZE_THEN_SUM_LINES if line not in source]
+    assert not missing, f"TRL's advantage code changed; update _trl_normalize_then_sum: {missing}"
+
+
+def test_format_gate_leaves_invalid_completions_out_of_the_judge_term_under_normalize_then_sum():
+    # one group of 8: 4 well-formed completions the judge ranks 0.2 < 0.4 < 0.6 < 0.8, 4 without the format
+    judge_scores = {ad(a): v for a, v in zip(("可乐", "雪碧", "芬达", "橙汁"), (0.2, 0.4, 0.6, 0.8))}
+
+    def judge_reward(completions, **kw):
+        return [judge_scores[c] for c in completions]
+
+    comps = list(judge_scores) + ["可乐", "<think>x</think>", "喝雪碧", "<answer>芬达</answer>"]
+    fmt = format_reward(comps)
+    judge = gated(judge_reward, "answer_quality_reward")(comps)
+    assert judge[4:] == [None] * 4 and all(f <= 0 for f in fmt[4:]) and fmt[:4] == [fmt[0]] * 4 and fmt[0] > fmt[4]
+
+    z = (np.array([0.2, 0.4, 0.6, 0.8]) - 0.5) / (np.std([0.2, 0.4, 0.6, 0.8], ddof=1) + 1e-4)  # the judge's own
+    adv, terms = _trl_normalize_then_sum([fmt, judge], [1.0, 0.5], num_generations=8)
+    assert terms[4:, 1].tolist() == [0.0] * 4  # no judge term for the invalid ones
+    assert terms[:4, 1].numpy() == pytest.approx(0.5 * z, rel=1e-5)  # among the valid: the judge's ranking, its spread
+    assert adv[:4].tolist() == sorted(adv[:4].tolist()) and len(set(adv[4:].tolist())) == 1  # invalid: format only
+    assert adv[4:].max() < adv[:4].min()
+
+    # with 0 for the invalid ones the judge term is a second format reward: it pushes the invalid ones down (by as
+    # much as the best valid one goes up), and among the valid ones its spread is cut by the valid-vs-invalid gap
+    zeroed = [0.0 if j is None else j for j in judge]
+    _, old = _trl_normalize_then_sum([fmt, zeroed], [1.0, 0.5], num_generations=8)
+    sd_all = np.std(zeroed, ddof=1) + 1e-4
+    assert old[4:, 1].numpy() == pytest.approx([0.5 * -0.25 / sd_all] * 4, rel=1e-5) and float(old[4, 1]) < -0.35
+    assert old[:4, 1].numpy() == pytest.approx(0.5 * (np.array([0.2, 0.4, 0.6, 0.8]) - 0.25) / sd_all, rel=1e-5)
+    assert float(old[3, 1] - old[0, 1]) < 0.85 * float(terms[3, 1] - terms[0, 1])
 
 
 # ------------------------------------------------------------------------------------------ profile knobs

@@ -517,21 +517,6 @@ def test_first_last_interval_respects_autocorrelated_windows():
     assert "HAC" in r["interval"] and "HAC" in trend.describe_comparison(r)
 
 
-def test_hac_variance_of_mean_by_hand():
-    from scipy import stats
-
-    x = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
-    e = x - 3.0  # -2 -1 1 0 2; gamma sums: lag 0: 10, lag 1: 2 - 1 + 0 + 0 = 1, lag 2: -2 + 0 + 2 = 0
-    assert trend.hac_variance_of_mean(x, lags=2) == pytest.approx((10 + 2 * (2 / 3) * 1 + 2 * (1 / 3) * 0) / 25)
-    assert trend.hac_variance_of_mean(x, lags=0) == pytest.approx(float(e @ e) / 25)
-    assert trend.hac_variance_of_mean([0.5, 0.5, 0.5]) == 0.0
-    # the interval is diff +- t(2k-2) * sqrt(sum of the windows' HAC variances)
-    rows = [{"step": i + 1, "m": v} for i, v in enumerate([1.0, 2.0, 4.0, 3.0, 5.0, 9.0, 9.5, 8.0, 9.0, 10.0])]
-    r = first_last_comparison(rows, "m", k=5)
-    se = np.sqrt(trend.hac_variance_of_mean(x) + trend.hac_variance_of_mean([9.0, 9.5, 8.0, 9.0, 10.0]))
-    assert r["diff_hi"] - r["diff"] == pytest.approx(stats.t.ppf(0.975, 8) * se)
-
-
 # --------------------------------------------------------------------------------- accelerate configs
 
 

@@ -433,10 +433,14 @@ def with_reported_rows(table: pd.DataFrame, reported: Mapping[str, Mapping[str, 
 
 
 def _std_gain(base, model, axis=-1):
-    """mean(model - base) / SD of the scores (base and model pooled), prompts along `axis`: a gain in units of
-    its judge's own spread, so judges with different score scales compare; 0 when the scores do not vary."""
-    sd = np.std(np.concatenate([base, model], axis=axis), axis=axis, ddof=1)
-    gain = np.mean(np.asarray(model) - np.asarray(base), axis=axis)
+    """mean(model - base) / pooled within-model SD, sqrt((var(base) + var(model)) / 2) over prompts along `axis`:
+    a gain in units of its judge's own spread between prompts, so judges with different score scales compare (Cohen's
+    d with the pooled SD); 0 when the scores do not vary. Each model's SD is about its own mean: the SD of base and
+    model scores thrown together would hold the shift itself (sqrt(1 + d^2/4) for a true d), which bounds the
+    standardized gain near 2 and compresses large effects."""
+    base, model = np.asarray(base, dtype=float), np.asarray(model, dtype=float)
+    sd = np.sqrt((np.var(base, axis=axis, ddof=1) + np.var(model, axis=axis, ddof=1)) / 2)
+    gain = np.mean(model - base, axis=axis)
     return np.where(sd > 0, gain / np.where(sd > 0, sd, 1.0), 0.0)
 
 
@@ -498,8 +502,9 @@ def compare_judges(
     Rule: `likely_reward_hacking` is True when the gain under the training judge is significantly larger than
     under the held-out judge: the paired bootstrap interval of `effect_gap` (standardized training gain minus
     standardized held-out gain, `effect_gap_ci`) lies above 0. The two judges score on different scales, so
-    each gain is divided by its judge's SD of the scores (`train_effect`, `heldout_effect`). Comparing whether
-    each gain alone is significant would not do: a difference in significance is not a significant difference.
+    each gain is divided by its judge's pooled within-model SD of the scores (`train_effect`, `heldout_effect`,
+    see `_std_gain`). Comparing whether each gain alone is significant would not do: a difference in
+    significance is not a significant difference.
     Standardizing has a cost: a noisier judge (more spread at the same true gain) shows a smaller effect.
 
     Returns one row per (model, metric): model, base, metric, n_prompts, train_gain(_lo/_hi) and

@@ -9,8 +9,8 @@ goes to 0 while the format reward still rises. The shortest well-formed text win
 - `overlong_reward`: DAPO's soft overlong punishment (Yu et al. 2025), the other end: 0 up to
   `max_len - buffer` tokens, then a linear ramp down to -1 at `max_len`, so a length reward does not push the policy
   into the completion-length cut (which fails the format anyway).
-- `gated(fn)`: a reward that counts only for completions with a valid format (`format_score > 0`); the others get 0
-  and are not passed to `fn` (a judge is not asked about them).
+- `gated(fn)`: a reward that counts only for completions with a valid format (`format_score > 0`); the others get
+  None (no score: TRL leaves them out) and are not passed to `fn` (a judge is not asked about them).
 """
 from __future__ import annotations
 
@@ -118,8 +118,17 @@ def with_options(fn: Callable[..., list[float]], name: str, **options) -> Callab
     return reward
 
 
-def gated(fn: Callable[..., list[float]], name: str | None = None) -> Callable[..., list[float]]:
-    """`fn` counted only for completions with a valid format (`lib.rewards.format_score > 0`); the others get 0.
+def gated(fn: Callable[..., list[float]], name: str | None = None) -> Callable[..., list[float | None]]:
+    """`fn` counted only for completions with a valid format (`lib.rewards.format_score > 0`); the others get None.
+
+    None, not 0: TRL turns None into NaN, which its group statistics skip (`nanmean`, `nanstd`) and its sums
+    count as 0 (`nansum`). Under `normalize_then_sum` (GDPO) each reward is normalized within its group, so a 0
+    for the invalid completions would make the judge reward's spread mostly valid-vs-invalid: a second format
+    reward, crowding out the judge's ranking of the valid ones. With None the judge reward is normalized among
+    the valid completions only and adds nothing to the invalid ones' advantage; their penalty is the format
+    reward's (the gate assumes one is among the rewards: a completion for which every reward is None gets
+    advantage 0). Under `sum_then_normalize` None and 0 give the same sum. TRL's logged `rewards/<name>/mean`
+    of a gated reward is its mean over the valid completions.
 
     `fn` sees only the valid completions, with every per-completion keyword argument (a list as long as the
     completions: entity, prompts, completion_ids, ...) cut to the same rows; nothing is asked when none is valid.
@@ -127,7 +136,7 @@ def gated(fn: Callable[..., list[float]], name: str | None = None) -> Callable[.
     def reward(completions, **kwargs):
         n = len(completions)
         valid = [i for i, c in enumerate(completions) if format_score(completion_text(c)) > 0]
-        out = [0.0] * n
+        out: list[float | None] = [None] * n
         if not valid:
             return out
         if len(valid) == n:
@@ -140,5 +149,5 @@ def gated(fn: Callable[..., list[float]], name: str | None = None) -> Callable[.
         return out
 
     reward.__name__ = reward.__qualname__ = name or getattr(fn, "__name__", "reward")
-    reward.__doc__ = f"{getattr(fn, '__doc__', '') or ''}\n\nGated: 0 for a completion without a valid format."
+    reward.__doc__ = f"{getattr(fn, '__doc__', '') or ''}\n\nGated: None (no score) for a completion without a valid format."
     return reward
