@@ -47,9 +47,9 @@ def malloc_trim():
         return None
 
 
-# oneDNN's process-wide primitive cache (default capacity 1024) keeps a compiled matmul per new batch shape: in a
-# long-running server that is ~0.2 GiB more RSS after minutes, and vLLM's CPU linear layers keep their own LRU of
-# primitives per layer anyway. 8 held the smoke judge's RSS flat at the same speed (docs/reward-server-reliability.md).
+# oneDNN's process-wide primitive cache (default capacity 1024) keeps a compiled matmul per new batch shape, so a
+# long-running server's RSS grows; vLLM's CPU linear layers keep their own LRU of primitives per layer anyway, and a
+# small cap costs no speed (docs/reward-server-reliability.md).
 ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8"
 
 
@@ -82,8 +82,7 @@ class RewardScorer:
 
     After a judge call, at most every `trim_every_s` seconds (None: never), the judge's thread hands freed heap memory
     back to the system (glibc `malloc_trim`): the engine's tensors of every new batch shape are freed but glibc keeps
-    the pages, and the server's RSS crept up by ~0.6 GiB in a 5-minute soak, all of it given back by one trim
-    (docs/reward-server-reliability.md).
+    the pages, so without trims the server's RSS creeps up (docs/reward-server-reliability.md).
     """
 
     def __init__(self, judge: Any, rubric: Any, weights: dict[str, float] | None = None, info: dict | None = None,
