@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lib.rewards import REWARD_NAMES, RULE_FUNCS, JudgeRewards
+from lib.rewards import REWARD_NAMES, JudgeRewards, reward_funcs
 
 JUDGED = ("think", "answer")  # rewards that call the judge; merged across requests
 WARM_UP_ENTITY = "椰子水"
@@ -121,15 +121,16 @@ class RewardScorer:
         return tuple(REWARD_NAMES)
 
     def rule(self, name: str, completions: list[str], entities: list[str], prompts: list | None) -> list[float]:
-        """A reward that needs no judge (format, diversity, tag_count), computed inline."""
-        return RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
+        """A reward that needs no judge (format, diversity, tag_count), computed inline; every reward's function comes
+        from `lib.rewards.build.reward_funcs`, as in training."""
+        return reward_funcs([name])[0](completions, entity=entities, prompts=prompts)
 
     def relative(self, name: str, completions: Sequence[Any], entities: Sequence[str],
                  prompts: Sequence[Any] | None) -> tuple[list[float], list[dict]]:
         """A relative judging reward (lib.rewards.relative) of one request: its groups are its prompts, so requests
         are not merged. Run it on `executor`, like every judge call."""
         try:
-            scores = self.apart.func(name)(list(completions), entity=list(entities), prompts=prompts)
+            scores = reward_funcs([name], self.apart)[0](list(completions), entity=list(entities), prompts=prompts)
             return scores, list(self.apart.details[name])
         finally:
             self._trim_if_due()
@@ -137,7 +138,7 @@ class RewardScorer:
     @staticmethod
     def judged(jr: JudgeRewards, name: str, completions: Sequence[Any], entities: Sequence[str]) -> tuple[list[float], list[dict]]:
         """One judged reward exactly as in-process: `jr`'s method for `name` and its details."""
-        scores = jr.func(name)(list(completions), entity=list(entities))
+        scores = reward_funcs([name], jr)[0](list(completions), entity=list(entities))
         return scores, list(jr.details[name])
 
     def warm_up(self) -> float:
