@@ -20,36 +20,33 @@ from lib import paths
 from lib.hardware import NATIVE_BF16_CLASSES
 from lib.profiles import Profile, deep_merge
 
-# The reference: `make run` of the `cpu` profile from a fresh clone of git e231202 (model cache warm: 00 without the
-# conversion), 2 cores, CPU class avx512_bf16 (2026-12-01): 28.3 min for the stages. Each stage is split into parts by
-# the engine whose dtype decides its speed ("judge", "train", "eval", or None: no model work): (engine, fixed
-# seconds, seconds that scale with the part's work). The fixed parts are engine starts and model loads.
+# Calibrated constants: the reference run's stage times, probe speeds and work (where they came from:
+# docs/precision-and-time.md). Each stage is split into parts by the engine whose dtype decides its speed ("judge",
+# "train", "eval", or None: no model work): (engine, fixed seconds, seconds that scale with the part's work). The
+# fixed parts are engine starts and model loads.
 REFERENCE = {
     "cpu_class": "avx512_bf16",
-    "probe_gflops": {"float32": 155.0, "bfloat16": 816.0},  # lib.hardware.matmul_probe at that run's start
+    "probe_gflops": {"float32": 155.0, "bfloat16": 816.0},  # lib.hardware.matmul_probe on the reference machine
     "dtypes": {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"},
     "parts": {
         "00": [(None, 16.4, 0.0)],  # + CONVERSION_SECONDS on a cold model cache
         "01": [(None, 3.0, 0.0)],
-        # 127.1 s: engine start, the probes and adversarial probes (fixed), and the labels (scale with the texts); the
-        # split from this run and the float32 reduced run beside it (191.2 s at 40 texts)
+        # engine start, the probes and adversarial probes (fixed), and the labels (scale with the texts)
         "02": [("judge", 94.0, 33.1)],
-        # 795.9 s: rollouts and judge run on the judge's engine, in the same dtype; with the rollouts' log-probs TRL
-        # makes one more no-grad forward per step (its importance-sampling correction)
+        # rollouts and judge run on the judge's engine, in the same dtype; with the rollouts' log-probs TRL makes one
+        # more no-grad forward per step (its importance-sampling correction)
         "03": [("train", 45.0, 750.9)],
-        "04": [("eval", 40.0, 144.5), ("judge", 25.0, 537.9)],  # 747.4 s: generation 184.5 s, then the two judges
+        "04": [("eval", 40.0, 144.5), ("judge", 25.0, 537.9)],  # generation, then the two judges
         "05": [(None, 8.0, 0.0)],
     },
     # the reference evaluation: 50 prompts x 2 models x (4 samples + greedy), 128 new tokens
     "work": {"steps": 24, "completion_tokens_per_step": 16 * 128, "gradient_tokens_per_step": 4 * 2 * 250 + 16 * 128,
              "calibration_texts": 86, "eval_sequences": 500, "eval_new_tokens": 128},
-    # of a training step's time in that run: rollouts 20% and judge 13% (scale with the completions), the rest is
-    # the policy's log-probs, backward and optimizer (scales with the tokens it computes)
+    # the share of a training step's time in rollouts and judge (scales with the completions); the rest is the
+    # policy's log-probs, backward and optimizer (scales with the tokens it computes)
     "generation_share": 0.330,
 }
-# float32 / bf16 seconds of the same work on the reference machine, measured at 5ab76fd between the reference run of
-# then and a float32 run of the reduced sizing (probe-adjusted): calibration 2.6, training 2.4, evaluation's judging
-# 2.5. The float32 reduced run of b1f8cf4 took 18.9 min against 16.9 estimated with it (+12%, calibration the most).
+# Calibrated: float32 / bf16 seconds of the same work on the reference machine (docs/precision-and-time.md).
 FP32_OVER_BF16 = 2.5
 CONVERSION_SECONDS = 44.0  # 00: a packaged GGUF dequantized into the model cache (first run only)
 PROMPT_TOKENS = 250  # a training prompt of the original's format, with the chat template (Qwen tokenizer)

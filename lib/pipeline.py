@@ -9,8 +9,7 @@ Every run writes `manifest.json` (git SHA, package versions, host, per-notebook 
 rewritten atomically after every notebook so that a crash leaves a truthful record, and a one-line-per-event
 `pipeline.log`. The first failing notebook stops the run: its partial executed copy is kept and
 `PipelineError` is raised. SIGINT / SIGTERM / SIGHUP mark the run and its stage `interrupted`; a run has one
-writer at a time, a dead one is found stale (lib.runlock, docs/reliability.md). (Just over 500 lines: one job,
-running the notebooks and keeping the manifest true; the locking and signals already live in lib.runlock.) Heavy packages are not imported
+writer at a time, a dead one is found stale (lib.runlock, docs/reliability.md). Heavy packages are not imported
 here (versions come from importlib.metadata), except torch for the one-second matmul probe that decides precision, sizing and the estimate (lib.hardware, lib.estimate).
 """
 from __future__ import annotations

@@ -85,6 +85,8 @@ class RelativeConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)  # assignments are checked too
+
     backend: Literal["trl", "unsloth"] = "trl"  # trl: PEFT LoRA + HF generation (CPU); unsloth: GPU + vLLM rollouts
     max_steps: int = -1  # -1: run num_train_epochs
     num_train_epochs: float = 2

@@ -209,3 +209,36 @@ def test_format_learned_looks_at_the_sample_the_case_studies_show():
                          "decoding": "greedy" if key == "g" else "sample", "sample": 0 if key == "g" else key})
     per_item = pd.DataFrame(rows)  # averaged over all rows the format fell; sample 0 went from 0 to 1
     assert format_learned_entities(per_item, "base", "grpo", ["椰子水"], 3) == ["椰子水"]
+
+
+def test_notebook_04_tables_and_results(rubric):
+    import pandas as pd
+
+    from lib.eval.scoring import eval_results, greedy_tables, hacking_flags, sampled_completions
+
+    decoding = {"decoding": ["sample", "sample", "greedy"], "sample": [0, 1, 0]}
+    comps = {"base": [BAD, GOOD, BAD], "grpo": [GOOD, GOOD, GOOD]}
+    assert sampled_completions(comps, [True, True, False]) == {"base": [BAD, GOOD], "grpo": [GOOD, GOOD]}
+    train, _ = score_completions(comps, ["椰子水"] * 3, KeywordJudge(), rubric, judge_name="train", extra=decoding)
+    held, _ = score_completions(comps, ["椰子水"] * 3, KeywordJudge(), rubric, judge_name="heldout", extra=decoding)
+    greedy = greedy_tables({"train": train, "heldout": held}, n_resamples=20, seed=0)
+    assert list(greedy) == ["train", "heldout"] and "format" in greedy["train"] and "format" not in greedy["heldout"]
+    assert greedy["train"].loc["base", "format"] == 0.0 and greedy["train"].loc["grpo", "format"] > 0  # only row 3
+    assert greedy_tables({"train": train[train["decoding"] == "sample"]}, n_resamples=20, seed=0) == {}  # greedy off
+
+    gains = pd.DataFrame({"model": ["grpo", "grpo"], "metric": ["think", "answer"], "effect_gap": [0.5, 0.1],
+                          "effect_gap_lo": [0.2, -0.3], "effect_gap_hi": [0.8, 0.4],
+                          "likely_reward_hacking": [True, False]}).set_index("model")
+    assert hacking_flags(gains) == ["grpo:think"]
+    fmt = pd.DataFrame({"model": ["grpo"], "gain": [0.6], "gain_lo": [0.4], "gain_hi": [0.8]})
+    judges = {"train": {"judge": "a", "independent": False, "why": "x"}, "heldout": {"judge": "b", "independent": True, "why": "y"}}
+    table = score_table(train[train["decoding"] == "sample"], n_resamples=20)
+    res = eval_results(table, table[["n", "think", "think_lo", "think_hi"]], greedy, gains, fmt, judges, n_prompts=1,
+                       samples_per_prompt=2, generation_seconds=12.34)
+    assert res["eval.base.format"] == table.loc["base", "format"] > 0 and res["eval.grpo.heldout_think"] == res["eval.grpo.think"]
+    assert "eval.base.heldout_format" not in res and res["eval.grpo.greedy_format"] == greedy["train"].loc["grpo", "format"]
+    assert res["eval.base.greedy_heldout_answer"] == greedy["heldout"].loc["base", "answer"]
+    assert res["eval.hacking_flags"] == ["grpo:think"] and res["eval.grpo.answer_effect_gap"] == [0.1, -0.3, 0.4]
+    assert res["eval.grpo.format_gain"] == [0.6, 0.4, 0.8] and res["eval.generation_seconds"] == 12.3
+    assert res["eval.judges"] == {"train": {"judge": "a", "independent": False}, "heldout": {"judge": "b", "independent": True}}
+    assert (res["eval.n_prompts"], res["eval.samples_per_prompt"]) == (1, 2)

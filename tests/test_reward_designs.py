@@ -396,14 +396,14 @@ def test_judge_rewards_give_relative_rewards_by_name(rubric):
 
 
 def test_training_rewards_take_the_profile_options_and_the_gate(rubric):
-    from lib.train import grpo
+    from lib.rewards.build import build_reward_functions, judge_rewards_for
 
     over = {"train": {"format_gate": True, "substance": {"think_min_chars": 10, "answer_min_chars": 2}, "overlong_buffer": 8,
                       "reward_weights": {"format": 1.0, "substance": 0.5, "overlong": 0.2, "answer": 0.1, "relative": 0.1}}}
     p = load_profile("smoke", overrides=over)
-    jr = grpo.judge_rewards_for(p, JudgeEngine(ABBackend(longer), JudgeConfig()))
+    jr = judge_rewards_for(p, JudgeEngine(ABBackend(longer), JudgeConfig()))
     assert jr.relative_options == {"opponents": 1, "base_max_tokens": p.train.max_completion_length}
-    funcs, weights = grpo.reward_functions(p, jr)
+    funcs, weights = build_reward_functions(p, judge_rewards=jr)
     assert [f.__name__ for f in funcs] == ["format_reward", "substance_reward", "overlong_reward",
                                            "answer_quality_reward", "relative_reward"]
     assert weights == [1.0, 0.5, 0.2, 0.1, 0.1]

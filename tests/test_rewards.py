@@ -394,6 +394,26 @@ def test_names_and_registry():
         reward_funcs(["format", "think"])
 
 
+def test_build_reward_functions_from_a_profile():
+    from lib.profiles import load_profile
+    from lib.rewards import build_reward_functions
+
+    p = load_profile("smoke", overrides={"train": {"reward_weights": {"tag_count": 0.3, "think": 2.0, "format": 0.5}}})
+    judge = KeywordJudge()
+    funcs, weights = build_reward_functions(p, judge)  # the profile's own JudgeRewards on `judge`
+    assert [f.__name__ for f in funcs] == ["tag_count_reward", "think_quality_reward", "format_reward"]
+    assert weights == [0.3, 2.0, 0.5]
+    jr = funcs[1].__self__
+    assert isinstance(jr, JudgeRewards) and jr.judge is judge and funcs[2] is format_reward
+    seen = []
+    build_reward_functions(p, judge, wrap=lambda name, f: seen.append((name, f.__name__)) or f)
+    assert seen == [("tag_count", "tag_count_reward"), ("think", "think_quality_reward"), ("format", "format_reward")]
+    rules_only = load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1.0}}})
+    assert build_reward_functions(rules_only) == ([format_reward], [1.0])  # rule rewards need no judge
+    with pytest.raises(RewardError, match="rewards think need a judge"):
+        build_reward_functions(p)
+
+
 # --- optional rewards ----------------------------------------------------------------------------
 
 def test_diversity_reward_hand_cases():

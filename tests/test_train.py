@@ -219,12 +219,12 @@ def test_train_config_table_lists_every_field():
 def test_reward_functions_follow_profile_order():
     p = load_profile("smoke", overrides={"train": {"reward_weights": {"answer": 2.0, "format": 0.5, "tag_count": 1.0}}})
     jr = rewards.JudgeRewards(KeywordJudge(), load_rubric())
-    funcs, weights = grpo.reward_functions(p, jr)
+    funcs, weights = rewards.build_reward_functions(p, judge_rewards=jr)
     assert [f.__name__ for f in funcs] == ["answer_quality_reward", "format_reward", "tag_count_reward"]
     assert funcs[0].__self__ is jr  # the judge reward is the caller's own object's method
     assert weights == [2.0, 0.5, 1.0]
-    with pytest.raises(TrainError, match="'answer' needs a judge"):
-        grpo.reward_functions(p)
+    with pytest.raises(rewards.RewardError, match="rewards answer need a judge"):
+        rewards.build_reward_functions(p)
 
 
 def test_unknown_reward_names_it():
@@ -233,13 +233,11 @@ def test_unknown_reward_names_it():
     with pytest.raises(ProfileError, match=r"train\.reward_weights: .*unknown reward 'fromat'; known: format, think, answer"):
         load_profile("smoke", overrides={"train": {"reward_weights": {"format": 1.0, "fromat": 1.0}}})
     p = load_profile("smoke")
-    p.train.reward_weights = {"format": 1.0, "fromat": 1.0}  # assignment is not validated: the trainer checks again
-    with pytest.raises(TrainError, match="'fromat'"):
-        grpo.reward_functions(p)
-    p = load_profile("smoke")
-    p.train.reward_weights = {}
-    with pytest.raises(TrainError, match="empty"):
-        grpo.reward_functions(p)
+    with pytest.raises(ValueError, match="unknown reward 'fromat'"):  # an assignment is checked like a loaded profile
+        p.train.reward_weights = {"format": 1.0, "fromat": 1.0}
+    with pytest.raises(ValueError, match="name at least one reward"):
+        p.train.reward_weights = {}
+    assert p.train.reward_weights == load_profile("smoke").train.reward_weights
 
 
 @pytest.mark.parametrize("together", [False, True])
@@ -248,8 +246,8 @@ def test_recorder_keeps_names_and_groups_one_batch(together):
     p = load_profile("smoke")
     jr = rewards.JudgeRewards(judge, load_rubric(), sections=p.train.reward_weights if together else ())
     rec = RewardRecorder(jr)
-    funcs, _ = grpo.wrapped_reward_functions(p, rec, jr)
-    assert [f.__name__ for f in funcs] == [f.__name__ for f in grpo.reward_functions(p, jr)[0]]
+    funcs, _ = rewards.build_reward_functions(p, judge_rewards=jr, wrap=rec.wrap)
+    assert [f.__name__ for f in funcs] == [f.__name__ for f in rewards.build_reward_functions(p, judge_rewards=jr)[0]]
     good = "<think>" + "我先分析一下用户需求和品牌定位，再想创意。" * 2 + "</think><answer>椰子水，清爽一夏！</answer>"
     comps = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": "乱写"}]]
     prompts = [[{"role": "user", "content": "请为椰子水设计一段创意广告文案"}]] * 2
@@ -274,7 +272,7 @@ def test_recorder_keeps_names_and_groups_one_batch(together):
 def test_build_trainer_needs_a_judge(tmp_path):
     from lib.run import RunContext
 
-    with pytest.raises(TrainError, match="need a judge: pass judge="):
+    with pytest.raises(rewards.RewardError, match="need a judge: pass judge="):
         grpo.build_trainer(load_profile("smoke"), RunContext(tmp_path, load_profile("smoke")))
 
 

@@ -1,8 +1,5 @@
 """Completions for evaluation and case studies: cached, seeded per request, with vLLM or transformers.
 
-(Over 500 lines: one job, the generation of notebook 04 and 05 and its cache; the merge and its check already live
-in lib.eval.merge.)
-
     cache = GenerationCache(ctx.stage("eval") / "generations.jsonl")
     texts = generate("gemma3-270m", "/path/run/train/adapter", [make_prompt("椰子水")],
                      {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.95}, seed=42, cache=cache,
@@ -19,9 +16,7 @@ in lib.eval.merge.)
 - vLLM backend: an adapter is merged into its base once (`lib.eval.merge.merged_model_dir`, keyed by base, adapter
   hash and dtype; refused when its log-probs differ from base + adapter's, `check_merge`) and served like any model by an in-process engine that is shut down afterwards. On CPU the
   models are served in float32, as the CPU profiles train them: a short run's LoRA delta is below bf16's
-  resolution (2e-4 of the weights after the smoke run's 2 steps, bf16 resolves 4e-3; rounding kept a
-  change in only 8% of the weights), so a bf16 merge would evaluate another policy than the one trained.
-  float32 cost about 30% more time per token than bf16 here (8 prompts x 48 tokens: 8.9 s vs 6.7 s).
+  resolution, so a bf16 merge would evaluate another policy than the one trained (float32 costs some speed).
 - The evaluation's protocol (docs/evaluation.md): `generate_for_models(..., samples=k, greedy=True)` asks each model
   for k sampled completions per prompt and one greedy one (`eval_rows`), in one engine; seeds are counted per sampling.
 - transformers backend (machines without vLLM): one request at a time, `torch.manual_seed(request seed)`.

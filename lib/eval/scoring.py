@@ -241,6 +241,58 @@ def headline(table: pd.DataFrame, prefix: str = "") -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Notebook 04's tables and results
+# ----------------------------------------------------------------------------------------------
+
+# The metrics each judge scores: the held-out judge asks the checklists only (format is the training's rule reward).
+JUDGE_METRICS = {"train": ("format", "think", "answer"), "heldout": ("think", "answer")}
+
+
+def sampled_completions(completions: Mapping[str, Sequence[str]], sampled: Sequence[bool]) -> dict[str, list[str]]:
+    """Each model's completions of the sampled rows only (`sampled`: one flag per row, aligned with every column)."""
+    return {label: [c for c, s in zip(comps, sampled) if s] for label, comps in completions.items()}
+
+
+def greedy_tables(items: Mapping[str, pd.DataFrame], n_resamples: int, seed: int) -> dict[str, pd.DataFrame]:
+    """Per judge (`items`: its per-item scores by judge name, "train" / "heldout"), the score table of the greedy
+    completions over `JUDGE_METRICS[name]`, clustered by prompt; {} when no row is greedy (`eval.greedy` off)."""
+    from lib.eval.generation import GREEDY
+    from lib.eval.tables import score_table
+
+    return {name: score_table(its[its["decoding"] == GREEDY], metrics=JUDGE_METRICS[name], n_resamples=n_resamples,
+                              seed=seed, cluster="entity")
+            for name, its in items.items() if (its["decoding"] == GREEDY).any()}
+
+
+def hacking_flags(gains: pd.DataFrame) -> list[str]:
+    """`<model>:<metric>` for each row of a judge comparison (`tables.compare_judges`, indexed by model) flagged as
+    likely reward hacking."""
+    return [f"{m}:{r.metric}" for m, r in gains.iterrows() if r.likely_reward_hacking]
+
+
+def eval_results(train_table: pd.DataFrame, heldout_table: pd.DataFrame, greedy: Mapping[str, pd.DataFrame],
+                 gains: pd.DataFrame, format_gains: pd.DataFrame, judges: Mapping[str, Mapping], *, n_prompts: int,
+                 samples_per_prompt: int, generation_seconds: float) -> dict[str, object]:
+    """Notebook 04's key results for `ctx.record`, {"eval.<key>": value}: the headline means of each table (greedy
+    ones prefixed `greedy_`, `greedy_heldout_`), the hacking flags, each model's effect gap and format gain as
+    [value, lo, hi], the sizes, which judge is independent, the generation time."""
+    heads = {**headline(train_table), **headline(heldout_table, "heldout_")}
+    for name, t in greedy.items():
+        heads.update(headline(t, "greedy_" if name == "train" else "greedy_heldout_"))
+    out: dict[str, object] = {f"eval.{k}": v for k, v in heads.items()}
+    out["eval.hacking_flags"] = hacking_flags(gains)
+    for m, r in gains.iterrows():
+        out[f"eval.{m}.{r.metric}_effect_gap"] = [float(r.effect_gap), float(r.effect_gap_lo), float(r.effect_gap_hi)]
+    for r in format_gains.itertuples():
+        out[f"eval.{r.model}.format_gain"] = [r.gain, r.gain_lo, r.gain_hi]
+    out["eval.n_prompts"] = n_prompts
+    out["eval.samples_per_prompt"] = samples_per_prompt
+    out["eval.judges"] = {name: {"judge": j["judge"], "independent": j["independent"]} for name, j in judges.items()}
+    out["eval.generation_seconds"] = round(generation_seconds, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Case studies
 # ----------------------------------------------------------------------------------------------
 

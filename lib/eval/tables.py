@@ -1,8 +1,7 @@
 """Evaluation metrics: completion diagnostics, score tables with intervals, the reward-hacking test.
 
 Diagnostics of completions, score tables with bootstrap intervals, a two-judge comparison that flags likely reward
-hacking, and the bar chart of the scores. (Over 500 lines: one job, the numbers of notebook 04's tables, whose
-parts share their conventions; the split that would help next is the hacking test into its own module.)
+hacking, and the bar chart of the scores.
 
 Pure logic: the evaluation notebook generates and judges; this module only counts and summarises.
 

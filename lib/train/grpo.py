@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lib.profiles import Profile
+from lib.rewards.build import build_reward_functions, judge_rewards_for
 from lib.train.config import (  # noqa: F401 - re-exported: lib.train's public names, tests
-    TrainError, build_grpo_config, check_reward_names, design_options, grpo_config_kwargs, judge_rewards_for,
-    reward_functions, tensorboard_dir, train_config_table, train_precision, vllm_sampling_kwargs, wrapped_reward_functions,
+    TrainError, build_grpo_config, grpo_config_kwargs, tensorboard_dir, train_config_table, train_precision,
+    vllm_sampling_kwargs,
 )
 from lib.train.cpu_logprobs import install_cpu_logprobs
 from lib.train.shared_prompt import install_shared_prompt_logps
@@ -268,9 +269,8 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     rubric; a step's think and answer checklists go to the judge in one batch); `judge` is also read for its
     timing stats. `policy` = (model, tokenizer, peft_config) defaults to `load_policy(profile)`.
     """
-    check_reward_names(profile)  # a bad reward name fails before the model loads
     check_processes(profile)
-    judge_rewards = judge_rewards_for(profile, judge)
+    judge_rewards = judge_rewards_for(profile, judge)  # no judge for a judge reward fails before the model loads
     model, tokenizer, peft_config = policy if policy is not None else load_policy(profile)
     from trl import GRPOTrainer
 
@@ -279,7 +279,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     out = train_dir(run_ctx)
     args = build_grpo_config(profile, out / CHECKPOINTS_DIR)
     recorder = RewardRecorder(judge_rewards)
-    reward_funcs, _ = wrapped_reward_functions(profile, recorder, judge_rewards)
+    reward_funcs, _ = build_reward_functions(profile, judge_rewards=judge_rewards, wrap=recorder.wrap)
     rollouts = lora_rollouts(profile, judge, tokenizer, out) if profile.train.rollout_engine == "vllm_lora" else None
     timer = None
     if rollouts is None and profile.train.backend == "trl":  # TRL generates itself: time its generation call
