@@ -126,9 +126,20 @@ def load_policy(profile: Profile):
 
     from lib.models import load_causal_lm
 
-    # bf16 only where the device computes it natively (auto), or when asked; LoRA weights and optimizer stay float32
-    model, tokenizer = load_causal_lm(profile.policy_model, dtype=train_precision(profile).dtype, device=profile.device)
+    model, tokenizer = load_causal_lm(profile.policy_model, dtype=policy_load_dtype(profile), device=profile.device)
     return model, tokenizer, LoraConfig(**lora_kwargs(profile)) if cfg.peft else None  # peft false: every weight trains
+
+
+def policy_load_dtype(profile: Profile) -> str:
+    """The dtype the "trl" backend loads the policy's weights in.
+
+    LoRA: the compute dtype (`train_precision`: bf16 only where the device computes it natively, or when asked); the
+    base is frozen and PEFT keeps the adapter in float32. A full fine-tune (`train.peft: false`): float32 master
+    weights, as TRL loads a model it is given by name, because the optimizer writes into them and an Adam step at a
+    full fine-tune's rate (1e-6) is far below one bf16 ulp of most weights: in bf16 it would round to no change. The
+    compute stays bf16 where the device has it through the trainer's autocast (`GRPOConfig(bf16=True)` on CUDA).
+    """
+    return train_precision(profile).dtype if profile.train.peft else "float32"
 
 
 # ----------------------------------------------------------------------------------------- data
