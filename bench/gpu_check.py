@@ -2,6 +2,7 @@
 
     bash scripts/gpu_check.sh                       # every stage; stops at the first failure, naming it
     python -m bench.gpu_check preflight --profile gpu
+    python -m bench.gpu_check logprobs --profile gpu
     python -m bench.gpu_check judge --profile gpu [--texts 20]
     python -m bench.gpu_check train --profile gpu --run-id ID [--steps 3]
     python -m bench.gpu_check eval --run-id ID [--prompts 5]
@@ -12,6 +13,8 @@ The script runs each stage in its own process, so every stage starts on an empty
 
 - preflight: CUDA, the packages the profile needs (vllm, unsloth, its `report_to` integrations), every model the
   later stages load; the card's memory and the share each engine is planned to take (`memory_plan`).
+- logprobs: the policy's rollout engine loaded as lib.train loads it (Unsloth's `fast_inference` engine) reports the
+  `logprobs_mode` TRL's importance-sampling correction needs (`processed_logprobs`), else one line naming what it has.
 - judge: the profile's judge alone on 20 calibration texts: accuracy against the hand labels, flagged share,
   judgements per second, engine start-up, GPU memory it took.
 - train: a fresh run (its data stage built here, no notebook) and `--steps` GRPO steps exactly as lib.train runs
@@ -176,6 +179,28 @@ def preflight(profile: Profile) -> dict[str, Any]:
 
         out.update(gpu=torch.cuda.get_device_name(), **mem, plan=memory_plan(profile, mem["total_gib"]))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ logprobs
+
+
+def logprobs_stage(profile: Profile) -> dict[str, Any]:
+    """The `logprobs_mode` of the profile's rollout engine (`grpo.check_rollout_logprobs`: processed_logprobs where
+    TRL's importance-sampling correction is on). Unsloth's engine is loaded as lib.train loads it; TRL's colocated
+    engine and the judge's LoRA engine (`vllm_lora`) are built with the mode by TRL and VLLMBackend themselves."""
+    from lib.train import grpo
+
+    cfg = profile.train
+    out: dict[str, Any] = {"backend": cfg.backend, "rollout_engine": cfg.rollout_engine,
+                           "importance_sampling": cfg.importance_sampling}
+    if cfg.backend != "unsloth":
+        return {**out, "logprobs_mode": None, "checked": False}
+    grpo.check_processes(profile)
+    grpo.prepare_backend(profile)
+    model, _, _ = grpo.load_policy(profile)
+    engine = getattr(model, "vllm_engine", None)
+    grpo.check_rollout_logprobs(profile, engine)
+    return {**out, "logprobs_mode": grpo.engine_logprobs_mode(engine), "checked": cfg.importance_sampling != "off"}
 
 
 # ------------------------------------------------------------------------------------------------ judge
@@ -373,7 +398,7 @@ def _run_dir(run_id: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="stage", required=True)
-    for name in ("preflight", "judge", "bench"):
+    for name in ("preflight", "logprobs", "judge", "bench"):
         p = sub.add_parser(name)
         p.add_argument("--profile", default="gpu")
         if name == "judge":
@@ -389,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.stage == "preflight":
             out = preflight(load_profile(a.profile))
+        elif a.stage == "logprobs":
+            out = logprobs_stage(load_profile(a.profile))
         elif a.stage == "judge":
             out = judge_stage(load_profile(a.profile), a.texts)
         elif a.stage == "train":

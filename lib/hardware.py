@@ -143,17 +143,23 @@ def resolve_dtype(requested: str = "auto", device: str = "cpu") -> Precision:
 
 
 def eval_precision(requested: str, device: str, any_adapter: bool) -> Precision:
-    """The generation dtype of an evaluation: `auto` is float32 as soon as one model carries a LoRA adapter.
+    """The generation dtype of an evaluation, one for every row (base models, the trained policy, larger models).
 
-    A merged adapter saved in bf16 keeps a short run's change in few weights (most deltas are below bf16's
-    resolution), and the base row must be generated at the same precision to compare with it.
+    CPU: `auto` is float32 as soon as one model carries a LoRA adapter: there the adapter is merged into its base, a
+    merge saved in bf16 keeps a short run's change in few weights (most deltas are below bf16's resolution), and the
+    base rows must be generated at the same precision to compare with it.
+    CUDA: the hardware's rule (bf16): vLLM serves the adapter unmerged (lib.eval.generation.serves_lora_unmerged),
+    its delta added by the LoRA kernels rather than rounded into the weights, so no row, the 7B included, needs float32.
     >>> eval_precision("auto", "cpu", True).dtype
     'float32'
     """
-    if requested == "auto" and any_adapter:
+    if requested == "auto" and any_adapter and device != "cuda":
         return Precision("float32", requested, device, cpu_class(),
                          "evaluation of a LoRA adapter: merged in float32, every row served in float32 (bf16 rounds the delta away)")
-    return resolve_dtype(requested, device)
+    p = resolve_dtype(requested, device)
+    if device == "cuda" and any_adapter and p.dtype != "float32":
+        return Precision(p.dtype, requested, device, p.cpu_class, f"{p.reason}; LoRA adapters served unmerged by vLLM")
+    return p
 
 
 @functools.lru_cache(maxsize=1)

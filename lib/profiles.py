@@ -187,8 +187,8 @@ class EvalConfig(_Strict):
     # generation of notebooks 04 and 05: vllm (in-process engine, fast) or transformers (machines without vLLM)
     generation_backend: Literal["vllm", "transformers"] = "vllm"
     gpu_memory_utilization: float = Field(0.8, gt=0, le=1)  # GPU share of the generation engine (no judge is alive then)
-    # the generation engines' dtype (one for every row of the table). auto: float32 when a row has a LoRA adapter (merged
-    # into bf16 weights, a small LoRA delta is rounded away), else the hardware's rule (lib.hardware.eval_precision)
+    # the generation engines' dtype (one for every row of the table). auto: on CPU float32 when a row has a LoRA adapter
+    # (merged into bf16 weights a small delta rounds away); on a GPU bf16 with the adapter unmerged (lib.hardware.eval_precision)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # a row with a LoRA adapter is refused when its merged model's log-probs (as served, in the engine's dtype) differ
     # from the PEFT model's (base + adapter, float32) by more than this, per token, on fixed texts (lib.eval.generation)

@@ -6,7 +6,7 @@
 #   bash scripts/gpu_check.sh                  # or: make gpu-check
 #   PROFILE=gpu STEPS=3 TEXTS=20 PROMPTS=5 RUN_ID=... PY=.venv/bin/python bash scripts/gpu_check.sh
 #
-# Stages (bench/gpu_check.py says what each prints): preflight, judge, train, eval, gpu-tests, bench.
+# Stages (bench/gpu_check.py says what each prints): preflight, logprobs, judge, train, eval, gpu-tests, bench.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,6 +32,7 @@ stage() {
 }
 
 stage preflight "$PY" -m bench.gpu_check preflight --profile "$PROFILE"
+stage logprobs "$PY" -m bench.gpu_check logprobs --profile "$PROFILE"  # Unsloth's rollout engine: processed_logprobs
 stage judge "$PY" -m bench.gpu_check judge --profile "$PROFILE" --texts "$TEXTS"
 stage train "$PY" -m bench.gpu_check train --profile "$PROFILE" --run-id "$RUN_ID" --steps "$STEPS"
 stage eval "$PY" -m bench.gpu_check eval --run-id "$RUN_ID" --prompts "$PROMPTS"

@@ -64,3 +64,53 @@ def test_peft_false_trains_every_weight_and_saves_the_model(tmp_path):
     assert out["steps"] == 1 and out["adapter_dir"] is None
     assert (run / "train" / "model" / "config.json").is_file() and not (run / "train" / "adapter").exists()
     assert resolve_row(EvalModel(label="grpo", model=str(model_dir), adapter="run"), run) == (out["model_dir"], None)
+
+
+def _changed_share_after_one_step(tmp_path, peft_dtype_overrides: dict) -> tuple[object, float]:
+    """The trainer's own optimizer (lr 1e-6) takes one step on a language-model loss of the tiny policy: the share of
+    the weights with a non-zero gradient that the step changed."""
+    from lib.run import RunContext
+    from tests.train_helpers import build_tiny_policy, make_training_run
+
+    model_dir = build_tiny_policy(tmp_path / "tiny")
+    run = make_training_run(tmp_path / "run", model_dir, max_steps=1, reward_weights={"format": 1.0},
+                            learning_rate=1e-6, **peft_dtype_overrides)
+    profile = load_profile(run / "profile.yaml")
+    trainer = grpo.build_trainer(profile, RunContext(run, profile))
+    model, tok = trainer.model, trainer.processing_class
+    optimizer = trainer.create_optimizer()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = tok(["<think>先分析需求，再写文案。</think><answer>喝一口，清爽一夏！</answer>"], return_tensors="pt",
+                add_special_tokens=False)
+    with trainer.accelerator.autocast():
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    optimizer.step()
+    moved = with_grad = 0
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            nonzero = p.grad != 0
+            with_grad += int(nonzero.sum())
+            moved += int((p.detach() != before[n])[nonzero].sum())
+    assert with_grad > 0
+    return model, moved / with_grad
+
+
+def test_full_fine_tune_keeps_float32_master_weights_that_a_1e_6_step_moves(tmp_path):
+    """train.peft false with train.dtype bfloat16: the weights the optimizer updates are float32 (bf16 is the compute
+    dtype only), so one Adam step at 1e-6 changes nearly every weight with a gradient; in bf16 weights the same step
+    is below one ulp of most of them and rounds to no change."""
+    import torch
+
+    model, share = _changed_share_after_one_step(tmp_path, {"peft": False, "dtype": "bfloat16"})
+    assert share > 0.95, f"one optimizer step changed only {share:.1%} of the weights with a gradient"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_lora_policy_keeps_the_compute_dtype(tmp_path):
+    """LoRA: the frozen base stays in the compute dtype (no float32 copy of a model that is not trained)."""
+    from tests.train_helpers import build_tiny_policy, tiny_profile
+
+    model_dir = build_tiny_policy(tmp_path / "tiny")
+    assert grpo.policy_load_dtype(tiny_profile(model_dir, dtype="bfloat16")) == "bfloat16"
+    assert grpo.policy_load_dtype(tiny_profile(model_dir, dtype="bfloat16", peft=False)) == "float32"

@@ -13,10 +13,13 @@
   (plus how often that prompt already occurred in the call), so a completion depends neither on batch
   composition nor on its position: the case studies ask for a few of the evaluation's prompts and get
   the evaluation's completions from the cache.
-- vLLM backend: an adapter is merged into its base once (`lib.eval.merge.merged_model_dir`, keyed by base, adapter
-  hash and dtype; refused when its log-probs differ from base + adapter's, `check_merge`) and served like any model by an in-process engine that is shut down afterwards. On CPU the
-  models are served in float32, as the CPU profiles train them: a short run's LoRA delta is below bf16's
-  resolution, so a bf16 merge would evaluate another policy than the one trained (float32 costs some speed).
+- vLLM backend, one in-process engine per model, shut down afterwards. On a GPU (bf16) an adapter is served unmerged:
+  the base in bf16 with vLLM's LoRA support (`enable_lora`, a `LoRARequest` on every request, `serves_lora_unmerged`),
+  so the adapter's delta is computed beside the weights, not rounded into them, and every row, the 7B included, runs
+  in bf16. On CPU an adapter is merged into its base once (`lib.eval.merge.merged_model_dir`, keyed by base, adapter
+  hash and dtype; refused when its log-probs differ from base + adapter's, `check_merge`) and the models are served
+  in float32, as the CPU profiles train them: a short run's LoRA delta is below bf16's resolution, so a bf16 merge
+  would evaluate another policy than the one trained.
 - The evaluation's protocol (docs/evaluation.md): `generate_for_models(..., samples=k, greedy=True)` asks each model
   for k sampled completions per prompt and one greedy one (`eval_rows`), in one engine; seeds are counted per sampling.
 - transformers backend (machines without vLLM): one request at a time, `torch.manual_seed(request seed)`.
@@ -243,12 +246,13 @@ def _tokenizer(model: str):
     return load_tokenizer(model)
 
 
-def engine_id(backend: str | GenerateFn, dtype: str | None = None) -> str:
-    """What generates, as part of the cache key: "vllm:<dtype>", "transformers:<dtype>" or "custom" (a function)."""
+def engine_id(backend: str | GenerateFn, dtype: str | None = None, unmerged_lora: bool = False) -> str:
+    """What generates, as part of the cache key: "vllm:<dtype>" ("+lora": the adapter served unmerged),
+    "transformers:<dtype>" or "custom" (a function)."""
     if callable(backend):
         return "custom"
     if backend == "vllm":
-        return f"vllm:{dtype or serving_dtype()}"
+        return f"vllm:{dtype or serving_dtype()}" + ("+lora" if unmerged_lora else "")
     if backend == "transformers":
         return f"transformers:{'bfloat16' if cuda_available() else 'float32'}"
     raise GenerationError(f"unknown generation backend {backend!r}; use 'vllm' or 'transformers'")
@@ -288,7 +292,7 @@ def generate(
     if entities is not None and len(entities) != n:
         raise GenerationError(f"{len(entities)} entities for {n} prompts; they must be aligned")
     dtype = dtype or (serving_dtype() if backend == "vllm" else None)
-    engine = engine_id(backend, dtype)
+    engine = engine_id(backend, dtype, backend == "vllm" and adapter_path is not None and serves_lora_unmerged(dtype))
     key_samplings = [{**s, "engine": engine} for s in samplings]  # another engine samples other texts
     tok = tokenizer if tokenizer is not None else _tokenizer(model)
     prompts = [chat_prompt(tok, m) for m in messages_list]
@@ -426,13 +430,71 @@ def generate_for_models(
 # ----------------------------------------------------------------------------------------------
 
 def serving_dtype() -> str:
-    """The vLLM dtype of a generation that names none: float32 on either device (lib.hardware.eval_precision: a
-    merged LoRA must not be rounded to bf16); `generate_for_models` passes the profile's `eval.dtype`."""
+    """The vLLM dtype of a generation that names none: float32 on either device (a merged LoRA must not be rounded
+    to bf16); `generate_for_models` passes the profile's `eval.dtype` (lib.hardware.eval_precision: bf16 on a GPU)."""
     return "float32"
 
 
+# The ranks vLLM's LoRA engine can be sized to (vllm.config.lora.MaxLoRARanks); an adapter's rank is rounded up to one
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+EVAL_LORA_NAME = "eval-adapter"  # the LoRARequest's name; its id is 1 (one adapter per engine)
+
+
+def serves_lora_unmerged(dtype: str | None, cuda: bool | None = None) -> bool:
+    """Whether the vLLM backend serves a LoRA adapter unmerged (`enable_lora` and a `LoRARequest`) instead of merging it.
+
+    On a GPU in 16 bits: vLLM's LoRA kernels add the adapter's low-rank product to the bf16 base's output, so its
+    delta is not rounded away as it is in merged bf16 weights, and no row needs a float32 copy of its model. On CPU,
+    and in float32 (which loses nothing in a merge), the adapter is merged and the merge checked (lib.eval.merge).
+    """
+    cuda = cuda_available() if cuda is None else cuda
+    return bool(cuda) and dtype in ("bfloat16", "float16")
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """The largest LoRA rank of a PEFT adapter directory (`r`, or a larger one in its `rank_pattern`)."""
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+        return max([int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GenerationError(f"{adapter}: no LoRA rank in adapter_config.json ({type(exc).__name__})") from None
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of `rank`.
+
+    >>> vllm_lora_rank(4), vllm_lora_rank(64), vllm_lora_rank(100)
+    (8, 64, 128)
+    """
+    for r in VLLM_LORA_RANKS:
+        if r >= rank:
+            return r
+    raise GenerationError(f"LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]})")
+
+
+def vllm_engine_kwargs(path: str, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
+                       cuda: bool, lora_rank: int | None = None) -> dict:
+    """Keyword arguments of `vllm.LLM` for one evaluation engine; `lora_rank`: it also serves one LoRA adapter."""
+    kwargs = dict(model=path, max_model_len=max_model_len, seed=seed, dtype=dtype)
+    if cuda:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    else:
+        kwargs.update(enforce_eager=True, block_size=VLLM_CPU_BLOCK_SIZE)  # CPU: eager starts in 25 s instead of ~2 min
+    if lora_rank:
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
+    return kwargs
+
+
+def eval_lora_request(adapter: str | Path):
+    """The `vllm.lora.request.LoRARequest` every request of an unmerged adapter's engine carries."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(EVAL_LORA_NAME, 1, str(adapter))
+
+
 class VLLMGenerator:
-    """An in-process vLLM engine for one model (adapter merged in), sized for the prompts it will get."""
+    """An in-process vLLM engine for one model, sized for the prompts it will get; an adapter is served unmerged on a
+    GPU (`serves_lora_unmerged`), merged in (and checked) elsewhere."""
 
     def __init__(self, model: str, adapter: str | None, tokenizer, sampling: dict, prompts: Sequence[str],
                  gpu_memory_utilization: float = 0.8, seed: int = 0, dtype: str = "auto",
@@ -441,16 +503,18 @@ class VLLMGenerator:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         from vllm import LLM
 
-        path = str(merged_model_dir(model, adapter, dtype, tolerance=merge_tolerance)) if adapter else resolve_model(model)
+        cuda = cuda_available()
+        self.lora = eval_lora_request(adapter) if adapter and serves_lora_unmerged(dtype, cuda) else None
+        if self.lora is not None:
+            path = resolve_model(model)
+        else:
+            path = str(merged_model_dir(model, adapter, dtype, tolerance=merge_tolerance)) if adapter else resolve_model(model)
         self.tokenizer = tokenizer
         self.stop_ids = stop_token_ids(tokenizer)
         longest = max((len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts), default=0)
         max_len = max(512, 256 * math.ceil((longest + sampling["max_new_tokens"]) / 256))
-        kwargs = dict(model=path, max_model_len=max_len, seed=seed, dtype=dtype)
-        if cuda_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
-            kwargs.update(enforce_eager=True, block_size=VLLM_CPU_BLOCK_SIZE)  # CPU: eager starts in 25 s instead of ~2 min
+        kwargs = vllm_engine_kwargs(path, max_len, seed, dtype, gpu_memory_utilization, cuda,
+                                    lora_rank=adapter_rank(adapter) if self.lora is not None else None)
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - engine start failures come in many types
@@ -463,7 +527,8 @@ class VLLMGenerator:
         ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]  # the template writes <bos>
         params = [SamplingParams(max_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
                                  top_p=sampling["top_p"], seed=s, stop_token_ids=self.stop_ids) for s in seeds]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False,
+                                 lora_request=self.lora)
         return [o.outputs[0].text for o in outs]
 
     def close(self) -> None:

