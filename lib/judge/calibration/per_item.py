@@ -424,23 +424,27 @@ def reliability_before_after(oof: pd.DataFrame, path: str | Path | None, title: 
 
     from lib.stats import ECE_BINS, calibration_bins
 
-    fig = Figure(figsize=(10, 4.5))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(10, 6))
+    axes = fig.subplots(2, 2, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ok = oof[oof["p_cv"].notna()]
-    for ax, col, name in ((axes[0], "p_yes", "raw P(yes)"), (axes[1], "p_cv", "calibrated P(yes), out of fold")):
+    width = 1.0 / ECE_BINS
+    for j, (col, name) in enumerate((("p_yes", "raw P(yes)"), ("p_cv", "calibrated P(yes), out of fold"))):
+        top, bottom = axes[0, j], axes[1, j]
         bins = calibration_bins(ok["label"], ok[col], ECE_BINS)
         full = bins[bins["n"] > 0]
         ece = expected_calibration_error(ok["label"], ok[col]) if len(ok) else float("nan")
-        ax.bar(full["lo"], full["frac_yes"], width=1.0 / ECE_BINS, align="edge", alpha=0.6, edgecolor="black",
-               label="fraction labelled yes")
-        ax.scatter(full["mean_p"], full["frac_yes"], s=12 + 3 * full["n"], color="C3", label="bin mean (size: n)")
-        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel(name)
-        ax.set_title(f"{name}: ECE {ece:.3f}, n={len(ok)}")
-    axes[0].set_ylabel("fraction labelled yes")
-    axes[0].legend(loc="upper left", fontsize=8)
+        top.bar(full["lo"], full["frac_yes"], width=width, align="edge", alpha=0.6, edgecolor="black",
+                label="fraction labelled yes")
+        top.plot(full["mean_p"], full["frac_yes"], "o", color="C3", label="bin mean P(yes)")
+        top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        top.set_ylim(0, 1)
+        top.set_title(f"{name}: ECE {ece:.3f}, n={len(ok)}")
+        bottom.bar(bins["lo"], bins["n"], width=width, align="edge", color="C0", edgecolor="black")
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel(name)
+    axes[0, 0].set_ylabel("fraction labelled yes")
+    axes[1, 0].set_ylabel("count")
+    axes[0, 0].legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
