@@ -17,7 +17,6 @@ of pairs where both orders pick the same text) and the mean position bias (mean 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -218,17 +217,24 @@ def describe_agreement(summary: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lib.judge.preferences [OUT]`: derive the project's preference set from the calibration set and the
-    default rubric, written to OUT (default lib/assets/preferences.jsonl)."""
+    """`python -m lib.judge.preferences [--out PATH]`: derive the project's preference set from the calibration set and
+    the default rubric (default output: lib/assets/preferences.jsonl)."""
+    import argparse
+
     from lib.judge.calibration import load_calibration_set, rubric_keys
     from lib.rubric import load_rubric
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = Path(args[0]) if args else PREFERENCES_FILE
+    parser = argparse.ArgumentParser(prog="python -m lib.judge.preferences",
+                                     description="derive preference pairs from the calibration set")
+    parser.add_argument("--out", default=str(PREFERENCES_FILE), help="where to write the pairs (JSON lines)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="least labelled-score gap of a pair")
+    parser.add_argument("--per-entity", type=int, default=DEFAULT_PER_ENTITY, help="pairs per entity, widest gaps first")
+    args = parser.parse_args(argv)
     rubric = load_rubric()
-    pairs = build_preference_pairs(load_calibration_set(rubric_keys=rubric_keys(rubric)), rubric)
-    write_preferences(pairs, out)
-    print(f"{len(pairs)} pairs about {pairs['entity'].nunique()} entities -> {out}")
+    pairs = build_preference_pairs(load_calibration_set(rubric_keys=rubric_keys(rubric)), rubric, margin=args.margin,
+                                   per_entity=args.per_entity)
+    write_preferences(pairs, args.out)
+    print(f"{len(pairs)} pairs about {pairs['entity'].nunique()} entities -> {args.out}")
     return 0
 
 
