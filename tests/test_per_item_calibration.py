@@ -235,3 +235,30 @@ def test_evaluation_scores_carry_the_calibration(rubric, fitted):
     per_item, details = score_completions({"m": texts}, ["可乐"], judge, rubric, calibration=calib)
     assert per_item["answer"].iloc[0] != plain["answer"].iloc[0]
     assert all("p_calibrated" in d for d in details[0]["answer_items"])
+
+
+def test_training_reads_the_runs_calibration_before_loading_the_policy(tmp_path, monkeypatch, rubric, fitted):
+    from lib.train import grpo
+
+    def no_policy(profile):
+        raise AssertionError("the policy was loaded before the calibration was checked")
+
+    monkeypatch.setattr(grpo, "load_policy", no_policy)
+    ctx = _ctx(tmp_path, method="platt")
+    with pytest.raises(CalibrationError, match="02_judge_calibration"):
+        grpo.build_trainer(ctx.profile, ctx, judge=KeywordJudge())
+    calib, _ = fitted
+    calib.judge_model = ctx.profile.judge.model
+    calib.save(pi.calibration_path(ctx))
+    seen = {}
+    monkeypatch.setattr(grpo, "load_policy", lambda profile: (_ for _ in ()).throw(AssertionError("stop")))
+    real = grpo.judge_rewards_for
+
+    def spy(profile, judge):
+        seen["jr"] = real(profile, judge)
+        return seen["jr"]
+
+    monkeypatch.setattr(grpo, "judge_rewards_for", spy)
+    with pytest.raises(AssertionError, match="stop"):
+        grpo.build_trainer(ctx.profile, ctx, judge=KeywordJudge())
+    assert seen["jr"].calibration is not None and seen["jr"].calibration.method == "platt"
