@@ -10,15 +10,17 @@ probability that a strict reviewer says yes (RocketEval's idea):
 - `none`: no calibration; the score is the rubric's seed formula on raw P(yes) (`lib.rubric.section_score`).
 
 Everything is cross-validated by text: `GroupKFold` over the text ids, one fold assignment per section shared by its
-items, so no text is scored by a calibrator fitted on its own label. Per item it reports n, base rate, AUROC of the raw
-P(yes), cross-validated AUROC of the calibrated P(yes), ECE and Brier before (raw) and after (out-of-fold calibrated).
+items, so no reported number comes from a calibrator fitted on that text (the calibrator the score applies is then
+fitted on all of the item's labels). Per item it reports n, base rate, AUROC of the raw P(yes), cross-validated AUROC of
+the calibrated P(yes), ECE and Brier before (raw) and after (out-of-fold calibrated).
 
 Weak items (cross-validated AUROC below `min_auroc`, or undefined) are handled by `weak_items`:
 `drop` leaves them out of the score; `downweight` gives them the weight w = clip((auroc - 0.5) / (min_auroc - 0.5), 0, 1)
 (a plausible item's weight in the mean is multiplied by w; a must-have item's factor in the product becomes p ** w,
 so w = 0 is a drop and w = 1 the full gate); `keep` keeps them at full weight. The score is the rubric's own formula
 (must-have product, plausible mean, the 0.05 floor) over the kept items with calibrated probabilities; a section whose
-plausible items are all dropped scores its gates alone, as the rubric does for a section without plausible items.
+plausible items are all dropped scores its gates alone, as the rubric does for a section without plausible items, and
+one with every item dropped scores 1 (the product and the factor of nothing): it then carries no signal.
 
 Degenerate cases, one rule each:
 - an item whose labels have one class: it cannot be ranked (AUROC undefined); its calibrator is the constant smoothed
