@@ -235,6 +235,16 @@ def test_evaluation_scores_carry_the_calibration(rubric, fitted):
     per_item, details = score_completions({"m": texts}, ["可乐"], judge, rubric, calibration=calib)
     assert per_item["answer"].iloc[0] != plain["answer"].iloc[0]
     assert all("p_calibrated" in d for d in details[0]["answer_items"])
+    # the case studies (notebook 05) judge what notebook 04 did not with the same calibration
+    from lib.eval.scoring import score_with_reuse
+
+    class Closable(KeywordJudge):
+        def close(self):
+            pass
+
+    reused, n_new = score_with_reuse({"m": texts}, ["可乐"], [], lambda: Closable(rules=judge.rules, default=0.95), rubric,
+                                     calibration=calib)
+    assert n_new == 1 and reused["m"][0]["answer_score"] == pytest.approx(per_item["answer"].iloc[0])
 
 
 def test_training_reads_the_runs_calibration_before_loading_the_policy(tmp_path, monkeypatch, rubric, fitted):

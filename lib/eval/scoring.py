@@ -253,12 +253,14 @@ def score_with_reuse(
     known: Sequence[dict],
     make_judge: Callable[[], SectionJudge],
     rubric: Rubric,
+    calibration=None,
 ) -> tuple[dict[str, list[dict]], int]:
     """Details (see `score_completions`) per label, aligned with `entities`.
 
     A completion already scored by the training judge in `known` (notebook 04's `eval/item_scores.jsonl`)
     is reused; the rest are judged by `make_judge()`, which is called (and its engine closed) only when
-    something is left to judge. Returns (details by label, number of completions judged here).
+    something is left to judge; `calibration` as in `score_completions` (the one notebook 04 scored with). Returns
+    (details by label, number of completions judged here).
     """
     out: dict[str, list[dict | None]] = {}
     todo_idx: dict[str, list[int]] = {}
@@ -274,7 +276,8 @@ def score_with_reuse(
             for label, idx in todo_idx.items():
                 if idx:
                     texts = [completions[label][i] for i in idx]
-                    _, new = score_completions({label: texts}, [entities[i] for i in idx], judge, rubric)
+                    _, new = score_completions({label: texts}, [entities[i] for i in idx], judge, rubric,
+                                               calibration=calibration)
                     for i, d in zip(idx, new):
                         out[label][i] = d
         finally:
