@@ -210,6 +210,27 @@ class SizingConfig(_Strict):
     reduced: dict = {}  # e.g. {train: {max_steps: 12}}: a smaller job for slower machines (same keys as the profile)
 
 
+class PerItemCalibrationConfig(_Strict):
+    """Per-item calibration of the judge's P(yes) (lib.judge.calibration.per_item), fitted by notebook 02."""
+
+    # none: the rubric's formula on raw P(yes); platt: logistic on logit P(yes) per item; isotonic: monotone steps per
+    # item. Not none: the judge rewards and the training judge's evaluation scores read the calibration notebook 02
+    # saved in the run (calibration/per_item_calibration.json); notebook 02 fits platt for its table when this is none
+    method: Literal["none", "platt", "isotonic"] = "none"
+    min_auroc: float = Field(0.6, ge=0, le=1)  # an item whose cross-validated AUROC is below this is weak
+    # weak items: drop (left out of the score), downweight (weight (auroc - 0.5) / (min_auroc - 0.5)), keep
+    weak_items: Literal["drop", "downweight", "keep"] = "drop"
+    folds: int = Field(5, ge=2)  # cross-validation folds over the calibration texts (GroupKFold by text id)
+
+
+class CalibrationConfig(_Strict):
+    per_item: PerItemCalibrationConfig = PerItemCalibrationConfig()
+    # human preferences (lib.judge.preferences): JSON lines {prompt, chosen, rejected[, entity]}; None: the project's
+    # own lib/assets/preferences.jsonl. Notebook 02 measures how often the pairwise judge prefers `chosen`
+    preferences_path: str | None = None
+    preferences_max_pairs: int | None = Field(None, ge=1)  # cap on pairs judged (the first ones); None: all
+
+
 class Profile(_Strict):
     name: str
     description: str = ""
@@ -230,6 +251,7 @@ class Profile(_Strict):
     calibration_adversarial_max_pass: float = Field(0.2, ge=0, le=1)
     calibration_adversarial_entities: int = Field(4, ge=1)  # test entities each adversarial probe is asked about
     calibration_pad_levels: list[int] = [0, 1, 2, 4, 8]  # filler sentences appended to each good answer in 02's length probe
+    calibration: CalibrationConfig = CalibrationConfig()  # per-item calibration and the preference yardstick (notebook 02)
 
     @field_validator("calibration_pad_levels")
     @classmethod

@@ -52,7 +52,7 @@ SHARED_STAGES: dict[str, tuple[str, ...]] = {
     "01_rubric_design": ("rubric",),
     "02_judge_calibration": ("seed", "device", "judge", "rubric.path", "eval.n_bootstrap", "calibration_max_texts",
                              "calibration_probe_texts", "calibration_pad_levels", "calibration_adversarial_max_pass",
-                             "calibration_adversarial_entities"),
+                             "calibration_adversarial_entities", "calibration"),
 }
 STAGE_FOLDERS = {"00_build_data": "data", "01_rubric_design": "rubric", "02_judge_calibration": "calibration"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")

@@ -116,6 +116,10 @@ def test_judge_was_real_and_calibrated(smoke_run):
     # the wrong token, sits at 0.5 (about +-0.04 overall and +-0.07 on the answers by chance on this many labels).
     assert results["calibration.auroc"] >= 0.55
     assert results["calibration.answer_auroc"] >= 0.6
+    # per-item calibration (saved whatever the profile's method) and the preference yardstick ran on the same judge
+    saved = json.loads((smoke_run / "calibration" / "per_item_calibration.json").read_text())
+    assert len(saved["items"]) == results["calibration.per_item_n_kept"] + len(results["calibration.per_item_dropped"])
+    assert results["calibration.preference_n_pairs"] == 4 and 0.0 <= results["calibration.preference_accuracy"] <= 1.0
 
 
 def test_evaluation_cases_and_report(smoke_run):

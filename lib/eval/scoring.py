@@ -39,7 +39,8 @@ def _items(rubric: Rubric, section: str, entity: str, detail: dict) -> list[dict
     out = []
     for key, d in detail["items"].items():
         out.append({"key": key, "question": sec.question(entity, sec.item(key)), "p_yes": d["p_yes"],
-                    "verdict": d["verdict"], "flagged": d["flagged"]})
+                    "verdict": d["verdict"], "flagged": d["flagged"]}
+                   | ({"p_calibrated": d["p_calibrated"]} if "p_calibrated" in d else {}))
     return out
 
 
@@ -50,6 +51,7 @@ def score_completions(
     rubric: Rubric,
     judge_name: str = "train",
     extra: Mapping[str, Sequence] | None = None,
+    calibration=None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Format, think and answer scores of every model's completions (all models judged in one batch).
 
@@ -57,7 +59,8 @@ def score_completions(
     (e.g. `decoding` and `sample` of `lib.eval.generation.eval_rows`), added to per_item and to each detail.
     Returns (per_item, details): per_item has the columns `PER_ITEM_COLUMNS` (then `extra`'s); details holds, per
     completion, the model, entity, judge, completion, scores, shortcut reasons and the checklist items
-    ({key, question, p_yes, verdict, flagged}).
+    ({key, question, p_yes, verdict, flagged}, and p_calibrated with a calibration). `calibration`: the run's per-item
+    calibration of this judge (`lib.judge.calibration.per_item.for_run(ctx)`; None: raw P(yes)), as in training.
     """
     extra = {k: list(v) for k, v in (extra or {}).items()}
     for k, v in extra.items():
@@ -71,7 +74,7 @@ def score_completions(
         ents += list(entities)
         texts += list(comps)
     fmt = format_reward(texts)
-    jr = JudgeRewards(judge, rubric)
+    jr = JudgeRewards(judge, rubric, calibration=calibration)
     think = jr.think_quality_reward(texts, entity=ents)
     think_details = list(jr.details["think"])
     answer = jr.answer_quality_reward(texts, entity=ents)
@@ -302,12 +305,14 @@ def score_with_reuse(
     known: Sequence[dict],
     make_judge: Callable[[], SectionJudge],
     rubric: Rubric,
+    calibration=None,
 ) -> tuple[dict[str, list[dict]], int]:
     """Details (see `score_completions`) per label, aligned with `entities`.
 
     A completion already scored by the training judge in `known` (notebook 04's `eval/item_scores.jsonl`)
     is reused; the rest are judged by `make_judge()`, which is called (and its engine closed) only when
-    something is left to judge. Returns (details by label, number of completions judged here).
+    something is left to judge; `calibration` as in `score_completions` (the one notebook 04 scored with). Returns
+    (details by label, number of completions judged here).
     """
     out: dict[str, list[dict | None]] = {}
     todo_idx: dict[str, list[int]] = {}
@@ -323,7 +328,8 @@ def score_with_reuse(
             for label, idx in todo_idx.items():
                 if idx:
                     texts = [completions[label][i] for i in idx]
-                    _, new = score_completions({label: texts}, [entities[i] for i in idx], judge, rubric)
+                    _, new = score_completions({label: texts}, [entities[i] for i in idx], judge, rubric,
+                                               calibration=calibration)
                     for i, d in zip(idx, new):
                         out[label][i] = d
         finally:

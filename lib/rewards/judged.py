@@ -68,13 +68,18 @@ class JudgeRewards:
 
     `rubric` None: `lib.rubric.load_rubric()`. `sections`: the reward names the caller computes for the same
     completions (names other than think/answer are ignored); when both are named, the first of the two called
-    judges both sections in one batch.
+    judges both sections in one batch. `calibration`: a per-item calibration (lib.judge.calibration.per_item, e.g.
+    `per_item.for_run(ctx)`): the section score is then the rubric's formula on calibrated P(yes) over its kept items
+    (soft mode only); None: the formula on the judge's own indicators.
     """
 
     def __init__(self, judge: SectionJudge, rubric: Rubric | None = None, sections: Sequence[str] = (),
-                 relative: dict[str, Any] | None = None):
+                 relative: dict[str, Any] | None = None, calibration: Any = None):
         if judge is None:
             raise RewardError("JudgeRewards: no judge; build one with lib.judge.engine.build_judge(profile.judge)")
+        if calibration is not None and judge.mode != "soft":
+            raise RewardError(f"JudgeRewards: per-item calibration maps P(yes), so it needs judge.mode soft, not {judge.mode!r}")
+        self.calibration = calibration
         self.judge = judge
         self.rubric = rubric if rubric is not None else load_rubric()
         self.together = tuple(n for n in JUDGED_SECTIONS if n in set(sections))
@@ -171,7 +176,10 @@ class JudgeRewards:
         stats = self.stats[section_name]
         for i in range(len(reasons)):
             js = judged.get(i, {})
-            score = _shortcut_or_score(reasons[i], section, {k: j.indicator(mode) for k, j in js.items()})
+            if self.calibration is not None and reasons[i] is None:
+                score = self.calibration.score(section, {k: j.p_yes for k, j in js.items()})
+            else:
+                score = _shortcut_or_score(reasons[i], section, {k: j.indicator(mode) for k, j in js.items()})
             n_flagged = sum(j.flagged for j in js.values())
             scores.append(score)
             details.append({
@@ -179,7 +187,9 @@ class JudgeRewards:
                 "score": score,
                 "shortcut": reasons[i],
                 "n_flagged": n_flagged,
-                "items": {k: {"p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged} for k, j in js.items()},
+                "items": {k: {"p_yes": j.p_yes, "verdict": j.verdict, "flagged": j.flagged}
+                          | ({"p_calibrated": self.calibration.calibrate(section_name, k, j.p_yes)} if self.calibration else {})
+                          for k, j in js.items()},
             })
             stats["completions"] += 1
             stats["judged" if reasons[i] is None else "shortcut"] += 1

@@ -313,6 +313,10 @@ def build_trainer(profile: Profile, run_ctx: "RunContext", judge: Any = None, po
     """
     check_processes(profile)
     judge_rewards = judge_rewards_for(profile, judge)  # no judge for a judge reward fails before the model loads
+    if judge_rewards is not None:  # the run's per-item calibration (notebook 02) when calibration.per_item.method asks
+        from lib.judge.calibration.per_item import for_run
+
+        judge_rewards.calibration = for_run(run_ctx)
     model, tokenizer, peft_config = policy if policy is not None else load_policy(profile)
     from trl import GRPOTrainer
 

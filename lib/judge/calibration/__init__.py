@@ -7,6 +7,7 @@ One job per module; this package only gathers their public names, so `cal.<name>
 - `probes`: the length and relevance probes (texts, runs, summaries)
 - `plots`: reliability diagram, threshold sweep, probe figures
 - `summary`: the numbers notebook 02 records and the same in plain sentences
+- `per_item`: one calibrator per checklist item (Platt or isotonic), cross-validated by text, applied in the score
 
 How notebook 02 (judge calibration) calls it, in order::
 
@@ -35,6 +36,10 @@ How notebook 02 (judge calibration) calls it, in order::
     length_summary = cal.summarize_probe(length, "p_yes", "pad_level")
     relevance = cal.run_relevance_probe(judge, rubric["answer"], cal.relevance_probe_pairs(relevant, pool=answers))
     relevance_summary = cal.summarize_relevance(relevance)
+
+    # per-item calibration, cross-validated by text; saved for the judge rewards and evaluation (per_item.for_run)
+    per_item, oof = cal.fit_per_item(long, rubric, method="platt", min_auroc=0.6, weak_items="drop", folds=5)
+    per_item.save(out / "per_item_calibration.json"); cal.reliability_before_after(oof, out / "reliability_per_item.png")
 
     # 4 in words
     summary = cal.calibration_summary(long, agreement, length, relevance, threshold=t)
@@ -65,6 +70,12 @@ from lib.judge.calibration.probes import (
     summarize_relevance,
 )
 from lib.judge.calibration.summary import calibration_summary, describe_calibration, kappa_words, save_summary
+from lib.judge.calibration.per_item import (
+    PerItemCalibration,
+    fit_per_item,
+    per_item_summary,
+    reliability_before_after,
+)
 
 __all__ = [
     "LOG_LOSS_EPS", "MODES", "OPTIONAL_FIELDS", "OVERALL", "PROBES_FILE", "REQUIRED_FIELDS", "CalibrationError",
@@ -72,5 +83,6 @@ __all__ = [
     "length_probe_texts", "load_calibration_set", "load_probes", "long_labels", "metrics_table", "mode_agreement",
     "mode_frame", "one_item_section", "plot_probe", "plot_threshold_sweep", "relevance_probe_pairs", "reliability_diagram",
     "rubric_keys", "run_length_probe", "run_relevance_probe", "save_summary", "select_calibration_texts",
-    "summarize_probe", "summarize_relevance",
+    "summarize_probe", "summarize_relevance", "PerItemCalibration", "fit_per_item", "per_item_summary",
+    "reliability_before_after",
 ]
