@@ -46,6 +46,7 @@ def test_longer_preferring_judge_gives_the_known_win_rate(rubric):
     table, pairs, why = winrate.pairwise_winrate(comps, rows, {"grpo": "base"}, JudgeEngine(backend, JudgeConfig()),
                                                  rubric, n_resamples=500)
     assert why == "" and len(pairs) == 30  # 10 prompts x (2 samples + greedy)
+    assert table["independent"].str.startswith("no:").all()  # the training judge's model: not independent
     s = table[table["decoding"] == "sample"].iloc[0]
     assert (s["n"], s["k"], s["base"]) == (10, 2, "base")
     assert s["win_rate"] == pytest.approx((7 + 0.5) / 10)  # ties count 0.5

@@ -25,6 +25,9 @@ from lib.rewards import extract_answer
 from lib.stats import bootstrap_ci
 
 TIE_TOLERANCE = 1e-9  # |win - 0.5| below this is a tie (debiased_win of equal P(A) in both orders is 0.5 up to rounding)
+# the table's `independent` mark: the judge is the training judge's model (`lib.eval.scoring.with_judge`'s form)
+NOT_INDEPENDENT = ("no: the training judge's model asking its pairwise question: a taste the policy learned from this "
+                   "judge wins here too")
 PAIR_COLUMNS = ("model", "base", "entity", "decoding", "sample", "win", "outcome", "p_ab", "p_ba", "position_bias",
                 "judged", "flagged")
 TABLE_COLUMNS = ("base", "decoding", "n", "k", "win_rate", "win_rate_lo", "win_rate_hi", "p_win", "p_win_lo",
@@ -138,11 +141,12 @@ def winrate_table(pairs: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, c
 
 
 def pairwise_winrate(completions: Mapping[str, Sequence[str]], rows: pd.DataFrame, pairs: Mapping[str, str],
-                     judge: Any, rubric: Any, enabled: bool = True, n_resamples: int = 1000,
-                     seed: int = 0) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
+                     judge: Any, rubric: Any, enabled: bool = True, n_resamples: int = 1000, seed: int = 0,
+                     judge_label: str = "train") -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
     """Notebook 04's win rate: (table, pair rows, "") or (None, None, why it was skipped).
 
     `judge`: the training judge's `JudgeEngine` (still open); `rubric`: the training rubric (its `relative` spec).
+    The table (`winrate_table`) gets the columns `judge` (`judge_label`) and `independent` (`NOT_INDEPENDENT`).
     Skipped, with the reason, when `enabled` is false (`eval.winrate`), no trained model has a base
     (`pairs` empty), the rubric has no `relative` template, or the judge's backend cannot read P(A)/P(B).
     """
@@ -161,7 +165,8 @@ def pairwise_winrate(completions: Mapping[str, Sequence[str]], rows: pd.DataFram
     except (JudgeError, AttributeError) as err:
         return None, None, f"the training judge cannot compare pairs: {err}"
     pair_rows = compare_pairs(completions, rows, pairs, comparer)
-    return winrate_table(pair_rows, n_resamples=n_resamples, seed=seed), pair_rows, ""
+    table = winrate_table(pair_rows, n_resamples=n_resamples, seed=seed)
+    return table.assign(judge=judge_label, independent=NOT_INDEPENDENT), pair_rows, ""
 
 
 def winrate_results(table: pd.DataFrame) -> dict[str, object]:
