@@ -103,6 +103,8 @@ class TrainConfig(_Strict):
     warmup_ratio: float = 0.1
     loss_type: str = "grpo"  # grpo | dapo | dr_grpo | bnpo ... (TRL)
     scale_rewards: str = "group"  # group | batch | none (TRL)
+    # TRL's mask_truncated_completions (DAPO): completions cut at max_completion_length are left out of the loss
+    mask_truncated_completions: bool = False
     # false: train every weight of the policy (the original's full fine-tune, at its rate 1e-6) instead of a LoRA
     # adapter; needs train.backend trl and a rollout engine other than vllm_lora (both serve LoRA adapters only); the
     # trained model is saved to train/model/ and evaluated as the eval rows with `adapter: run`
@@ -193,6 +195,9 @@ class EvalConfig(_Strict):
     # a row with a LoRA adapter is refused when its merged model's log-probs (as served, in the engine's dtype) differ
     # from the PEFT model's (base + adapter, float32) by more than this, per token, on fixed texts (lib.eval.generation)
     merge_tolerance: float = Field(1e-3, gt=0)
+    # notebook 04's pairwise win rate of each trained row against its base (lib.eval.winrate): the training judge's
+    # `relative` question, both orders, 2 judge prompts per (prompt, sample) pair; skipped without a `relative` template
+    winrate: bool = True
 
 
 class CaseStudyConfig(_Strict):

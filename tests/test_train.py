@@ -102,7 +102,8 @@ def test_grpo_config_mapping(name, tmp_path):
     t = p.train
     for field in ("learning_rate", "beta", "temperature", "top_p", "num_generations", "max_completion_length",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
-                  "loss_type", "scale_rewards", "logging_steps", "save_steps", "save_total_limit"):
+                  "loss_type", "scale_rewards", "mask_truncated_completions", "logging_steps", "save_steps",
+                  "save_total_limit"):
         assert getattr(cfg, field) == getattr(t, field), field
     assert cfg.lr_scheduler_type.value == t.lr_scheduler_type
     assert cfg.warmup_steps == t.warmup_ratio
@@ -111,6 +112,16 @@ def test_grpo_config_mapping(name, tmp_path):
     assert cfg.use_cpu and not cfg.use_vllm and not cfg.bf16
     assert not cfg.remove_unused_columns  # `entity` must reach the rewards
     assert cfg.report_to == (list(t.report_to) or ["none"]) or (not t.report_to and cfg.report_to in ([], "none"))
+
+
+def test_mask_truncated_completions_reaches_grpo_config(tmp_path):
+    """train.mask_truncated_completions (default false in every profile) is TRL's argument of the same name."""
+    assert all(not load_profile(n).train.mask_truncated_completions for n in PROFILES)
+    p = load_profile("smoke", overrides={"train": {"mask_truncated_completions": True, "loss_type": "dr_grpo",
+                                                   "scale_rewards": "none"}})
+    cfg = grpo.build_grpo_config(p, tmp_path / "ckpt")
+    assert cfg.mask_truncated_completions is True and cfg.loss_type == "dr_grpo" and cfg.scale_rewards == "none"
+    assert grpo.build_grpo_config(load_profile("smoke"), tmp_path / "c2").mask_truncated_completions is False
 
 
 def test_gpu_profile_uses_unsloth_engine(tmp_path):

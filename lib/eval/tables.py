@@ -163,21 +163,83 @@ def tag_counts(completion: str) -> dict[str, int]:
     return {tag: completion.count(tag) for tag in TAGS}
 
 
-def diagnostics(completions: list[str]) -> dict[str, float]:
+COPY_NGRAM = 4  # copy_ratio's character n-gram: long enough that shared words of the language rarely match by chance
+# diagnostics are rules on the texts: no judge scores them, so they are independent of the training judge
+DIAGNOSTICS_JUDGE = {"judge": "none (rules on the texts)", "independent": True,
+                     "why": "computed from the texts by rules, no judge involved"}
+
+
+def entity_mentioned(entity: str, answer: str) -> bool:
+    """Whether the answer names the entity (whitespace removed from both, case ignored).
+
+    >>> entity_mentioned("Coca Cola", "就喝cocacola！"), entity_mentioned("可乐", "好喝")
+    (True, False)
+    """
+    e = _chars(entity).lower()
+    return bool(e) and e in _chars(answer).lower()
+
+
+def _grams_outside(text: str, n: int, cut: str) -> list[str]:
+    """Character n-grams of `text` (whitespace removed) that do not overlap an occurrence of `cut`."""
+    s = _chars(text)
+    pieces = s.split(_chars(cut)) if _chars(cut) else [s]
+    return [p[i : i + n] for p in pieces for i in range(len(p) - n + 1)]
+
+
+def copy_ratio(answer: str, reference: str, entity: str = "", n: int = COPY_NGRAM) -> float:
+    """Share of the answer's character n-grams (whitespace removed) that occur in `reference` (the prompt the model
+    was given: system prompt with its format example, and the request). N-grams overlapping the entity's name are
+    left out on both sides, so naming the product is not copying. NaN when the answer has no n-gram left.
+
+    >>> copy_ratio("这里写下你的广告文案", "<answer>这里写下你的广告文案</answer>", n=4)
+    1.0
+    >>> copy_ratio("可乐真好喝", "请为可乐设计一段创意广告文案", entity="可乐", n=2)
+    0.0
+    """
+    grams = _grams_outside(answer, n, entity)
+    if not grams:
+        return float("nan")
+    ref = set(_grams_outside(reference, n, entity))
+    return sum(g in ref for g in grams) / len(grams)
+
+
+def prompt_text(entity: str | None) -> str:
+    """The text of the prompt a model answered (lib.data.make_prompt: system prompt, then the request), or the system
+    prompt alone when the entity is not known."""
+    from lib.data import SYSTEM_PROMPT, make_prompt
+
+    if entity is None:
+        return SYSTEM_PROMPT
+    return "\n".join(m["content"] for m in make_prompt(entity))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def diagnostics(completions: list[str], entities: Sequence[str] | None = None) -> dict[str, float]:
     """Diagnostics of one model's completions (full `<think>…</think><answer>…</answer>` outputs,
-    possibly malformed). Keys:
+    possibly malformed); `entities`: each completion's prompt entity (aligned; None: unknown). Keys:
 
     - n: completions; mean_length_chars: mean completion length in characters
+    - think_length_chars, answer_length_chars: mean length of the think and answer parts in characters (stripped)
     - distinct_1, distinct_2: character distinct-n of the answer parts, pooled (see `distinct_n`)
     - self_bleu: character BLEU-4 of each answer against the others, averaged (see `self_bleu`)
     - think_answer_overlap: mean `clause_overlap` over completions that have both `</think>` and
       `<answer>` and a think clause (NaN when none has)
+    - entity_mention_rate: share of answers that name their prompt's entity (`entity_mentioned`; NaN without
+      `entities`)
+    - copy_ratio: mean over answers of the share of their character 4-grams found in the prompt they answered
+      (`copy_ratio` against `prompt_text`: system prompt and request; the system prompt alone without `entities`):
+      a copy of the format example scores near 1; answers without a 4-gram left out (NaN when none has one)
     - placeholder_share: share containing the template placeholder 这里写下你的
     - missing_tag_share: share where any of the four tags is absent
     - one_of_each_tag_share: share with exactly one of each tag
 
     Answers and think parts come from lib.rewards.extract_answer / extract_think, as the judges
-    see them (the original's extraction: with a tag missing, that is the whole text).
+    see them (the original's extraction: with a tag missing, that is the whole text). Every key is a rule on the
+    texts: independent of the judges (`DIAGNOSTICS_JUDGE`).
 
     >>> d = diagnostics(["<think>想</think><answer>好喝</answer>", "好喝"])
     >>> d["missing_tag_share"], d["one_of_each_tag_share"]
@@ -186,6 +248,9 @@ def diagnostics(completions: list[str]) -> dict[str, float]:
     n = len(completions)
     if n == 0:
         raise EvaluateError("diagnostics: no completions given")
+    if entities is not None and len(entities) != n:
+        raise EvaluateError(f"diagnostics: {len(entities)} entities for {n} completions; they must be aligned")
+    ents: list[str | None] = list(entities) if entities is not None else [None] * n
     answers = [_part(extract_answer, c) for c in completions]
     thinks = [_part(extract_think, c) for c in completions]
     tags = [tag_counts(c) for c in completions]
@@ -193,25 +258,36 @@ def diagnostics(completions: list[str]) -> dict[str, float]:
     both = [("</think>" in c and "<answer>" in c) for c in completions]
     pairs = [(t, a) for t, a, ok in zip(thinks, answers, both) if ok]
     overlaps = [o for o in (clause_overlap(t, a) for t, a in pairs) if not math.isnan(o)]
+    prompts = {e: prompt_text(e) for e in dict.fromkeys(ents)}
+    copies = [copy_ratio(a, prompts[e], e or "") for a, e in zip(answers, ents)]
     return {
         "n": n,
         "mean_length_chars": float(np.mean([len(c) for c in completions])),
+        "think_length_chars": float(np.mean([len(t) for t in thinks])),
+        "answer_length_chars": float(np.mean([len(a) for a in answers])),
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
         "self_bleu": self_bleu(answers),
         "think_answer_overlap": float(np.mean(overlaps)) if overlaps else float("nan"),
+        "entity_mention_rate": (float(np.mean([entity_mentioned(e, a) for e, a in zip(ents, answers)]))
+                                if entities is not None else float("nan")),
+        "copy_ratio": _nanmean(copies),
         "placeholder_share": sum(TEMPLATE_PLACEHOLDER in c for c in completions) / n,
         "missing_tag_share": sum(any(v == 0 for v in t.values()) for t in tags) / n,
         "one_of_each_tag_share": sum(all(v == 1 for v in t.values()) for t in tags) / n,
     }
 
 
-def diagnostics_table(completions_by_model: Mapping[str, list[str]]) -> pd.DataFrame:
-    """`diagnostics` for each model, one row each (index: model label)."""
-    rows = {label: diagnostics(list(comps)) for label, comps in completions_by_model.items()}
+def diagnostics_table(completions_by_model: Mapping[str, list[str]],
+                      entities: Sequence[str] | None = None) -> pd.DataFrame:
+    """`diagnostics` for each model, one row each (index: model label); `entities`: the prompt entity of each
+    completion, aligned with every model's list (None: entity mention rate NaN, copy ratio against the system prompt
+    only). Columns `judge` and `independent` say that no judge scored them (independent of the training judge)."""
+    rows = {label: diagnostics(list(comps), entities) for label, comps in completions_by_model.items()}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "model"
-    return df
+    info = DIAGNOSTICS_JUDGE
+    return df.assign(judge=info["judge"], independent=("yes: " if info["independent"] else "no: ") + info["why"])
 
 
 # ----------------------------------------------------------------------------------------------

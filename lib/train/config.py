@@ -63,6 +63,7 @@ def grpo_config_kwargs(profile: Profile, output_dir: str | Path) -> dict:
         warmup_steps=cfg.warmup_ratio,
         loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards,
+        mask_truncated_completions=cfg.mask_truncated_completions,  # DAPO: a cut completion adds nothing to the loss
         multi_objective_aggregation=cfg.reward_aggregation,  # normalize_then_sum: GDPO's per-reward normalization
         reward_weights=weights,
         logging_steps=cfg.logging_steps,
