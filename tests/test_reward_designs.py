@@ -411,7 +411,7 @@ def test_training_rewards_take_the_profile_options_and_the_gate(rubric):
     assert sub([ad("喝可", think="我" * 10)]) == [1.0]  # the profile's minimums, not the defaults
     assert over_f(["x"], completion_ids=[[0] * p.train.max_completion_length]) == [-1.0]  # max_len from the profile
     comps = ["untagged text", ad("可乐"), ad("可乐可乐")]
-    assert ans(comps, entity="可乐")[0] == 0.0 and rel(comps, entity="可乐", prompts=["p"] * 3)[0] == 0.0  # gated
+    assert ans(comps, entity="可乐")[0] is None and rel(comps, entity="可乐", prompts=["p"] * 3)[0] is None  # gated
     assert rel(comps, entity="可乐", prompts=["p"] * 3)[1:] == [pytest.approx(0.1), pytest.approx(0.9)]
 
 

@@ -178,6 +178,8 @@ def test_trl_backend_times_hf_rollouts(monkeypatch, tmp_path):
     class FakeGRPOTrainer:
         def __init__(self, **kwargs):
             made.update(kwargs)
+            self.args = SimpleNamespace(gradient_checkpointing=False)  # what the shared-prompt install checks
+            self.accelerator = SimpleNamespace(num_processes=1)
 
         def _generate_single_turn(self, *a):
             return [[1]], None
