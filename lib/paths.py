@@ -18,8 +18,6 @@ RUNS_DIR = OUTPUTS_DIR / "runs"
 # Materialized models (GGUF -> safetensors) live outside the repo so fresh clones reuse them.
 CACHE_DIR = Path(os.environ.get("CREATIVE_GRPO_CACHE", Path.home() / ".cache" / "creative-grpo"))
 MODEL_CACHE_DIR = CACHE_DIR / "models"
-# The original project's published prompt set (never copied into the project).
-REFERENCE_SEED_DIR = PROJ_ROOT.parent / "shared" / "reference" / "creative_ad_seed"
 
 ENTITY_CATALOGUE = DATA_DIR / "entities.csv"
 CALIBRATION_SET = DATA_DIR / "calibration.jsonl"

@@ -9,6 +9,9 @@ from lib.data import DataError
 
 REFERENCE_SYSTEM_PROMPT_START = "你是一位创意广告设计师，负责为用户量身定制独特的广告文案。"
 
+# The original project's published prompt set, beside the checkout where a developer machine has it (never copied in).
+REFERENCE_SEED_DIR = paths.PROJ_ROOT.parent / "shared" / "reference" / "creative_ad_seed"
+
 
 @pytest.fixture(scope="module")
 def catalogue() -> pd.DataFrame:
@@ -40,9 +43,9 @@ def test_catalogue_is_clean(catalogue):
 
 
 def test_catalogue_shares_no_entity_with_reference(catalogue):
-    if not paths.REFERENCE_SEED_DIR.is_dir():
-        pytest.skip(f"reference prompt set not present at {paths.REFERENCE_SEED_DIR}")
-    ref = prompt_sets.load_external(paths.REFERENCE_SEED_DIR)
+    if not REFERENCE_SEED_DIR.is_dir():
+        pytest.skip(f"reference prompt set not present at {REFERENCE_SEED_DIR}")
+    ref = prompt_sets.load_external(REFERENCE_SEED_DIR)
     assert not set(catalogue["entity"]) & set(ref["entity"])
 
 
@@ -333,9 +336,9 @@ def test_load_external_hub_failure_is_one_line(monkeypatch):
 
 
 def test_reference_seed_set_loads():
-    if not paths.REFERENCE_SEED_DIR.is_dir():
-        pytest.skip(f"reference prompt set not present at {paths.REFERENCE_SEED_DIR}")
-    df = prompt_sets.load_external(paths.REFERENCE_SEED_DIR)
+    if not REFERENCE_SEED_DIR.is_dir():
+        pytest.skip(f"reference prompt set not present at {REFERENCE_SEED_DIR}")
+    df = prompt_sets.load_external(REFERENCE_SEED_DIR)
     summary = prompt_sets.summarize_prompts(df)
     assert set(summary.index) == {"train", "test"}
     assert (summary["n_prompts"] > 0).all()
