@@ -20,7 +20,7 @@ from lib.profiles import JudgeConfig
 from lib.rubric import load_rubric
 
 TOLERANCE = 1e-4  # float32 P(yes), vLLM's CPU kernels against transformers' eager forward; measured 1.3e-6
-N_TEXTS = {"answer": 8, "think": 6}
+N_TEXTS = {"answer": 4, "think": 3}  # ~45 questions: the transformers backend's eager forward is the slow part
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _p(frame):
 
 def test_vllm_and_transformers_give_the_same_p_yes(judged):
     a, b = _p(judged["vllm"]), _p(judged["transformers"])
-    assert list(a.index) == list(b.index) and len(a) > 8 * 6
+    assert list(a.index) == list(b.index) and len(a) >= 4 * 6
     assert not a.isna().any() and not b.isna().any()
     diff = (a - b).abs()
     print(f"max |vLLM - transformers| P(yes) = {diff.max():.2e} (mean {diff.mean():.2e}) over {len(diff)} questions")

@@ -1,6 +1,7 @@
 """A real two-variant sweep on the smoke profile (lib/assets/sweeps/smoke_lr.yaml: the learning rate differs, training
 only), then `lib.cli compare` and notebook 06 on its two runs. Slow (minutes, one smoke pipeline plus stages 03-05
-once more): marked `smoke`. Doubles as the sharing test: the second run takes stages 00-02 from the first."""
+once more): marked `smoke`. Doubles as the sharing test: the second run takes stages 00-02 from the first. The
+sweep runs once per session (`smoke_sweep` in conftest.py); tests/test_pipeline_smoke.py checks its first run."""
 from __future__ import annotations
 
 import json
@@ -10,23 +11,16 @@ import pytest
 
 from lib import paths
 from lib.cli import main
-from lib.pipeline import prepare_environment
 
 pytestmark = pytest.mark.smoke
 
 
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    outputs = tmp_path_factory.mktemp("outputs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CREATIVE_GRPO_OUTPUTS", str(outputs))
-    mp.setattr(paths, "RUNS_DIR", outputs / "runs")
-    try:
-        prepare_environment()
-        code = main(["sweep", str(paths.SWEEPS_DIR / "smoke_lr.yaml"), "--sweep-id", "t"])
-        yield code, outputs
-    finally:
-        mp.undo()
+@pytest.fixture(autouse=True)
+def _sweep_outputs(smoke_sweep, monkeypatch):
+    """lib.paths (this process's and the kernels') point at the sweep's outputs for each test here."""
+    outputs = smoke_sweep[1]
+    monkeypatch.setenv("CREATIVE_GRPO_OUTPUTS", str(outputs))
+    monkeypatch.setattr(paths, "RUNS_DIR", outputs / "runs")
 
 
 def test_both_runs_finished_and_the_second_shared_00_to_02(smoke_sweep):
