@@ -71,6 +71,20 @@ def test_an_item_at_chance_is_dropped_and_leaves_the_score(fitted, rubric):
     assert calib.score(rubric["answer"], {**base, "humor": 0.93}) < calib.score(rubric["answer"], {**base, "humor": 0.97})
 
 
+def test_an_item_the_judge_ranks_inversely_is_never_flipped_into_a_reward(rubric):
+    """A judge that says yes more often to the texts the labels reject ranks them inversely (AUROC ~0); a free
+    Platt slope would flip it into a strong item. It must stay weak: the score never pays for the judge's no."""
+    long = synthetic_long(rubric, ranks=("relevancy",))
+    inverse = (long["key"] == "humor")
+    long.loc[inverse, "p_yes"] = np.where(long.loc[inverse, "label"], 0.93, 0.97)
+    calib, _ = pi.fit_per_item(long, rubric, method="platt", min_auroc=0.6, folds=5, judge_model="fake")
+    item = calib.items[("answer", "humor")]
+    assert item.auroc_raw == 0.0
+    assert item.params["kind"] == "constant" and not item.kept
+    assert not (item.auroc_cv >= 0.6)  # NaN or low: no out-of-fold calibrator turned it around
+    assert pi.fit_params([True, False] * 20, [0.9, 0.99] * 20, "platt")["kind"] == "constant"
+
+
 def test_cross_validation_never_scores_a_text_with_a_calibrator_fitted_on_it():
     rng = np.random.default_rng(1)
     ids = [f"t{i}" for i in range(23)]

@@ -7,6 +7,9 @@ probability that a strict reviewer says yes (RocketEval's idea):
 - `platt` (default): logistic regression on the standardized logit of P(yes) (scikit-learn `LogisticRegression`,
   its default L2 penalty C=1 on the standardized feature, which keeps the fit finite when a small set is separable);
 - `isotonic`: scikit-learn `IsotonicRegression` on P(yes) (monotone, step-wise; needs more labels than Platt);
+- both are increasing in P(yes): a Platt fit whose slope is not positive (the judge says yes more often to texts the
+  labels reject) falls back to the constant base rate, so the item carries no signal and counts as weak; a reward never
+  pays for the inverse of the judge's verdict;
 - `none`: no calibration; the score is the rubric's seed formula on raw P(yes) (`lib.rubric.section_score`).
 
 Everything is cross-validated by text: `GroupKFold` over the text ids, one fold assignment per section shared by its
@@ -94,6 +97,8 @@ def fit_params(y: Any, p: Any, method: str) -> dict[str, Any]:
         center = float(x.mean())
         scale = float(x.std()) or 1.0  # all P(yes) equal: the feature is constant, the fit gives the base rate
         model = LogisticRegression().fit(((x - center) / scale).reshape(-1, 1), y)
+        if model.coef_[0, 0] <= 0:  # the judge's yes goes with the labels' no: never reward the inverse of a verdict
+            return {"kind": "constant", "value": _smoothed_rate(y)}
         return {"kind": "platt", "center": center, "scale": scale, "coef": float(model.coef_[0, 0]),
                 "intercept": float(model.intercept_[0])}
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(p, y.astype(float))
