@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lib import paths
+from lib.yamlio import jsonl_objects
 from lib.stats import bootstrap_interval
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,16 +54,7 @@ def load_preferences(path: str | Path | None = None) -> pd.DataFrame:
     if not p.exists():
         raise PreferenceError(f"{p}: preference file not found")
     rows = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PreferenceError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise PreferenceError(f"{where}: expected a JSON object with {', '.join(REQUIRED)}, got {type(obj).__name__}")
+    for lineno, where, obj in jsonl_objects(p, PreferenceError):
         for f in REQUIRED + OPTIONAL:
             if f not in obj:
                 if f in REQUIRED:

@@ -6,7 +6,6 @@ human yes/no label for every question of its rubric section. Pure logic, no LLM:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lib import paths
+from lib.yamlio import jsonl_objects
 from lib.rubric import SECTION_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,16 +52,7 @@ def load_calibration_set(
     rows: list[dict[str, Any]] = []
     id_lines: dict[str, int] = {}
     first_keys: dict[str, tuple[list[str], int]] = {}
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise CalibrationError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for lineno, where, obj in jsonl_objects(p, CalibrationError):
         row = _validate_row(obj, where)
         if row["id"] in id_lines:
             raise CalibrationError(f"{where}: field 'id': duplicate id {row['id']!r} (first on line {id_lines[row['id']]})")
