@@ -165,8 +165,8 @@ def tag_counts(completion: str) -> dict[str, int]:
 
 COPY_NGRAM = 4  # copy_ratio's character n-gram: long enough that shared words of the language rarely match by chance
 # diagnostics are rules on the texts: no judge scores them, so they are independent of the training judge
-DIAGNOSTICS_JUDGE = {"judge": "none (rules on the texts)", "independent": True,
-                     "why": "computed from the texts by rules, no judge involved"}
+DIAGNOSTICS_JUDGE = "none (rules on the texts)"
+DIAGNOSTICS_INDEPENDENT = "yes: computed from the texts by rules, no judge involved"
 
 
 def entity_mentioned(entity: str, answer: str) -> bool:
@@ -286,8 +286,7 @@ def diagnostics_table(completions_by_model: Mapping[str, list[str]],
     rows = {label: diagnostics(list(comps), entities) for label, comps in completions_by_model.items()}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "model"
-    info = DIAGNOSTICS_JUDGE
-    return df.assign(judge=info["judge"], independent=("yes: " if info["independent"] else "no: ") + info["why"])
+    return df.assign(judge=DIAGNOSTICS_JUDGE, independent=DIAGNOSTICS_INDEPENDENT)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from lib.rewards import extract_answer
-from lib.stats import bootstrap_ci
+from lib.eval.tables import _interval
 
 TIE_TOLERANCE = 1e-9  # |win - 0.5| below this is a tie (debiased_win of equal P(A) in both orders is 0.5 up to rounding)
 # the table's `independent` mark: the judge is the training judge's model (`lib.eval.scoring.with_judge`'s form)
@@ -97,12 +97,9 @@ def _num(x: float | None) -> float:
 
 def _prompt_interval(values: pd.Series, clusters: pd.Series, n_resamples: int, seed: int,
                      confidence: float) -> tuple[float, float, float]:
-    """Mean of per-prompt means and its percentile bootstrap interval over prompts (NaN interval below 2 prompts)."""
+    """Mean of per-prompt means and its percentile bootstrap interval over prompts (the score tables' `_interval`)."""
     per_prompt = values.groupby(clusters.to_numpy(), sort=False).mean().to_numpy(dtype=float)
-    if per_prompt.size < 2:
-        point = float(per_prompt.mean()) if per_prompt.size else float("nan")
-        return point, float("nan"), float("nan")
-    return bootstrap_ci(per_prompt, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    return _interval(per_prompt, n_resamples, seed, confidence)
 
 
 def winrate_table(pairs: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
@@ -150,20 +147,15 @@ def pairwise_winrate(completions: Mapping[str, Sequence[str]], rows: pd.DataFram
     Skipped, with the reason, when `enabled` is false (`eval.winrate`), no trained model has a base
     (`pairs` empty), the rubric has no `relative` template, or the judge's backend cannot read P(A)/P(B).
     """
-    from lib.judge.backends import JudgeError
-    from lib.judge.pairwise import RelativeJudge
+    from lib.judge.preferences import pairwise_judge
 
     if not enabled:
         return None, None, "eval.winrate is false"
     if not pairs:
         return None, None, "no trained model (a row with an adapter) has a base row to be compared with"
-    if getattr(rubric, "relative", None) is None:
-        return None, None, (f"the rubric {getattr(rubric, 'source', '')} has no `relative` template and question "
-                            "(lib/assets/rubrics/default.yaml has one)")
-    try:
-        comparer = RelativeJudge(judge, rubric.relative)
-    except (JudgeError, AttributeError) as err:
-        return None, None, f"the training judge cannot compare pairs: {err}"
+    comparer, why = pairwise_judge(judge, rubric)
+    if comparer is None:
+        return None, None, f"the training judge cannot compare pairs: {why}"
     pair_rows = compare_pairs(completions, rows, pairs, comparer)
     table = winrate_table(pair_rows, n_resamples=n_resamples, seed=seed)
     return table.assign(judge=judge_label, independent=NOT_INDEPENDENT), pair_rows, ""

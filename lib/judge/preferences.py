@@ -124,8 +124,9 @@ def pairwise_judge(engine: Any, rubric: "Rubric") -> tuple["RelativeJudge | None
     from lib.judge.backends import JudgeError
     from lib.judge.pairwise import RelativeJudge
 
-    if rubric.relative is None:
-        return None, f"the rubric {rubric.source} has no `relative` question: no pairwise judge to measure"
+    if getattr(rubric, "relative", None) is None:
+        return None, (f"the rubric {getattr(rubric, 'source', '')} has no `relative` template and question: "
+                      "no pairwise judge")
     try:
         return RelativeJudge(engine, rubric.relative), ""
     except JudgeError as exc:
