@@ -17,10 +17,13 @@ A sweep file (validated on load; an error names the file and the field):
 
 Overrides merge into the profile exactly as `--set` does (a mapping merges into the profile's mapping).
 
-Stages whose inputs do not vary are run once and shared: `SHARED_STAGES` lists the profile fields each of
-00-02 reads (checked against the notebooks). A variant whose fields, CPU class and git SHA equal those of a finished
-stage of another run of the sweep gets a copy of that stage's folder, executed notebook and results, marked in its
-manifest (`shared_from`), and runs the rest with `lib.pipeline.run_pipeline(resume=...)`. Later stages never share.
+Stages whose inputs do not vary are run once and shared: `SHARED_STAGES` lists the profile fields each stage
+reads (00-02: checked against the notebooks; training: everything but evaluation and case studies; evaluation:
+everything but case studies). A variant whose fields, CPU class and git SHA equal those of a finished stage of another
+run of the sweep gets a copy of that stage's folder, executed notebook and results, marked in its manifest
+(`shared_from`), and runs the rest with `lib.pipeline.run_pipeline(resume=...)`. Training is only taken with every
+stage before it, and evaluation only with the training it scored: a sweep over evaluation settings trains once, a
+sweep over case-study settings trains and evaluates once. Case studies (05) always run.
 The sweep directory holds the definition (`sweep.yaml`), the base profile as it was (`base/`) and `sweep.json`
 (variants, run ids, statuses); the runs themselves are ordinary run directories under outputs/runs/.
 """
@@ -47,14 +50,23 @@ from lib.profiles import Profile, ProfileError, load_profile, parse_overrides, p
 
 # stage -> the profile fields its notebook reads (dotted; a section name covers the whole section). Conservative:
 # anything a stage might read is listed. The key also holds the CPU class and git SHA of the run that computed it.
+# Training and evaluation take the whole profile to library calls, so their keys hold every field but those of later
+# stages (`sizing` is left out: the key is taken on the profile it already sized).
+_NOT_READ_BEFORE_EVAL = {"name", "description", "sizing", "eval", "case_studies"}
 SHARED_STAGES: dict[str, tuple[str, ...]] = {
     "00_build_data": ("seed", "device", "policy_model", "data"),
     "01_rubric_design": ("rubric",),
     "02_judge_calibration": ("seed", "device", "judge", "rubric.path", "eval.n_bootstrap", "calibration_max_texts",
                              "calibration_probe_texts", "calibration_pad_levels", "calibration_adversarial_max_pass",
                              "calibration_adversarial_entities", "calibration"),
+    "03_grpo_training": tuple(f for f in Profile.model_fields if f not in _NOT_READ_BEFORE_EVAL),
+    "04_evaluation": tuple(f for f in Profile.model_fields if f not in _NOT_READ_BEFORE_EVAL | {"eval"}) + ("eval",),
 }
-STAGE_FOLDERS = {"00_build_data": "data", "01_rubric_design": "rubric", "02_judge_calibration": "calibration"}
+STAGE_FOLDERS = {"00_build_data": "data", "01_rubric_design": "rubric", "02_judge_calibration": "calibration",
+                 "03_grpo_training": "train", "04_evaluation": "eval"}
+# stages whose outputs come from one model's training: a run takes them from one donor only (its eval scores that
+# donor's adapter)
+_ONE_DONOR = ("03_grpo_training", "04_evaluation")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
@@ -327,8 +339,12 @@ def _read_json(p: Path) -> dict:
 
 
 def find_donors(prof: Profile, run_ids: list[str], cpu_class: str | None, git_sha: str | None) -> dict[str, Path]:
-    """stage -> a finished run among `run_ids` whose copy of that stage this profile can take."""
-    donors: dict[str, Path] = {}
+    """stage -> a finished run among `run_ids` whose copy of that stage this profile can take.
+
+    Training is only taken with every stage before it, evaluation only with the training it scored (from a run that
+    computed or copied that training)."""
+    cands: dict[str, list[Path]] = {s: [] for s in SHARED_STAGES}
+    origin: dict[tuple[str, str], str] = {}  # (run, stage) -> the run that computed it
     for run_id in run_ids:
         rd = paths.RUNS_DIR / run_id
         manifest = _read_json(rd / "manifest.json")
@@ -341,11 +357,24 @@ def find_donors(prof: Profile, run_ids: list[str], cpu_class: str | None, git_sh
         entries = {e.get("name"): e for e in manifest.get("notebooks", [])}
         donor_class = (manifest.get("machine") or {}).get("cpu_class")
         for stage in SHARED_STAGES:
-            if stage in donors or (entries.get(stage) or {}).get("status") != "ok":
-                continue
-            if (rd / STAGE_FOLDERS[stage]).is_dir() and \
+            entry = entries.get(stage) or {}
+            if entry.get("status") == "ok" and (rd / STAGE_FOLDERS[stage]).is_dir() and \
                     stage_key(donor_prof, stage, donor_class, manifest.get("git_sha")) == stage_key(prof, stage, cpu_class, git_sha):
-                donors[stage] = rd
+                cands[stage].append(rd)
+                origin[rd.name, stage] = entry.get("shared_from") or rd.name
+    train, evaluation = _ONE_DONOR
+    evaluated = {origin[r.name, train] for r in cands[evaluation] if (r.name, train) in origin}
+    donors: dict[str, Path] = {}
+    for i, stage in enumerate(SHARED_STAGES):
+        runs = cands[stage]
+        if stage in _ONE_DONOR and len(donors) < i:  # training and evaluation only with every stage before them
+            break
+        if stage == train:  # prefer a training whose evaluation can be taken too
+            runs = sorted(runs, key=lambda r: origin[r.name, train] not in evaluated)
+        elif stage == evaluation:
+            runs = [r for r in runs if origin.get((r.name, train)) == origin[donors[train].name, train]]
+        if runs:
+            donors[stage] = runs[0]
     return donors
 
 
@@ -403,7 +432,13 @@ def plan(sweep: Sweep) -> list[dict]:
             continue
         donors = find_donors(prof, [i for i in ids if i != v.run_id], klass, sha)
         # run in order, a stage not shared now is taken from the first earlier variant with the same key
-        later = {s: next(n for n in keys if keys[n][s] == keys[v.name][s]) for s in SHARED_STAGES if s not in donors}
+        later = {}
+        for i, s in enumerate(SHARED_STAGES):
+            first = next(n for n in keys if keys[n][s] == keys[v.name][s])
+            if s in _ONE_DONOR and len(later) + len(donors) < i:
+                break
+            if s not in donors and first != v.name:
+                later[s] = first
         rows.append({"variant": v.name, "run_id": v.run_id, "action": "start",
                      "shared": {s: d.name for s, d in donors.items()},
                      "shared_when_run_in_order": {s: n for s, n in later.items() if n != v.name}})

@@ -9,9 +9,10 @@ from lib.rubric import load_rubric
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
-    """The one real smoke pipeline of the suite, run once: `lib.cli sweep lib/assets/sweeps/smoke_lr.yaml` (headless,
-    papermill, real engines). Its first run (`t-lr-5e-5`) is the smoke profile as it is; the second shares 00-02.
-    Returns (exit code, outputs folder); tests that read it through lib.paths point paths there themselves."""
+    """The one real smoke pipeline of the suite, run once: `lib.cli sweep lib/assets/sweeps/smoke_cases.yaml`
+    (headless, papermill, real engines). Its first run (`t-first`) is the smoke profile as it is; the second takes
+    stages 00-04 from it and runs its case studies only. Returns (exit code, outputs folder); tests that read it through
+    lib.paths point paths there themselves."""
     from lib import paths
     from lib.cli import main
     from lib.pipeline import prepare_environment
@@ -22,7 +23,7 @@ def smoke_sweep(tmp_path_factory):
     mp.setattr(paths, "RUNS_DIR", outputs / "runs")
     try:
         prepare_environment()
-        code = main(["sweep", str(paths.SWEEPS_DIR / "smoke_lr.yaml"), "--sweep-id", "t"])
+        code = main(["sweep", str(paths.SWEEPS_DIR / "smoke_cases.yaml"), "--sweep-id", "t"])
     finally:
         mp.undo()
     return code, outputs

@@ -61,7 +61,7 @@ def lab_session(tmp_path_factory):
 def smoke_run(smoke_sweep):
     code, outputs = smoke_sweep
     assert code == 0
-    return outputs / "runs" / "t-lr-5e-5"
+    return outputs / "runs" / "t-first"
 
 
 def test_notebooks_in_kernels_write_into_one_interactive_run(lab_session):

@@ -36,15 +36,23 @@ def _notebook(path: Path, body: str) -> None:
     stage_notebook(path, body, title=False)
 
 
+STAGES = [("00_build_data", "data", "data.test_size"), ("01_rubric_design", "rubric", "rubric.path"),
+          ("02_judge_calibration", "calibration", "judge.threshold"), ("03_grpo_training", "train", "train.learning_rate"),
+          ("04_evaluation", "eval", "eval.n_prompts"), ("05_case_studies", "cases", "case_studies.n")]
+UP_TO_02 = [s for s, _, _ in STAGES[:3]]
+
+
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """Four tiny stages 00-03 named like the pipeline's; runs and sweeps in tmp_path."""
+    return _sandbox(tmp_path, monkeypatch, STAGES[:4])
+
+
+def _sandbox(tmp_path, monkeypatch, stages):
     nb_dir, runs = tmp_path / "notebooks", tmp_path / "outputs" / "runs"
     nb_dir.mkdir()
     flag = tmp_path / "fail-train-once"
-    for name, folder, field in [("00_build_data", "data", "data.test_size"), ("01_rubric_design", "rubric", "rubric.path"),
-                                ("02_judge_calibration", "calibration", "judge.threshold"),
-                                ("03_grpo_training", "train", "train.learning_rate")]:
+    for name, folder, field in stages:
         body = STAGE_BODY.format(name=name, folder=folder, field=field)
         _notebook(nb_dir / f"{name}.ipynb", (FAIL_ONCE.format(flag=str(flag)) if name.startswith("03") else "") + body)
     monkeypatch.setattr(paths, "NOTEBOOKS_DIR", nb_dir)
@@ -118,7 +126,14 @@ def test_stage_keys_follow_the_fields_each_stage_reads():
     base = load_profile("smoke")
     key = lambda p, s, machine="avx512_bf16", sha="abc": stage_key(p, s, machine, sha)  # noqa: E731
     train_only = load_profile("smoke", {"train": {"learning_rate": 1.0}, "eval": {"n_prompts": 2}})
-    assert all(key(base, s) == key(train_only, s) for s in SHARED_STAGES)
+    assert all(key(base, s) == key(train_only, s) for s in UP_TO_02)
+    assert key(base, "03_grpo_training") != key(train_only, "03_grpo_training")
+    eval_only = load_profile("smoke", {"eval": {"n_prompts": 2}, "description": "x"})
+    assert all(key(base, s) == key(eval_only, s) for s in SHARED_STAGES if s != "04_evaluation")
+    assert key(base, "04_evaluation") != key(eval_only, "04_evaluation")
+    cases_only = load_profile("smoke", {"case_studies": {"n": 5}})
+    assert all(key(base, s) == key(cases_only, s) for s in SHARED_STAGES)
+    assert list(SHARED_STAGES) == [s for s, _, _ in STAGES[:5]]  # case studies (05) never share
     judge = load_profile("smoke", {"judge": {"threshold": 0.7}})
     assert key(base, "00_build_data") == key(judge, "00_build_data") and key(base, "01_rubric_design") == key(judge, "01_rubric_design")
     assert key(base, "02_judge_calibration") != key(judge, "02_judge_calibration")
@@ -168,17 +183,63 @@ def test_sweep_shares_unchanged_stages_and_resume_never_redoes_a_run(sandbox, ca
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_sweep_over_evaluation_or_case_studies_trains_once(tmp_path, monkeypatch):
+    _sandbox(tmp_path, monkeypatch, STAGES)
+    f = _sweep_file(tmp_path, "base: smoke\nvariants:\n  a: []\n  ev: [eval.n_prompts=2]\n  cs: [case_studies.n=1]\n"
+                              "  both: [eval.n_prompts=2, case_studies.n=1]\n")
+    ahead = {r["variant"]: r for r in plan(load_sweep(f, "sw"))}
+    assert list(ahead["cs"]["shared_when_run_in_order"]) == list(SHARED_STAGES)
+    assert main(["sweep", str(f), "--sweep-id", "sw"]) == 0
+    runs = paths.RUNS_DIR
+    assert _order(runs / "sw-ev") == ["04_evaluation", "05_case_studies"]
+    assert _order(runs / "sw-cs") == ["05_case_studies"]
+    assert _manifest(runs / "sw-cs")["shared"] == {s: "sw-a" for s in SHARED_STAGES}
+    assert (runs / "sw-cs" / "train" / "out.txt").read_text() == "03_grpo_training of sw-a"
+    # both: 00-03 from a (the first run with them), evaluation from ev: ev trained nothing itself (it has a's copy)
+    assert _order(runs / "sw-both") == ["05_case_studies"]
+    shared = _manifest(runs / "sw-both")["shared"]
+    assert shared["03_grpo_training"] == "sw-a" and shared["04_evaluation"] == "sw-ev"
+    results = json.loads((runs / "sw-both" / "results.json").read_text())
+    assert results["eval.value"] == 2 and results["train.value"] == 5.0e-5
+
+
+def test_training_and_evaluation_come_from_one_run(tmp_path):
+    from lib.sweep import STAGE_FOLDERS, find_donors
+
+    prof = load_profile("smoke")
+    stages = list(SHARED_STAGES)
+
+    def fake_run(name: str, ok: list[str]) -> None:
+        rd = paths.RUNS_DIR / name
+        rd.mkdir(parents=True)
+        (rd / "profile.yaml").write_text((paths.PROFILES_DIR / "smoke.yaml").read_text())
+        for stage in ok:
+            (rd / STAGE_FOLDERS[stage]).mkdir()
+        (rd / "manifest.json").write_text(json.dumps({"git_sha": "abc", "machine": {"cpu_class": "avx2"},
+                                                      "notebooks": [{"name": s, "status": "ok"} for s in ok]}))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+        fake_run("r1", stages[:4])  # trained, evaluation not finished
+        fake_run("r2", stages)  # trained and evaluated: same keys, another training
+        donors = find_donors(prof, ["r1", "r2"], "avx2", "abc")
+        assert {s: d.name for s, d in donors.items()} == {**{s: "r1" for s in stages[:3]}, **{s: "r2" for s in stages[3:]}}
+        fake_run("r0", stages[:2] + stages[3:])  # 02 missing: training and evaluation are not taken without it
+        donors = find_donors(prof, ["r0"], "avx2", "abc")
+        assert list(donors) == stages[:2]
+
+
 def test_only_runs_the_named_variants_and_joins_the_sweep(sandbox, capsys):
     tmp_path, _ = sandbox
     f = _sweep_file(tmp_path, THREE)
     ahead = {r["variant"]: r for r in plan(load_sweep(f, "sw"))}  # nothing run yet: what running in order would share
-    assert ahead["a"]["shared_when_run_in_order"] == {} and ahead["b"]["shared_when_run_in_order"] == {s: "a" for s in SHARED_STAGES}
+    assert ahead["a"]["shared_when_run_in_order"] == {} and ahead["b"]["shared_when_run_in_order"] == {s: "a" for s in UP_TO_02}
     assert ahead["c"]["shared_when_run_in_order"] == {"01_rubric_design": "a", "02_judge_calibration": "a"}
     assert main(["sweep", str(f), "--sweep-id", "sw", "--only", "b"]) == 0
     assert not (paths.RUNS_DIR / "sw-a").exists() and _order(paths.RUNS_DIR / "sw-b")[0] == "00_build_data"
     rows = {r["variant"]: r for r in plan(load_sweep_dir("sw"))}  # the dry run: what would run and share
     assert rows["b"]["action"] == "skip" and rows["a"]["action"] == "start"
-    assert rows["a"]["shared"] == {s: "sw-b" for s in SHARED_STAGES} and set(rows["c"]["shared"]) == {"01_rubric_design", "02_judge_calibration"}
+    assert rows["a"]["shared"] == {s: "sw-b" for s in UP_TO_02} and set(rows["c"]["shared"]) == {"01_rubric_design", "02_judge_calibration"}
     assert main(["sweep", str(f), "--sweep-id", "sw", "--only", "a,c"]) == 0  # another process: joins
     assert _order(paths.RUNS_DIR / "sw-a") == ["03_grpo_training"]
     assert main(["sweep", str(f), "--only", "a"]) == 2 and "--only needs --sweep-id" in capsys.readouterr().err

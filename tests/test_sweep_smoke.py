@@ -1,7 +1,8 @@
-"""A real two-variant sweep on the smoke profile (lib/assets/sweeps/smoke_lr.yaml: the learning rate differs, training
-only), then `lib.cli compare` and notebook 06 on its two runs. Slow (minutes, one smoke pipeline plus stages 03-05
-once more): marked `smoke`. Doubles as the sharing test: the second run takes stages 00-02 from the first. The
-sweep runs once per session (`smoke_sweep` in conftest.py); tests/test_pipeline_smoke.py checks its first run."""
+"""A real two-variant sweep on the smoke profile (lib/assets/sweeps/smoke_cases.yaml: only the case studies differ),
+then `lib.cli compare` and notebook 06 on its two runs. Slow (one smoke pipeline plus stage 05 once more): marked
+`smoke`. Doubles as the sharing test: the second run takes stages 00-04 from the first, training and evaluation
+included. The sweep runs once per session (`smoke_sweep` in conftest.py); tests/test_pipeline_smoke.py checks its
+first run."""
 from __future__ import annotations
 
 import json
@@ -23,19 +24,23 @@ def _sweep_outputs(smoke_sweep, monkeypatch):
     monkeypatch.setattr(paths, "RUNS_DIR", outputs / "runs")
 
 
-def test_both_runs_finished_and_the_second_shared_00_to_02(smoke_sweep):
+def test_both_runs_finished_and_the_second_shared_00_to_04(smoke_sweep):
     code, outputs = smoke_sweep
     assert code == 0
-    first, second = outputs / "runs" / "t-lr-5e-5", outputs / "runs" / "t-lr-1e-4"
+    first, second = outputs / "runs" / "t-first", outputs / "runs" / "t-format-learned"
     m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (first, second))
     assert m1["status"] == m2["status"] == "ok" and "shared" not in m1
-    assert m2["shared"] == {"00_build_data": "t-lr-5e-5", "01_rubric_design": "t-lr-5e-5", "02_judge_calibration": "t-lr-5e-5"}
+    assert m2["shared"] == {s: "t-first" for s in ("00_build_data", "01_rubric_design", "02_judge_calibration",
+                                                   "03_grpo_training", "04_evaluation")}
     ran = [line for line in (second / "pipeline.log").read_text().splitlines() if line.split()[-1] == "running"]
-    assert [line.split()[1] for line in ran] == ["03_grpo_training:", "04_evaluation:", "05_case_studies:"]
-    assert (second / "data" / "train.parquet").read_bytes() == (first / "data" / "train.parquet").read_bytes()
+    assert [line.split()[1] for line in ran] == ["05_case_studies:"]
+    for f in ("data/train.parquet", "train/adapter/adapter_model.safetensors", "eval/generations.jsonl"):
+        assert (second / f).read_bytes() == (first / f).read_bytes(), f
     r1, r2 = (json.loads((r / "results.json").read_text()) for r in (first, second))
-    assert r2["calibration.auroc"] == r1["calibration.auroc"] and r2["train.steps"] == 2
-    assert "learning_rate: 0.0001" in (second / "profile.yaml").read_text()
+    assert {k: v for k, v in r2.items() if not k.startswith(("cases.", "report."))} == \
+        {k: v for k, v in r1.items() if not k.startswith(("cases.", "report."))}
+    assert r2["train.steps"] == 2 and "select: format_learned" in (second / "profile.yaml").read_text()
+    assert (second / "cases" / "case_studies.html").exists()
     for run in (first, second):  # train.report_to: [tensorboard]: TRL's events beside the run's training log
         assert list((run / "train" / "tensorboard").glob("events.out.tfevents.*")), run
     state = json.loads((outputs / "sweeps" / "t" / "sweep.json").read_text())
@@ -56,10 +61,10 @@ def test_compare_and_notebook_06_on_the_two_runs(smoke_sweep, capsys, tmp_path):
     _, outputs = smoke_sweep
     assert main(["compare", "--sweep", "t"]) == 0
     out = capsys.readouterr().out
-    assert "| lr-5e-5/grpo |" in out and "| lr-1e-4/grpo |" in out
+    assert "| first/grpo |" in out and "| format-learned/grpo |" in out
     cmp = outputs / "sweeps" / "t" / "compare"
     page = (cmp / "compare.html").read_text()
-    assert "train.learning_rate" in page and page.count("data:image/png;base64,") == 1
+    assert "case_studies.select" in page and page.count("data:image/png;base64,") == 1
     table = (cmp / "compare_table.csv").read_text()
     assert "train_format_last" in table and "heldout_answer_lo" in table
     executed = tmp_path / "06.ipynb"
@@ -69,4 +74,4 @@ def test_compare_and_notebook_06_on_the_two_runs(smoke_sweep, capsys, tmp_path):
     nb = nbformat.read(executed, as_version=4)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells if c.cell_type == "code"
                    for o in c.outputs)
-    assert "2 runs ->" in text and "lr-1e-4/grpo" in text and "compare.html" in text
+    assert "2 runs ->" in text and "format-learned/grpo" in text and "compare.html" in text
