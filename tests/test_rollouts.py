@@ -122,15 +122,27 @@ def test_attach_turns_on_trls_importance_sampling_without_a_trl_engine(tmp_path)
             assert trainer.vllm_generation.sync_weights() is None and trainer._last_loaded_step == 3
 
 
-def test_vllm_lora_needs_the_judge_engine_of_the_policy_model(tmp_path):
-    profile = load_profile("cpu", overrides={"judge": {"model": "gemma3-270m"}})
-    with pytest.raises(TrainError, match=r"judge.model == policy_model .*'gemma3-270m'"):
-        grpo.lora_rollouts(profile, judge=None, tokenizer=None, out=tmp_path)
+def test_vllm_lora_on_the_judge_engine_needs_its_lora(tmp_path):
     profile = load_profile("cpu")
     no_lora = SimpleNamespace(backend=SimpleNamespace(llm=SimpleNamespace(llm_engine=SimpleNamespace(
         vllm_config=SimpleNamespace(lora_config=None)))))
     with pytest.raises(TrainError, match="judge_engine_kwargs"):
         grpo.lora_rollouts(profile, judge=no_lora, tokenizer=None, out=tmp_path)
+    with pytest.raises(TrainError, match="needs train.backend 'trl'"):
+        grpo.lora_rollouts(load_profile("cpu", {"train": {"backend": "unsloth"}}), judge=None, tokenizer=None, out=tmp_path)
+
+
+def test_a_judge_of_another_model_gets_a_second_engine_for_the_rollouts(tmp_path):
+    """A judge that is not the policy's model: its engine serves no LoRA, and the rollouts run on the policy's own
+    engine (here a stand-in with the LoRA config a real one has)."""
+    profile = load_profile("cpu", overrides={"judge": {"model": "gemma3-270m"}})
+    assert not grpo.rollouts_share_the_judge_engine(profile) and grpo.judge_engine_kwargs(profile) == {}
+    llm = FakeLLM(stop_id=0)
+    policy = SimpleNamespace(llm=llm)
+    tok = SimpleNamespace(eos_token_id=0, convert_tokens_to_ids=lambda t: None)
+    rollouts = grpo.lora_rollouts(profile, judge=None, tokenizer=tok, out=tmp_path, policy_backend=policy)
+    assert rollouts.llm is llm
+    assert grpo.rollouts_share_the_judge_engine(load_profile("cpu"))
 
 
 def test_vllm_lora_builds_the_judge_with_lora_and_no_trl_vllm(tmp_path):

@@ -283,24 +283,42 @@ def check_rollout_logprobs(profile: Profile, engine) -> str | None:
     return mode
 
 
+def rollouts_share_the_judge_engine(profile: Profile) -> bool:
+    """Whether the `vllm_lora` rollouts run on the judge's own vLLM engine (the judge is the policy's model) rather
+    than on a second engine of the policy model."""
+    jc = profile.judge
+    return profile.train.rollout_engine == "vllm_lora" and jc.backend == "vllm" and jc.model == profile.policy_model
+
+
 def judge_engine_kwargs(profile: Profile) -> dict:
     """Extra keyword arguments of `build_judge` for training: the LoRA rank when rollouts come from its engine."""
-    return {"max_lora_rank": profile.train.lora_rank} if profile.train.rollout_engine == "vllm_lora" else {}
+    return {"max_lora_rank": profile.train.lora_rank} if rollouts_share_the_judge_engine(profile) else {}
 
 
-def lora_rollouts(profile: Profile, judge: Any, tokenizer, out: Path):
-    """`lib.train.rollouts.LoRARollouts` on the judge's vLLM engine (train.rollout_engine 'vllm_lora')."""
+def policy_rollout_backend(profile: Profile):
+    """A second vLLM engine, of the policy model, serving its LoRA adapters for the rollouts: used when the judge is
+    another model (e.g. a larger judge of a small policy). It takes the judge's engine settings (dtype, eager, length)."""
+    from lib.judge.backends import VLLMBackend
+    from lib.models import resolve_model
+
+    cfg = profile.judge.model_copy(update={"model": profile.policy_model, "backend": "vllm", "answer_scoring": "topk"})
+    return VLLMBackend(resolve_model(profile.policy_model), cfg, seed=profile.seed, max_lora_rank=profile.train.lora_rank)
+
+
+def lora_rollouts(profile: Profile, judge: Any, tokenizer, out: Path, policy_backend: Any = None):
+    """`lib.train.rollouts.LoRARollouts` for train.rollout_engine 'vllm_lora': on the judge's vLLM engine when the judge
+    is the policy's model, else on `policy_backend` (default: a new `policy_rollout_backend(profile)`)."""
     from lib.train.rollouts import LoRARollouts
 
-    jc = profile.judge
-    if jc.backend != "vllm" or jc.model != profile.policy_model or profile.train.backend != "trl":
-        raise TrainError("train.rollout_engine 'vllm_lora' generates on the judge's vLLM engine: it needs train.backend "
-                         f"'trl', judge.backend 'vllm' and judge.model == policy_model (got {jc.backend}, {jc.model!r} vs "
-                         f"{profile.policy_model!r})")
-    llm = getattr(getattr(judge, "backend", None), "llm", None)
-    if llm is None or not getattr(llm.llm_engine.vllm_config, "lora_config", None):
-        raise TrainError("train.rollout_engine 'vllm_lora': build the judge with "
-                         "build_judge(..., **train.judge_engine_kwargs(profile)) so its engine serves LoRA adapters")
+    if profile.train.backend != "trl":
+        raise TrainError(f"train.rollout_engine 'vllm_lora' needs train.backend 'trl' (got {profile.train.backend!r})")
+    if rollouts_share_the_judge_engine(profile):
+        llm = getattr(getattr(judge, "backend", None), "llm", None)
+        if llm is None or not getattr(llm.llm_engine.vllm_config, "lora_config", None):
+            raise TrainError("train.rollout_engine 'vllm_lora': build the judge with "
+                             "build_judge(..., **train.judge_engine_kwargs(profile)) so its engine serves LoRA adapters")
+    else:
+        llm = (policy_backend or policy_rollout_backend(profile)).llm
     return LoRARollouts(llm, tokenizer, profile.train, seed=profile.seed, adapter_dir=out / ROLLOUT_ADAPTER_DIR)
 
 
