@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -569,63 +568,6 @@ def test_fit_prompts_drops_long_prompts(tiny_policy):
         grpo.fit_prompts(df, tok, lengths[0] - 1)
 
 
-@pytest.mark.smoke
-def test_kill_and_resume_continues_logs(tmp_path, tiny_policy):
-    """SIGKILL after the first checkpoint, rerun: training resumes and the logs hold each step once."""
-    from tests.train_helpers import make_training_run
-
-    max_steps = 6
-    run = make_training_run(tmp_path / "run", tiny_policy, max_steps=max_steps, merge_final=True)
-    ckpts = run / "train" / "checkpoints"
-    cmd = [sys.executable, "-m", "tests.train_helpers", str(run), str(tmp_path / "result.json")]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(cmd + ["--judge-delay", "0.3"], cwd=paths.PROJ_ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while grpo.last_checkpoint(ckpts) is None:
-        assert first.poll() is None, f"training exited before a checkpoint: {first.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait(30)
-    first.stderr.close()
-    assert first.returncode == -signal.SIGKILL
-    assert not (run / "train" / "adapter").exists(), "the first run finished before it was killed"
-    steps_before = [r["step"] for r in read_jsonl(run / "train" / "log.jsonl", skip_bad_lines=True)]
-    assert steps_before and max(steps_before) < max_steps
-
-    second = subprocess.run(cmd, cwd=paths.PROJ_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["resumed_from"] and Path(result["resumed_from"]).name.startswith("checkpoint-")
-    assert result["steps"] == max_steps
-    steps = [r["step"] for r in read_jsonl(run / "train" / "log.jsonl", skip_bad_lines=True)]
-    assert steps == list(range(1, max_steps + 1)), steps
-    assert list(pd.read_csv(run / "train" / "log.csv")["step"]) == steps
-    sample_steps = [r["step"] for r in read_jsonl(run / "train" / "samples.jsonl", skip_bad_lines=True)]
-    assert sorted(set(sample_steps)) == steps and sample_steps == sorted(sample_steps)
-    state = json.loads((grpo.last_checkpoint(ckpts) / "trainer_state.json").read_text())
-    assert state["global_step"] == max_steps
-    assert (run / "train" / "adapter" / "adapter_config.json").exists()
-    assert (run / "train" / "merged" / "config.json").exists()
-    assert result["total_seconds"] > 0 and 0 < result["total_judge_share"] < 1
-
-    # a third run finds the final checkpoint: nothing is trained (transformers would add one step), nothing logged
-    log_before = (run / "train" / "log.jsonl").read_text()
-    third = subprocess.run(cmd, cwd=paths.PROJ_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0, third.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["steps"] == max_steps and result["train_loss"] is None
-    assert Path(result["resumed_from"]).name == f"checkpoint-{max_steps}"
-    assert (run / "train" / "log.jsonl").read_text() == log_before
-    assert grpo.last_checkpoint(ckpts).name == f"checkpoint-{max_steps}"
-    from safetensors.torch import load_file
-
-    saved = load_file(run / "train" / "adapter" / "adapter_model.safetensors")
-    final = load_file(ckpts / f"checkpoint-{max_steps}" / "adapter_model.safetensors")
-    assert saved.keys() == final.keys() and all((saved[k] == final[k]).all() for k in saved)  # the trained weights
-
-
 def _untimed(path: Path) -> list[dict]:
     """The records of a training log without their clock readings (wall time, seconds, shares)."""
     return [{k: v for k, v in r.items() if not any(t in k for t in ("time", "seconds", "share"))}
@@ -634,33 +576,75 @@ def _untimed(path: Path) -> list[dict]:
 
 @pytest.mark.smoke
 def test_sigkill_between_checkpoints_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_policy):
-    """Killed (SIGKILL) after step 3 with the last checkpoint at step 2, then resumed: the per-step log (every step,
-    rewards, losses, grad norms, sampled completions and their judge details), the final adapter and the results
-    numbers are bitwise those of an uninterrupted run with the same seed (CPU, float32, one process)."""
+    """Killed (SIGKILL) after step 3 with the last checkpoint at step 2, then resumed: the logs hold each step once,
+    the adapter and the merged model are written, and the per-step log (every step, rewards, losses, grad norms,
+    sampled completions and their judge details), the final adapter and the results numbers are bitwise those of an
+    uninterrupted run with the same seed (CPU, float32, one thread each). The uninterrupted run started again finds
+    its final checkpoint: it trains and logs nothing and saves that checkpoint's adapter again."""
     from safetensors.torch import load_file
 
     from tests.train_helpers import make_training_run
 
+    max_steps, steps = 4, [1, 2, 3, 4]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    runs = {}
-    for name, kill in (("straight", None), ("killed", 3)):
-        run = runs[name] = make_training_run(tmp_path / name, tiny_policy, max_steps=4, save_steps=2)
-        cmd = [sys.executable, "-m", "tests.train_helpers", str(run), str(tmp_path / f"{name}.json")]
-        if kill is not None:
-            first = subprocess.run(cmd + ["--kill-at-step", str(kill)], cwd=paths.PROJ_ROOT, env=env,
-                                   capture_output=True, text=True, timeout=300)
-            assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-            assert grpo.last_checkpoint(run / "train" / "checkpoints").name == "checkpoint-2"
-            assert [r["step"] for r in read_jsonl(run / "train" / "log.jsonl")] == [1, 2]
-        done = subprocess.run(cmd, cwd=paths.PROJ_ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+    runs = {name: make_training_run(tmp_path / name, tiny_policy, max_steps=max_steps, save_steps=2, merge_final=True)
+            for name in ("straight", "killed")}
     straight, killed = runs["straight"] / "train", runs["killed"] / "train"
-    assert json.loads((tmp_path / "killed.json").read_text())["resumed_from"].endswith("checkpoint-2")
+
+    def start(name: str, result: str, *extra: str) -> subprocess.Popen:
+        """tests.train_helpers on run `name` (stderr to a file: a full pipe would stall a run nobody reads yet)."""
+        with open(tmp_path / f"{result}.err", "w") as err:
+            return subprocess.Popen([sys.executable, "-m", "tests.train_helpers", str(runs[name]),
+                                     str(tmp_path / f"{result}.json"), *extra],
+                                    cwd=paths.PROJ_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+    def finish(proc: subprocess.Popen, result: str, code: int = 0) -> dict | None:
+        proc.wait(300)
+        assert proc.returncode == code, (tmp_path / f"{result}.err").read_text()[-3000:]
+        return json.loads((tmp_path / f"{result}.json").read_text()) if code == 0 else None
+
+    # the uninterrupted run (then started again in its process) trains on the other core while the killed run is
+    # killed and resumed
+    straight_proc = start("straight", "straight", "--rerun", str(tmp_path / "rerun.json"))
+    try:
+        finish(start("killed", "first", "--kill-at-step", "3"), "first", code=-signal.SIGKILL)
+        assert grpo.last_checkpoint(killed / "checkpoints").name == "checkpoint-2"
+        assert [r["step"] for r in read_jsonl(killed / "log.jsonl")] == [1, 2]
+        assert not (killed / "adapter").exists(), "the first run finished before it was killed"
+        result = finish(start("killed", "resumed"), "resumed")
+        finish(straight_proc, "straight")
+    finally:
+        if straight_proc.poll() is None:  # a failed assertion above: do not leave it training
+            straight_proc.kill()
+            straight_proc.wait(30)
+
+    # the resumed run: each step logged once, the run's outputs written
+    assert Path(result["resumed_from"]).name == "checkpoint-2" and result["steps"] == max_steps
+    assert [r["step"] for r in read_jsonl(killed / "log.jsonl")] == steps
+    assert list(pd.read_csv(killed / "log.csv")["step"]) == steps
+    sample_steps = [r["step"] for r in read_jsonl(killed / "samples.jsonl")]
+    assert sorted(set(sample_steps)) == steps and sample_steps == sorted(sample_steps)
+    state = json.loads((grpo.last_checkpoint(killed / "checkpoints") / "trainer_state.json").read_text())
+    assert state["global_step"] == max_steps
+    assert (killed / "adapter" / "adapter_config.json").exists() and (killed / "merged" / "config.json").exists()
+    assert result["total_seconds"] > 0 and 0 < result["total_judge_share"] < 1
+
+    # the finished run started again: nothing is trained (transformers would add one step), nothing logged
+    rerun = json.loads((tmp_path / "rerun.json").read_text())
+    assert rerun["steps"] == max_steps and rerun["train_loss"] is None
+    assert Path(rerun["resumed_from"]).name == f"checkpoint-{max_steps}"
+    assert (straight / "log.jsonl").read_text() == rerun["log_found"]
+    assert grpo.last_checkpoint(straight / "checkpoints").name == f"checkpoint-{max_steps}"
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    final = load_file(straight / "checkpoints" / f"checkpoint-{max_steps}" / "adapter_model.safetensors")
+    assert a.keys() == final.keys() and all(torch_equal(a[k], final[k]) for k in a)  # the trained weights
+
+    # the resumed run is bitwise the uninterrupted one
     log = _untimed(straight / "log.jsonl")
-    assert [r["step"] for r in log] == [1, 2, 3, 4] and any(r["grad_norm"] > 0 for r in log)
+    assert [r["step"] for r in log] == steps and any(r["grad_norm"] > 0 for r in log)
     assert _untimed(killed / "log.jsonl") == log
     assert read_jsonl(killed / "samples.jsonl") == read_jsonl(straight / "samples.jsonl")
-    a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (straight, killed))
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
     before = load_file(straight / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
     assert not all(torch_equal(a[k], before[k]) for k in a)  # steps 3-4 moved the adapter

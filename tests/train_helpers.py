@@ -3,9 +3,12 @@
     model_dir = build_tiny_policy(tmp / "tiny")           # LlamaForCausalLM, 2 layers of width 32 + BPE tokenizer
     run_dir = make_training_run(tmp / "run", model_dir)   # profile.yaml + data/ stage with a few prompts
 
-Run as a script, it trains that run with the fake judge (the subprocess of the resume test):
-    python -m tests.train_helpers RUN_DIR RESULT_JSON [--judge-delay SECONDS] [--kill-at-step N]
-(`--kill-at-step N`: the process SIGKILLs itself at the end of optimizer step N, before that step is logged or saved.)
+Run as a script, it trains that run with the fake judge (the subprocesses of the resume test):
+    python -m tests.train_helpers RUN_DIR RESULT_JSON [--judge-delay SECONDS] [--kill-at-step N] [--rerun RESULT_JSON]
+(`--kill-at-step N`: the process SIGKILLs itself at the end of optimizer step N, before that step is logged or saved.
+`--rerun RESULT_JSON`: then trains the run again as a new start of the script would, with a fresh run context, judge
+and trainer, in the same process (no second interpreter start); its result goes there, with the text of log.jsonl as
+that run found it under `log_found`.)
 """
 from __future__ import annotations
 
@@ -113,23 +116,32 @@ def kill_at_step(step: int):
     return KillAtStep()
 
 
+def _train(run_dir: str, judge_delay: float, kill_step: int | None = None) -> dict:
+    from lib import train
+    from lib.run import open_run
+
+    ctx = open_run(run_dir)
+    judge = SlowKeywordJudge(judge_delay)
+    trainer = train.build_trainer(ctx.profile, ctx, judge)  # its own JudgeRewards (the per-step cache lives there)
+    if kill_step is not None:
+        trainer.add_callback(kill_at_step(kill_step))
+    return train.train(ctx.profile, ctx, judge, trainer=trainer)
+
+
 def _main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("result_json")
     ap.add_argument("--judge-delay", type=float, default=0.0)
     ap.add_argument("--kill-at-step", type=int, default=None)
+    ap.add_argument("--rerun", default=None, metavar="RESULT_JSON")
     a = ap.parse_args()
-    from lib import train
-    from lib.run import open_run
-
-    ctx = open_run(a.run_dir)
-    judge = SlowKeywordJudge(a.judge_delay)
-    trainer = train.build_trainer(ctx.profile, ctx, judge)  # its own JudgeRewards (the per-step cache lives there)
-    if a.kill_at_step is not None:
-        trainer.add_callback(kill_at_step(a.kill_at_step))
-    result = train.train(ctx.profile, ctx, judge, trainer=trainer)
+    result = _train(a.run_dir, a.judge_delay, a.kill_at_step)
     Path(a.result_json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if a.rerun:
+        found = (Path(a.run_dir) / "train" / "log.jsonl").read_text(encoding="utf-8")
+        again = _train(a.run_dir, a.judge_delay)
+        Path(a.rerun).write_text(json.dumps({**again, "log_found": found}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
