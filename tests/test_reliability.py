@@ -179,7 +179,8 @@ def test_two_smoke_jobs_at_once_write_their_own_runs_beside_one_model_cache(tmp_
         return {f.name for f in cache.iterdir() if ".tmp" in f.name} if cache.is_dir() else set()
 
     partial_before = partial_entries()
-    env = {**os.environ, "PYTHONPATH": str(paths.PROJ_ROOT), "CREATIVE_GRPO_OUTPUTS": str(outputs)}
+    # one thread per job (and its kernel): two jobs on 2 cores, no oversubscribed sample generation
+    env = {**os.environ, "PYTHONPATH": str(paths.PROJ_ROOT), "CREATIVE_GRPO_OUTPUTS": str(outputs), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", CLI, str(paths.NOTEBOOKS_DIR), "both", "run", "--profile", "smoke",
                                "--stages", "00"], cwd=paths.PROJ_ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
