@@ -374,27 +374,22 @@ def run_trl_remote(block: Block, monkeypatch, capsys):
 
 
 @pytest.mark.smoke
-def test_rewards_snippet_on_a_real_judge(monkeypatch):
-    """The README's snippet on a real engine: `build_judge` builds the `smoke` profile's judge (Gemma 3 270M, vLLM
-    in-process) in place of the snippet's 7B model. Slow (an engine start): marked `smoke`."""
+def test_rewards_snippet_on_a_real_judge(monkeypatch, smoke_judge_backend):
+    """The README's snippet on a real engine: `build_judge` returns the `smoke` profile's judge (Gemma 3 270M, vLLM
+    in-process; the engine the session shares, tests/conftest.py) in place of the snippet's 7B model. Slow (an
+    engine start, unless another test has started it): marked `smoke`."""
     import lib.judge
+    from lib.judge.engine import JudgeEngine
     from lib.profiles import load_profile
 
     block = next(b for b in PY_BLOCKS if b.kind == "rewards-elsewhere")
-    real, engines = lib.judge.build_judge, []
 
-    def smoke_judge(cfg, **k):
-        profile = load_profile("smoke")
-        engines.append(real(profile.judge, seed=profile.seed))
-        return engines[-1]
+    def smoke_judge(cfg, **k):  # build_judge(profile.judge, seed=profile.seed), on the engine already started
+        return JudgeEngine(smoke_judge_backend, load_profile("smoke").judge)
 
     monkeypatch.setattr(lib.judge, "build_judge", smoke_judge)
     ns: dict = {}
-    try:
-        exec(compile(block.text, block.where, "exec"), ns)
-    finally:
-        for e in engines:
-            e.close()
+    exec(compile(block.text, block.where, "exec"), ns)
     assert len(ns["scores"]) == 1 and 0.0 <= ns["scores"][0] <= 1.0
     items = ns["jr"].details["answer"][0]["items"]
     assert items and all(0.0 <= v["p_yes"] <= 1.0 for v in items.values() if v["p_yes"] is not None)

@@ -8,15 +8,13 @@ padding is opt-in.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from lib.judge import calibration as cal
 from lib.judge.engine import JudgeEngine
-from lib.profiles import JudgeConfig
+from lib.profiles import JudgeConfig, load_profile
 from lib.rubric import load_rubric
 
 TOLERANCE = 1e-4  # float32 P(yes), vLLM's CPU kernels against transformers' eager forward; measured 1.3e-6
@@ -24,25 +22,24 @@ N_TEXTS = {"answer": 4, "think": 3}  # ~45 questions: the transformers backend's
 
 
 @pytest.fixture(scope="module")
-def judged():
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from lib.judge.backends import TransformersBackend, VLLMBackend
+def judged(smoke_judge_backend):
+    from lib.judge.backends import TransformersBackend
     from lib.models import resolve_model
 
     rubric = load_rubric()
     df = cal.load_calibration_set(rubric_keys=cal.rubric_keys(rubric))
     df = pd.concat([df[df["section"] == name].head(n) for name, n in N_TEXTS.items()], ignore_index=True)
     cfg = JudgeConfig(model="gemma3-270m", answer_scoring="restricted", dtype="float32", max_model_len=1024)
-    model = resolve_model(cfg.model)
+    # the vLLM engine is the session's (tests/conftest.py): the smoke profile's judge, started with these settings
+    # (its seed, the profile's, plays no part in greedy next-token log-probabilities)
+    assert load_profile("smoke").judge == cfg
     out = {}
-    hf = TransformersBackend(model, cfg)
+    hf = TransformersBackend(resolve_model(cfg.model), cfg)
     out["transformers"] = cal.judge_calibration_set(JudgeEngine(hf, cfg), rubric, df)
     hf.close()
-    vllm = VLLMBackend(model, cfg)
+    vllm = smoke_judge_backend
     out["vllm"] = cal.judge_calibration_set(JudgeEngine(vllm, cfg), rubric, df)
     out["vllm_padded"] = cal.judge_calibration_set(JudgeEngine(vllm, cfg.model_copy(update={"prefix_pad": True})), rubric, df)
-    vllm.close()
     return out
 
 
