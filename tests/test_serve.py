@@ -21,7 +21,7 @@ import pytest
 
 from lib import rewards as rewards_mod
 from lib.data import make_prompt
-from lib.judge import JudgeError, build_judge
+from lib.judge import JudgeError
 from lib.profiles import load_profile
 from lib.rubric import load_rubric
 from lib.serve.app import create_app
@@ -42,9 +42,12 @@ COMPLETIONS = [
 
 
 @pytest.fixture(scope="module")
-def srv():
+def srv(smoke_judge_backend):
+    """The reward server on the smoke judge: the suite's shared engine (conftest.py), in a JudgeEngine of its own."""
+    from lib.judge.engine import JudgeEngine
+
     profile = load_profile("smoke")
-    engine = build_judge(profile.judge, seed=profile.seed)
+    engine = JudgeEngine(smoke_judge_backend, profile.judge)
     scorer = RewardScorer(engine, load_rubric(profile.rubric.path), profile.train.reward_weights,
                           {"profile": profile.name, "model": profile.judge.model, "backend": profile.judge.backend})
     try:
@@ -53,8 +56,7 @@ def srv():
         with ServerThread(app) as url:
             yield SimpleNamespace(url=url, scorer=scorer, engine=engine, app=app, profile=profile)
     finally:
-        scorer.close()
-        engine.close()
+        scorer.close()  # the engine is the shared one: closed after its last user
 
 
 def in_process(srv, names, comps, ents, details=False):
