@@ -60,8 +60,8 @@ SHARED_STAGES: dict[str, tuple[str, ...]] = {
                              "calibration_probe_texts", "calibration_pad_levels", "calibration_adversarial_max_pass",
                              "calibration_adversarial_entities", "calibration"),
     "03_grpo_training": tuple(f for f in Profile.model_fields if f not in _NOT_READ_BEFORE_EVAL),
-    "04_evaluation": tuple(f for f in Profile.model_fields if f not in _NOT_READ_BEFORE_EVAL | {"eval"}) + ("eval",),
 }
+SHARED_STAGES["04_evaluation"] = SHARED_STAGES["03_grpo_training"] + ("eval",)
 STAGE_FOLDERS = {"00_build_data": "data", "01_rubric_design": "rubric", "02_judge_calibration": "calibration",
                  "03_grpo_training": "train", "04_evaluation": "eval"}
 # stages whose outputs come from one model's training: a run takes them from one donor only (its eval scores that
@@ -441,7 +441,7 @@ def plan(sweep: Sweep) -> list[dict]:
                 later[s] = first
         rows.append({"variant": v.name, "run_id": v.run_id, "action": "start",
                      "shared": {s: d.name for s, d in donors.items()},
-                     "shared_when_run_in_order": {s: n for s, n in later.items() if n != v.name}})
+                     "shared_when_run_in_order": later})
     return rows
 
 
