@@ -5,12 +5,13 @@
 
 The model: each stage's seconds in a reference run (a cold `make run` of the `cpu` profile on an AVX-512 BF16
 machine: bf16 judge and policy, float32 evaluation), split by the engine whose dtype sets its speed, scaled by the
-stage's work relative to that run (steps, completion and gradient tokens, texts, sequences) and by this machine's
+stage's work relative to that run (steps, completion and gradient tokens, texts, sequences), by the size of the model
+doing it (`model_scale`: its parameters outside the embeddings against the reference's 0.5B), and by this machine's
 speed in that engine's dtype relative to the reference machine's (the `lib.hardware.matmul_probe` GFLOP/s). Work
 measured in bf16 but run in float32 costs FP32_OVER_BF16 times more on the reference machine. The estimate is only
 as good as those constants: every run records it (`manifest.json` "sizing" → "estimate") beside its actual stage
 times ("estimate_vs_actual"), so the error is visible.
-Imports lib.paths, lib.profiles and lib.hardware only (the probe is the one measurement: about a second).
+Imports lib.paths, lib.profiles, lib.hardware and lib.models only (the probe is the one measurement: about a second).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from lib import paths
 from lib.hardware import NATIVE_BF16_CLASSES
+from lib.models import REGISTRY
 from lib.profiles import Profile, deep_merge
 
 # Calibrated constants: the reference run's stage times, probe speeds and work (where they came from:
@@ -45,6 +47,8 @@ REFERENCE = {
     # the share of a training step's time in rollouts and judge (scales with the completions); the rest is the
     # policy's log-probs, backward and optimizer (scales with the tokens it computes)
     "generation_share": 0.330,
+    "judge_share": 0.12,  # of a training step: the judge's part of generation_share (a cpu-sized step, 0.5B judge)
+    "model": "qwen2.5-coder-0.5b-instruct",  # the reference run's policy and judge
 }
 # Calibrated: float32 / bf16 seconds of the same work on the reference machine (docs/precision-and-time.md).
 FP32_OVER_BF16 = 2.5
@@ -98,6 +102,23 @@ def eval_completions_per_prompt(profile: Profile) -> int:
     return profile.eval.samples_per_prompt + int(profile.eval.greedy)
 
 
+def model_scale(model: str | None) -> float:
+    """Work of `model` per token against the reference model's: the ratio of their parameters outside the embeddings
+    (`ModelSpec.core_params_b`); 1.0 for a model the registry does not size (a path, an unknown hub id).
+
+    >>> model_scale("qwen2.5-coder-1.5b-instruct")  # 1.31B / 0.36B
+    3.639
+    >>> model_scale("/some/local/model")
+    1.0
+    """
+    by_hub = {s.source: s for s in REGISTRY.values() if s.kind == "hub"}
+    spec = REGISTRY.get(model or "") or by_hub.get(model or "")
+    ref = REGISTRY[REFERENCE["model"]].core_params_b
+    if spec is None or spec.core_params_b is None:
+        return 1.0
+    return round(spec.core_params_b / ref, 3)
+
+
 def speed_factor(dtype: str | None, facts: dict, native_bf16: bool) -> float:
     """Seconds here / seconds on the reference for work that the reference ran in its stage dtype (`dtype` here)."""
     probe, ref = facts.get("matmul_probe") or {}, REFERENCE["probe_gflops"]
@@ -131,6 +152,13 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
             + (1 - REFERENCE["generation_share"]) * w["gradient_tokens_per_step"] / rw["gradient_tokens_per_step"]),
         "04eval": eval_work, "04judge": w["eval_sequences"] / rw["eval_sequences"],
     }
+    # the size of the model doing each part's work: the policy trains and generates, the judges judge (04: the training
+    # and the held-out judge score the same completions); a training step's judge share scales with the judge
+    policy, judge = model_scale(profile.policy_model), model_scale(profile.judge.model)
+    heldout = model_scale(profile.eval.heldout_judge.model) if profile.eval.heldout_judge else judge
+    judge_share = REFERENCE["judge_share"]
+    sizes = {"02judge": judge, "03train": (1 - judge_share) * policy + judge_share * judge,
+             "04eval": policy, "04judge": (judge + heldout) / 2}
     out = {}
     for stage, parts in REFERENCE["parts"].items():
         seconds = CONVERSION_SECONDS if stage == "00" and not model_cached else 0.0
@@ -145,7 +173,8 @@ def estimate_run(profile: Profile, facts: dict, dtypes: dict[str, str] | None = 
             elif ref_dtype == "float32" and dtype == "bfloat16" and native:
                 cost = 1 / FP32_OVER_BF16
             work = scale.get(f"{stage}{engine}", scale.get(stage, 1.0))
-            seconds += (fixed + variable * work) * cost * speed_factor(dtype, facts, native)
+            size = sizes[f"{stage}{engine}"]  # fixed parts (engine starts, model loads) do not shrink below the reference's
+            seconds += (fixed * max(size, 1.0) + variable * work * size) * cost * speed_factor(dtype, facts, native)
         out[stage] = round(seconds, 1)
     return {"stages": out, "total_s": round(sum(out.values()), 1), "reference": REFERENCE["cpu_class"],
             "dtypes": dtypes}

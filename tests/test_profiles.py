@@ -164,3 +164,21 @@ def test_estimate_counts_eval_samples():
     five = estimate_run(load_profile("cpu"), ref, dtypes)
     assert five["stages"]["04"] > 2 * one["stages"]["04"]
     assert five["total_s"] < load_profile("cpu").sizing.budget_minutes * 60
+
+
+def test_estimate_scales_with_the_judges_size():
+    """lib.estimate: a 1.5B judge (1.31B parameters outside the embeddings against 0.36B) makes calibration 3.6 times
+    longer, and training and evaluation longer; a held-out judge of the reference's size halves 04's judge increase."""
+    from lib.estimate import estimate_run
+
+    ref = {"cpu_class": "avx512_bf16", "matmul_probe": {"float32_gflops": 202.0, "bfloat16_gflops": 889.0}}
+    dtypes = {"judge": "bfloat16", "train": "bfloat16", "eval": "float32"}
+    small = estimate_run(load_profile("cpu"), ref, dtypes)["stages"]
+    big_cfg = {"judge": {"model": "qwen2.5-coder-1.5b-instruct"}}
+    big = estimate_run(load_profile("cpu", big_cfg), ref, dtypes)["stages"]
+    mixed = estimate_run(load_profile("cpu", {**big_cfg, "eval": {"heldout_judge": {"model": "qwen2.5-coder-0.5b-instruct"}}}),
+                         ref, dtypes)["stages"]
+    assert big["02"] == pytest.approx(small["02"] * 1.31 / 0.36, rel=1e-3)
+    assert small["03"] < big["03"] < 1.5 * small["03"]  # the judge is a share of a step; the policy is the same
+    assert small["04"] < mixed["04"] < big["04"]
+    assert big["00"] == small["00"] and big["05"] == small["05"]
