@@ -19,7 +19,7 @@ from typing import Any
 
 from lib import paths
 from lib.hardware import NATIVE_BF16_CLASSES
-from lib.models import REGISTRY
+from lib.models import REGISTRY, registry_spec
 from lib.profiles import Profile, deep_merge
 
 # Calibrated constants: the reference run's stage times, probe speeds and work (where they came from:
@@ -106,17 +106,15 @@ def model_scale(model: str | None) -> float:
     """Work of `model` per token against the reference model's: the ratio of their parameters outside the embeddings
     (`ModelSpec.core_params_b`); 1.0 for a model the registry does not size (a path, an unknown hub id).
 
-    >>> model_scale("qwen2.5-coder-1.5b-instruct")  # 1.31B / 0.36B
+    >>> round(model_scale("qwen2.5-coder-1.5b-instruct"), 3)  # 1.31B / 0.36B
     3.639
     >>> model_scale("/some/local/model")
     1.0
     """
-    by_hub = {s.source: s for s in REGISTRY.values() if s.kind == "hub"}
-    spec = REGISTRY.get(model or "") or by_hub.get(model or "")
-    ref = REGISTRY[REFERENCE["model"]].core_params_b
+    spec = registry_spec(model)
     if spec is None or spec.core_params_b is None:
         return 1.0
-    return round(spec.core_params_b / ref, 3)
+    return spec.core_params_b / REGISTRY[REFERENCE["model"]].core_params_b
 
 
 def speed_factor(dtype: str | None, facts: dict, native_bf16: bool) -> float:

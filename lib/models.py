@@ -319,13 +319,18 @@ def spm_tokenizer_from_gguf(gguf: Path):
                                    pad_token="<pad>", padding_side="left")
 
 
+def registry_spec(name_or_path: str | None) -> ModelSpec | None:
+    """The registry's entry for a registry name or its hub id; None for a path or a model the registry does not know."""
+    return REGISTRY.get(name_or_path or "") or _BY_HUB_ID.get(name_or_path or "")
+
+
 def model_family(name_or_path: str) -> str | None:
     """The registry's family of a model (registry name or its hub id); None when the registry does not know it.
 
     >>> model_family("qwen2.5-7b-instruct-awq"), model_family("01-ai/Yi-1.5-9B-Chat"), model_family("/some/path")
     ('qwen2.5', 'yi', None)
     """
-    spec = REGISTRY.get(name_or_path) or _BY_HUB_ID.get(name_or_path)
+    spec = registry_spec(name_or_path)
     return (spec.family or None) if spec is not None else None
 
 
