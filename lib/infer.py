@@ -4,7 +4,7 @@
     python -m lib.infer --entity 无糖气泡水 [--adapter RUN_ID_OR_PATH] [--max-new-tokens 256]
     python -m lib.cli infer --entity 无糖气泡水          # the same through the project's CLI
 
-One prompt does not pay for a vLLM engine start (~25 s on CPU): transformers `generate` it is.
+One prompt does not pay for vLLM's import and an engine start (~15 s on CPU): transformers `generate` it is.
 The prompt is the training prompt (lib.data.make_prompt: the original's system prompt and user turn).
 """
 from __future__ import annotations

@@ -50,7 +50,7 @@ class JudgeConfig(_Strict):
     answer_scoring: Literal["topk", "restricted"] = "topk"
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # GPU: leaves room for the policy's engine
-    enforce_eager: bool = True  # CPU: 25 s start instead of ~120 s with compilation
+    enforce_eager: bool = True  # CPU: compiling the model adds about 2 min to an engine's start
     base_url: str | None = None  # openai backend: a `vllm serve` endpoint, e.g. http://127.0.0.1:8000/v1
     batch_size: int = Field(256, ge=1)  # transformers backend batch size
     log_items: bool = True  # keep every judged (question, P(yes), verdict)

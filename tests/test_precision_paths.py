@@ -187,7 +187,8 @@ def fake_vllm(monkeypatch):
 
         def generate(self, prompts, params, use_tqdm=False, lora_request=None):
             started[-1]["lora_requests"].append(lora_request)
-            return [SimpleNamespace(outputs=[SimpleNamespace(text="<answer>好</answer>")]) for _ in prompts]
+            return [SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
+                                    outputs=[SimpleNamespace(token_ids=[], finish_reason="length")]) for p in prompts]
 
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     return started

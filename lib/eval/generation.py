@@ -27,7 +27,6 @@
 """
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import json
@@ -44,8 +43,8 @@ from lib.eval.merge import (  # noqa: F401 - merged_model_dir, prune_merged, ADA
     ADAPTER_FILES, MERGE_TOLERANCE, adapter_key, check_merge, merged_model_dir, peft_reference, prune_merged,
 )
 from lib.hardware import eval_precision
-from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available, load_tokenizer, resolve_model,
-                        stop_token_ids)
+from lib.models import (VLLM_CPU_BLOCK_SIZE, chat_prompt, close_vllm_engine, cuda_available,
+                        engine_tokenizer, resolve_model, stop_token_ids, vllm_text, vllm_tokenizer_kwargs)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -240,10 +239,9 @@ def resolve_adapter(adapter: str | Path | None, run_dir: str | Path | None = Non
 # The entry point
 # ----------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
 def _tokenizer(model: str):
-    # a 33 MB tokenizer.json takes seconds to parse: the base and its adapters share one
-    return load_tokenizer(model)
+    # a 33 MB tokenizer.json takes seconds to parse: the base, its adapters and the judge's engine share one
+    return engine_tokenizer(model)
 
 
 def engine_id(backend: str | GenerateFn, dtype: str | None = None, unmerged_lora: bool = False) -> str:
@@ -475,11 +473,11 @@ def vllm_lora_rank(rank: int) -> int:
 def vllm_engine_kwargs(path: str, max_model_len: int, seed: int, dtype: str, gpu_memory_utilization: float,
                        cuda: bool, lora_rank: int | None = None) -> dict:
     """Keyword arguments of `vllm.LLM` for one evaluation engine; `lora_rank`: it also serves one LoRA adapter."""
-    kwargs = dict(model=path, max_model_len=max_model_len, seed=seed, dtype=dtype)
+    kwargs = dict(model=path, max_model_len=max_model_len, seed=seed, dtype=dtype, **vllm_tokenizer_kwargs())
     if cuda:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     else:
-        kwargs.update(enforce_eager=True, block_size=VLLM_CPU_BLOCK_SIZE)  # CPU: eager starts in 25 s instead of ~2 min
+        kwargs.update(enforce_eager=True, block_size=VLLM_CPU_BLOCK_SIZE)  # CPU: compiling would add ~2 min to the start
     if lora_rank:
         kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
     return kwargs
@@ -529,7 +527,7 @@ class VLLMGenerator:
                                  top_p=sampling["top_p"], seed=s, stop_token_ids=self.stop_ids) for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False,
                                  lora_request=self.lora)
-        return [o.outputs[0].text for o in outs]
+        return [vllm_text(self.tokenizer, o.prompt_token_ids, o.outputs[0], p) for o, p in zip(outs, params)]
 
     def close(self) -> None:
         close_vllm_engine(self)  # drops self.llm, collects it, empties the CUDA cache

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from lib import paths
 from lib.eval.errors import GenerationError, MergeMismatch
-from lib.models import chat_prompt, resolve_model
+from lib.models import chat_prompt, engine_tokenizer, resolve_model
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -46,7 +46,7 @@ def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache
     difference is in the merge's MERGED_FROM.json, and a cached merge above the tolerance is refused too.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tolerance = MERGE_TOLERANCE if tolerance is None else tolerance
     base = resolve_model(model)
@@ -66,7 +66,7 @@ def merged_model_dir(model: str, adapter: str | Path, dtype: str = "auto", cache
         shutil.rmtree(target, ignore_errors=True)  # merged before the check existed: merge (and check) again
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = engine_tokenizer(base)  # the evaluation's engines read the same one
     lm = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in float32: no rounding of the delta
     peft_model, texts, reference = peft_reference(lm, tokenizer, adapter, model)
     merged = peft_model.merge_and_unload()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
 from lib.hardware import Precision, resolve_dtype
-from lib.models import REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, cuda_available, resolve_model
+from lib.models import (REGISTRY, VLLM_CPU_BLOCK_SIZE, close_vllm_engine, cuda_available,
+                        engine_tokenizer, resolve_model, stop_token_ids, vllm_text, vllm_tokenizer_kwargs)
 from lib.profiles import JudgeConfig
 
 YES_WORD, NO_WORD = "是", "否"
@@ -92,6 +93,7 @@ class VLLMBackend:
             enforce_eager=cfg.enforce_eager,
             seed=seed,
             max_logprobs=max(cfg.top_logprobs, 20),
+            **vllm_tokenizer_kwargs(),
         )
         if max_lora_rank:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
@@ -119,7 +121,8 @@ class VLLMBackend:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - engine start failures come in many types
             raise JudgeError(f"vLLM could not start the judge model {model!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = engine_tokenizer(model)
+        self.stop_ids = stop_token_ids(self.tokenizer)
         self.max_model_len = cfg.max_model_len
         self.prefix_block_size = int(self.llm.llm_engine.vllm_config.cache_config.block_size)
         self.top_logprobs = cfg.top_logprobs
@@ -157,8 +160,8 @@ class VLLMBackend:
     def generate(self, prompts: list[str], max_tokens: int) -> list[tuple[str, int, int]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-        return [(o.outputs[0].text, len(o.prompt_token_ids), len(o.prompt_token_ids) - (o.num_cached_tokens or 0))
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
+        return [(vllm_text(self.tokenizer, o.prompt_token_ids, o.outputs[0], params), len(o.prompt_token_ids), len(o.prompt_token_ids) - (o.num_cached_tokens or 0))
                 for o in self._run(prompts, params)]
 
     def close(self) -> None:
