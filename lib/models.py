@@ -392,8 +392,12 @@ def engine_tokenizer(name_or_path: str):
     return _engine_tokenizer(resolve_model(name_or_path))
 
 
-def _not_the_chat_template_warmup(record) -> bool:
-    return not record.getMessage().startswith("Chat template warmup failed")
+# What vLLM 0.32 logs at the start of an engine without a tokenizer, about parts of it we never use
+_NO_TOKENIZER_NOISE = ("Chat template warmup failed", "Using None for EOS token id", "Using None for BOS token id")
+
+
+def _not_no_tokenizer_noise(record) -> bool:
+    return not record.getMessage().startswith(_NO_TOKENIZER_NOISE)
 
 
 def vllm_tokenizer_kwargs() -> dict:
@@ -401,10 +405,11 @@ def vllm_tokenizer_kwargs() -> dict:
     Prompts go in as token ids and completions come back as token ids (`engine_tokenizer`, `vllm_text`).
 
     vLLM 0.32 still warms up a chat template at the start, which needs the tokenizer, and logs the failure with a
-    traceback; nothing of ours renders a chat template in vLLM, so that one record is filtered out."""
+    traceback, and warns that it knows no <eos>. Nothing of ours renders a chat template in vLLM, and every request
+    of ours names its stop tokens (`stop_token_ids`): those records are filtered out."""
     import logging
 
-    logging.getLogger("vllm.renderers.base").addFilter(_not_the_chat_template_warmup)  # once: addFilter keeps one copy
+    logging.getLogger("vllm.renderers.base").addFilter(_not_no_tokenizer_noise)  # once: addFilter keeps one copy
     return {"skip_tokenizer_init": True}
 
 

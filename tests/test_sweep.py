@@ -125,10 +125,10 @@ def test_the_example_sweeps_load():
 def test_stage_keys_follow_the_fields_each_stage_reads():
     base = load_profile("smoke")
     key = lambda p, s, machine="avx512_bf16", sha="abc": stage_key(p, s, machine, sha)  # noqa: E731
-    train_only = load_profile("smoke", {"train": {"learning_rate": 1.0}, "eval": {"n_prompts": 2}})
+    train_only = load_profile("smoke", {"train": {"learning_rate": 1.0}, "eval": {"n_prompts": 4}})
     assert all(key(base, s) == key(train_only, s) for s in UP_TO_02)
     assert key(base, "03_grpo_training") != key(train_only, "03_grpo_training")
-    eval_only = load_profile("smoke", {"eval": {"n_prompts": 2}, "description": "x"})
+    eval_only = load_profile("smoke", {"eval": {"n_prompts": 4}, "description": "x"})
     assert all(key(base, s) == key(eval_only, s) for s in SHARED_STAGES if s != "04_evaluation")
     assert key(base, "04_evaluation") != key(eval_only, "04_evaluation")
     cases_only = load_profile("smoke", {"case_studies": {"n": 5}})
@@ -185,8 +185,8 @@ def test_sweep_shares_unchanged_stages_and_resume_never_redoes_a_run(sandbox, ca
 
 def test_a_sweep_over_evaluation_or_case_studies_trains_once(tmp_path, monkeypatch):
     _sandbox(tmp_path, monkeypatch, STAGES)
-    f = _sweep_file(tmp_path, "base: smoke\nvariants:\n  a: []\n  ev: [eval.n_prompts=2]\n  cs: [case_studies.n=1]\n"
-                              "  both: [eval.n_prompts=2, case_studies.n=1]\n")
+    f = _sweep_file(tmp_path, "base: smoke\nvariants:\n  a: []\n  ev: [eval.n_prompts=4]\n  cs: [case_studies.n=1]\n"
+                              "  both: [eval.n_prompts=4, case_studies.n=1]\n")
     ahead = {r["variant"]: r for r in plan(load_sweep(f, "sw"))}
     assert list(ahead["cs"]["shared_when_run_in_order"]) == list(SHARED_STAGES)
     assert main(["sweep", str(f), "--sweep-id", "sw"]) == 0
@@ -200,7 +200,7 @@ def test_a_sweep_over_evaluation_or_case_studies_trains_once(tmp_path, monkeypat
     shared = _manifest(runs / "sw-both")["shared"]
     assert shared["03_grpo_training"] == "sw-a" and shared["04_evaluation"] == "sw-ev"
     results = json.loads((runs / "sw-both" / "results.json").read_text())
-    assert results["eval.value"] == 2 and results["train.value"] == 5.0e-5
+    assert results["eval.value"] == 4 and results["train.value"] == 5.0e-5
 
 
 def test_training_and_evaluation_come_from_one_run(tmp_path):
