@@ -386,8 +386,8 @@ def engine_tokenizer(name_or_path: str):
     """The tokenizer of a model an in-process vLLM engine serves, loaded once per process; read it, do not change it.
 
     Our engines start without a tokenizer (`vllm_tokenizer_kwargs`): this one encodes their prompts and decodes their
-    completions with vLLM's own detokenizer (`vllm_text`). vLLM loads its tokenizer twice and deep-copies it at
-    every start: with Gemma 3's 262k-token vocabulary that is most of a start (17.6 s against 4.4 s without it).
+    completions with vLLM's own detokenizer (`vllm_text`). vLLM would load its own twice and deep-copy it at every
+    start, which with Gemma 3's 262k-token vocabulary is most of a start (docs/measurement-notes.md).
     """
     return _engine_tokenizer(resolve_model(name_or_path))
 

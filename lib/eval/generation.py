@@ -239,11 +239,6 @@ def resolve_adapter(adapter: str | Path | None, run_dir: str | Path | None = Non
 # The entry point
 # ----------------------------------------------------------------------------------------------
 
-def _tokenizer(model: str):
-    # a 33 MB tokenizer.json takes seconds to parse: the base, its adapters and the judge's engine share one
-    return engine_tokenizer(model)
-
-
 def engine_id(backend: str | GenerateFn, dtype: str | None = None, unmerged_lora: bool = False) -> str:
     """What generates, as part of the cache key: "vllm:<dtype>" ("+lora": the adapter served unmerged),
     "transformers:<dtype>" or "custom" (a function)."""
@@ -292,7 +287,7 @@ def generate(
     dtype = dtype or (serving_dtype() if backend == "vllm" else None)
     engine = engine_id(backend, dtype, backend == "vllm" and adapter_path is not None and serves_lora_unmerged(dtype))
     key_samplings = [{**s, "engine": engine} for s in samplings]  # another engine samples other texts
-    tok = tokenizer if tokenizer is not None else _tokenizer(model)
+    tok = tokenizer if tokenizer is not None else engine_tokenizer(model)  # the base, its adapters and the judge share one
     prompts = [chat_prompt(tok, m) for m in messages_list]
     # a prompt's occurrences are counted per sampling: its greedy request does not shift its samples' seeds
     groups: dict[str, list[int]] = {}

@@ -161,8 +161,11 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
-        return [(vllm_text(self.tokenizer, o.prompt_token_ids, o.outputs[0], params), len(o.prompt_token_ids), len(o.prompt_token_ids) - (o.num_cached_tokens or 0))
-                for o in self._run(prompts, params)]
+        out = []
+        for o in self._run(prompts, params):
+            n = len(o.prompt_token_ids)
+            out.append((vllm_text(self.tokenizer, o.prompt_token_ids, o.outputs[0], params), n, n - (o.num_cached_tokens or 0)))
+        return out
 
     def close(self) -> None:
         close_vllm_engine(self)  # drops self.llm, collects it, empties the CUDA cache
